@@ -1,0 +1,49 @@
+"""Errors raised by mcp-shared-memory.
+
+    SharedMemoryError (root)
+    ├── ConfigError            the configuration cannot work; the message names the setting to fix
+    ├── StoreUnavailable       PostgreSQL / Redis / Qdrant cannot be reached or failed
+    ├── EmbeddingUnavailable   the embedding model or endpoint failed
+    ├── NotFound               the named workspace / fact / token does not exist (in this tenant)
+    ├── AccessDenied           the caller's binding does not allow this scope
+    └── InvalidInput           an argument is malformed or out of range; nothing was changed
+
+Every message is safe to show to an agent: no stack traces, no connection strings, no credentials.
+"""
+
+from __future__ import annotations
+
+
+class SharedMemoryError(Exception):
+    """The shared memory failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or type(self).__name__).strip())
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class ConfigError(SharedMemoryError):
+    """The configuration is invalid."""
+
+
+class StoreUnavailable(SharedMemoryError):
+    """A storage backend is unavailable; retry later."""
+
+
+class EmbeddingUnavailable(SharedMemoryError):
+    """The embedding model is unavailable; retry later."""
+
+
+class NotFound(SharedMemoryError):
+    """Not found."""
+
+
+class AccessDenied(SharedMemoryError):
+    """This connection is not allowed to use that scope."""
+
+
+class InvalidInput(SharedMemoryError):
+    """Invalid input; nothing was changed."""

@@ -1,0 +1,408 @@
+"""SharedMemory: the domain. Every rule (limits, ACL, dedup, importance floors) lives here, so the
+Python API and the MCP tools behave the same."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+from . import validation as check
+from .embeddings import Embedder
+from .errors import AccessDenied, EmbeddingUnavailable, InvalidInput, NotFound
+from .models import (
+    Event,
+    Fact,
+    FactWrite,
+    Principal,
+    Scope,
+    Workspace,
+    WriteResult,
+    validate_event_type,
+    validate_identifier,
+)
+from .settings import Settings
+from .stores.cache import RedisCache, select_recent
+from .stores.episodic import PostgresEpisodicStore
+from .stores.facts import FactsStore
+
+log = logging.getLogger(__name__)
+
+MAX_LIMIT = 1000
+SHARED_CONTEXT_MAX_EVENTS = 20
+
+
+class WorkspaceSummary(BaseModel):
+    workspace: Workspace
+    recent_events: list[Event]
+    event_count: int
+
+
+def content_hash(content: str) -> str:
+    return hashlib.sha256(content.encode()).hexdigest()[:32]
+
+
+def format_shared_context(events: list[Event], *, max_events: int = 15) -> str:
+    """The article's shared-context block: one line per event, attributed to the agent that wrote it."""
+    if not events:
+        return ""
+    lines = ["--- Shared memory from collaborating agents ---"]
+    for event in events[:max_events]:
+        lines.append(f"[{event.agent_id} ({event.agent_type}), {event.event_type}]: {event.content}")
+    lines.append("--- End of shared memory ---")
+    return "\n".join(lines)
+
+
+class SharedMemory:
+    """Shared memory of a tenant's agents. Every call takes the caller's ``Principal``."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        episodic: PostgresEpisodicStore,
+        cache: RedisCache,
+        embedder: Embedder,
+        facts: FactsStore,
+    ) -> None:
+        self.settings = settings
+        self.episodic = episodic
+        self.cache = cache
+        self.embedder = embedder
+        self.facts = facts
+
+    # events
+
+    async def write_event(
+        self,
+        principal: Principal,
+        content: str,
+        *,
+        event_type: str = "observation",
+        role: str | None = None,
+        importance: float = 0.5,
+        metadata: dict[str, Any] | None = None,
+        scope: str | Scope | None = None,
+        idempotency_key: str | None = None,
+        dedup: bool = True,
+    ) -> WriteResult:
+        """Append an event to the scope's shared log; acknowledged only once PostgreSQL committed it.
+
+        Identical content in the same scope within the dedup window is dropped (``deduplicated``);
+        a repeated ``idempotency_key`` returns the event stored the first time (``replayed``).
+        """
+        target = principal.resolve_scope(scope)
+        check.text(content, "content", max_chars=self.settings.max_content_chars)
+        validate_event_type(event_type)
+        role = check.optional_text(role, "role", max_chars=check.MAX_ROLE_CHARS)
+        importance = check.unit_interval(importance, "importance")
+        metadata = check.metadata(metadata)
+        idempotency_key = check.optional_text(
+            idempotency_key, "idempotency_key", max_chars=check.MAX_IDEMPOTENCY_KEY_CHARS
+        )
+        digest = content_hash(content)
+        tenant = principal.tenant
+
+        claimed = False
+        if idempotency_key is None and dedup and self.settings.dedup_window > 0:
+            earlier = await self.cache.claim_dedup(tenant, target, digest, self.settings.dedup_window)
+            if earlier is not None:
+                return WriteResult(status="deduplicated", event_id=_as_uuid(earlier))
+            claimed = True
+        try:
+            vector = await self._embed_or_none(content)
+            event, inserted = await self.episodic.insert_event(
+                tenant, target,
+                agent_id=principal.agent_id, agent_type=principal.agent_type, event_type=event_type,
+                role=role, content=content, content_hash=digest, embedding=vector,
+                embedding_model=self.embedder.model_id, importance=importance, metadata=metadata,
+                idempotency_key=idempotency_key,
+            )  # fmt: skip
+        except BaseException:
+            if claimed:
+                await self.cache.release_dedup(tenant, target, digest)
+            raise
+        if not inserted:
+            return WriteResult(status="replayed", event=event, event_id=event.id)
+        await self.cache.record_event(tenant, event, dedup_hash=digest if claimed else None)
+        return WriteResult(status="written", event=event, event_id=event.id)
+
+    async def _embed_or_none(self, content: str) -> np.ndarray | None:
+        try:
+            return await self.embedder.embed(content)
+        except EmbeddingUnavailable as exc:
+            # The event is stored without a vector and embedded later (embed_missing); losing the
+            # write because the embedder hiccuped would be worse than a late search hit.
+            log.warning("storing event without embedding: %s", exc)
+            return None
+
+    async def get_recent_shared(
+        self,
+        principal: Principal,
+        *,
+        scope: str | Scope | None = None,
+        limit: int = 20,
+        min_importance: float = 0.0,
+        since_seq: int | None = None,
+    ) -> list[Event]:
+        """The scope's newest events from every agent (newest first); with ``since_seq``, the events
+        after that cursor (oldest first) so a reader can page without gaps."""
+        target = principal.resolve_scope(scope)
+        check.bounded_int(limit, "limit", low=1, high=MAX_LIMIT)
+        min_importance = check.unit_interval(min_importance, "min_importance")
+        if since_seq is not None:
+            check.bounded_int(since_seq, "since_seq", low=0, high=2**62)
+        tenant = principal.tenant
+        cached, warm = await self.cache.recent(
+            tenant, target, limit=limit, min_importance=min_importance, since_seq=since_seq
+        )
+        if cached is not None:
+            return cached
+        if not warm:
+            recent_max = self.settings.recent_max
+            newest = await self.episodic.recent(tenant, target, limit=recent_max)
+            complete = len(newest) < recent_max
+            await self.cache.refill(tenant, target, newest, complete=complete)
+            floor = 0 if complete or not newest else newest[-1].seq - 1
+            answer = select_recent(
+                newest, floor, limit=limit, min_importance=min_importance, since_seq=since_seq
+            )
+            if answer is not None:
+                return answer
+        return await self.episodic.recent(
+            tenant, target, limit=limit, min_importance=min_importance, since_seq=since_seq
+        )
+
+    async def search_shared(
+        self,
+        principal: Principal,
+        query: str,
+        *,
+        scope: str | Scope | None = None,
+        limit: int = 10,
+        min_similarity: float | None = None,
+    ) -> list[Event]:
+        """Semantic search over every agent's events in the scope, most similar first."""
+        target = principal.resolve_scope(scope)
+        check.text(query, "query", max_chars=check.MAX_QUERY_CHARS)
+        check.bounded_int(limit, "limit", low=1, high=MAX_LIMIT)
+        floor = self.settings.search_floor if min_similarity is None else check.similarity(min_similarity, "min_similarity")
+        vector = await self.embedder.embed(query)
+        return await self.episodic.search(
+            principal.tenant, target, vector, model_id=self.embedder.model_id, limit=limit, min_similarity=floor
+        )
+
+    async def get_agent_history(
+        self, principal: Principal, agent_id: str, *, scope: str | Scope | None = None, limit: int = 30
+    ) -> list[Event]:
+        """Events one agent wrote in the scope, newest first."""
+        target = principal.resolve_scope(scope)
+        validate_identifier(agent_id, "agent_id")
+        check.bounded_int(limit, "limit", low=1, high=MAX_LIMIT)
+        return await self.episodic.agent_history(principal.tenant, target, agent_id, limit=limit)
+
+    async def shared_context_events(
+        self, principal: Principal, *, scope: str | Scope | None = None, max_events: int = SHARED_CONTEXT_MAX_EVENTS
+    ) -> list[Event]:
+        """What crosses agent boundaries: recent events at or above the importance floor, capped."""
+        return await self.get_recent_shared(
+            principal, scope=scope, limit=max_events, min_importance=self.settings.min_shared_importance
+        )
+
+    async def get_task_context(
+        self, principal: Principal, *, scope: str | Scope | None = None, max_events: int = SHARED_CONTEXT_MAX_EVENTS
+    ) -> str:
+        """The text a (sub-)agent injects at task start: the workspace task and the shared events."""
+        target = principal.resolve_scope(scope)
+        check.bounded_int(max_events, "max_events", low=1, high=100)
+        if target.type == "workspace":
+            workspace = await self.get_workspace(principal, target.id)
+            lines = [f"Workspace task: {workspace.task}", f"Workspace status: {workspace.status}"]
+            if workspace.agents:
+                lines.append(f"Agents: {', '.join(workspace.agents)}")
+        else:
+            lines = [f"Shared memory of user {target.id}"]
+        events = await self.shared_context_events(principal, scope=target, max_events=max_events)
+        block = format_shared_context(events, max_events=max_events)
+        lines.append(block or "(no shared events yet)")
+        return "\n".join(lines)
+
+    async def publish_result(
+        self, principal: Principal, result: str, *, scope: str | Scope | None = None, importance: float = 0.8
+    ) -> WriteResult:
+        """A sub-agent's output, written back to the shared scope."""
+        return await self.write_event(
+            principal, result, event_type="agent_result", importance=importance, scope=scope
+        )
+
+    # workspaces
+
+    async def create_workspace(
+        self,
+        principal: Principal,
+        task: str,
+        agents: list[str] | None = None,
+        *,
+        context: dict[str, Any] | None = None,
+    ) -> Workspace:
+        """Create a durable workspace (orchestrator) and record a ``workspace_created`` event in it."""
+        check.text(task, "task", max_chars=check.MAX_TASK_CHARS)
+        roster = list(dict.fromkeys(agents or []))
+        if len(roster) > check.MAX_AGENTS:
+            raise InvalidInput(f"at most {check.MAX_AGENTS} agents per workspace")
+        for agent in roster:
+            validate_identifier(agent, "agent id in agents")
+        context = check.metadata(context)
+        workspace_id = str(uuid.uuid4())
+        scope = Scope("workspace", workspace_id)
+        if not principal.may_use(scope):
+            raise AccessDenied("this connection may not create workspaces (its allowed scopes exclude them)")
+        workspace = await self.episodic.create_workspace(
+            principal.tenant, workspace_id, task=task, agents=roster, context=context,
+            created_by=principal.agent_id,
+        )  # fmt: skip
+        await self.cache.put_workspace(
+            principal.tenant, workspace, ttl=self.settings.workspace_cache_ttl, created=True
+        )
+        roster_text = f" Agents: {', '.join(roster)}." if roster else ""
+        await self.write_event(
+            principal, f"Workspace created for task: {task}.{roster_text}", event_type="workspace_created",
+            importance=0.9, scope=scope, dedup=False,
+        )  # fmt: skip
+        return workspace
+
+    async def get_workspace(self, principal: Principal, workspace_id: str) -> Workspace:
+        validate_identifier(workspace_id, "workspace_id")
+        principal.resolve_scope(Scope("workspace", workspace_id))
+        cached = await self.cache.get_workspace(principal.tenant, workspace_id)
+        if cached is not None:
+            return cached
+        workspace = await self.episodic.get_workspace(principal.tenant, workspace_id)
+        if workspace is None:
+            raise NotFound(f"workspace {workspace_id} does not exist in this tenant")
+        await self.cache.put_workspace(
+            principal.tenant, workspace, ttl=self.settings.workspace_cache_ttl, created=False
+        )
+        return workspace
+
+    async def get_workspace_summary(
+        self, principal: Principal, workspace_id: str, *, limit: int = 50
+    ) -> WorkspaceSummary:
+        workspace = await self.get_workspace(principal, workspace_id)
+        scope = Scope("workspace", workspace_id)
+        recent = await self.get_recent_shared(principal, scope=scope, limit=limit)
+        count = await self.episodic.count(principal.tenant, scope)
+        return WorkspaceSummary(workspace=workspace, recent_events=recent, event_count=count)
+
+    async def update_workspace(
+        self,
+        principal: Principal,
+        workspace_id: str,
+        *,
+        status: str | None = None,
+        context: dict[str, Any] | None = None,
+        agents: list[str] | None = None,
+    ) -> Workspace:
+        """Change status, merge keys into the context, or replace the agent roster."""
+        validate_identifier(workspace_id, "workspace_id")
+        principal.resolve_scope(Scope("workspace", workspace_id))
+        if status is None and context is None and agents is None:
+            raise InvalidInput("nothing to update: pass status, context or agents")
+        if status is not None:
+            check.status(status)
+        if context is not None:
+            check.metadata(context)
+        if agents is not None:
+            for agent in agents:
+                validate_identifier(agent, "agent id in agents")
+        workspace = await self.episodic.update_workspace(
+            principal.tenant, workspace_id, status=status, context_patch=context, agents=agents
+        )
+        if workspace is None:
+            raise NotFound(f"workspace {workspace_id} does not exist in this tenant")
+        await self.cache.put_workspace(
+            principal.tenant, workspace, ttl=self.settings.workspace_cache_ttl, created=False
+        )
+        return workspace
+
+    async def list_workspaces(
+        self, principal: Principal, *, status: str | None = None, limit: int = 50
+    ) -> list[Workspace]:
+        if status is not None:
+            check.status(status)
+        check.bounded_int(limit, "limit", low=1, high=MAX_LIMIT)
+        found = await self.episodic.list_workspaces(principal.tenant, status=status, limit=limit)
+        return [w for w in found if principal.may_use(Scope("workspace", w.id))]
+
+    # facts
+
+    async def store_fact(
+        self,
+        principal: Principal,
+        fact: str,
+        *,
+        scope: str | Scope | None = None,
+        source_event_ids: list[uuid.UUID] | None = None,
+    ) -> FactWrite:
+        """Store a shared fact; a near-duplicate of an existing fact confirms it instead."""
+        target = principal.resolve_scope(scope)
+        check.text(fact, "fact", max_chars=check.MAX_FACT_CHARS)
+        vector = await self.embedder.embed(fact)
+        return await self.facts.upsert(
+            principal.tenant, target, fact, vector, source_event_ids=source_event_ids or [],
+            source_agents=[principal.agent_id], duplicate_floor=self.settings.duplicate_floor,
+        )  # fmt: skip
+
+    async def search_facts(
+        self,
+        principal: Principal,
+        query: str,
+        *,
+        scope: str | Scope | None = None,
+        top_k: int = 10,
+        min_similarity: float | None = None,
+    ) -> list[Fact]:
+        target = principal.resolve_scope(scope)
+        check.text(query, "query", max_chars=check.MAX_QUERY_CHARS)
+        check.bounded_int(top_k, "top_k", low=1, high=MAX_LIMIT)
+        floor = self.settings.search_floor if min_similarity is None else check.similarity(min_similarity, "min_similarity")
+        vector = await self.embedder.embed(query)
+        return await self.facts.search(principal.tenant, target, vector, top_k=top_k, min_similarity=floor)
+
+    async def forget_fact(self, principal: Principal, fact_id: str, *, scope: str | Scope | None = None) -> None:
+        target = principal.resolve_scope(scope)
+        parsed = _as_uuid(fact_id)
+        if parsed is None:
+            raise InvalidInput(f"invalid fact id {fact_id!r}: expected a UUID")
+        if not await self.facts.forget(principal.tenant, target, parsed):
+            raise NotFound(f"fact {fact_id} does not exist in scope {target}")
+
+    # maintenance
+
+    async def embed_missing(self, *, batch: int = 64) -> int:
+        """Embed events stored without a vector (embedder outage, or after a model change)."""
+        total = 0
+        while True:
+            pending = await self.episodic.unembedded(batch)
+            if not pending:
+                return total
+            vectors = await self.embedder.embed_many([content for _, content in pending])
+            await self.episodic.set_embeddings(
+                [(event_id, vec) for (event_id, _), vec in zip(pending, vectors, strict=True)],
+                self.embedder.model_id,
+            )
+            total += len(pending)
+
+
+def _as_uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
+__all__ = ["Fact", "SharedMemory", "WorkspaceSummary", "format_shared_context"]

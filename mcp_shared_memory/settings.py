@@ -1,0 +1,127 @@
+"""The one configuration object, read once from ``MSM_*`` environment variables (CLI flags override)."""
+
+from __future__ import annotations
+
+import getpass
+import socket
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+
+# Similarity floors differ per model: MiniLM's cosine scale is far lower than OpenAI's.
+SEARCH_FLOOR_BY_MODEL = {
+    "all-MiniLM-L6-v2": 0.25,
+    "text-embedding-3-small": 0.35,
+    "text-embedding-3-large": 0.35,
+    "text-embedding-ada-002": 0.72,
+}
+DUPLICATE_FLOOR_BY_MODEL = {
+    "all-MiniLM-L6-v2": 0.85,
+    "text-embedding-3-small": 0.9,
+    "text-embedding-3-large": 0.9,
+    "text-embedding-ada-002": 0.95,
+}
+DEFAULT_SEARCH_FLOOR = 0.3
+DEFAULT_DUPLICATE_FLOOR = 0.9
+
+
+def _default_login() -> str:
+    try:
+        login = getpass.getuser()
+    except (KeyError, OSError):
+        login = "local"
+    return "".join(c if c.isalnum() or c in "._-@" else "-" for c in login) or "local"
+
+
+def _default_agent_id() -> str:
+    host = socket.gethostname().split(".")[0] or "host"
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in f"agent-{host}")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MSM_", frozen=True, extra="ignore")
+
+    # backends (unset → embedded, zero-config)
+    database_url: SecretStr | None = None
+    redis_url: SecretStr | None = None
+    qdrant_url: str | None = None
+    qdrant_api_key: SecretStr | None = None
+    data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("mcp-shared-memory")))
+    db_pool_min: int = Field(default=1, ge=0)
+    db_pool_max: int = Field(default=4, ge=1)
+    redis_prefix: str = Field(default="msm", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    redis_timeout: float = Field(default=1.0, gt=0)
+    db_timeout: float = Field(default=10.0, gt=0)
+
+    # embeddings
+    embedding_provider: Literal["local", "openai"] = "local"
+    embedding_model: str = "text-embedding-3-small"
+    embedding_dimensions: int | None = Field(default=None, ge=1)
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("MSM_OPENAI_API_KEY", "OPENAI_API_KEY")
+    )
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("MSM_OPENAI_BASE_URL", "OPENAI_BASE_URL")
+    )
+    embedding_batch_size: int = Field(default=32, ge=1, le=2048)
+    embedding_threads: int | None = Field(default=None, ge=1)
+
+    # stdio binding
+    tenant: str = "default"
+    agent_id: str = Field(default_factory=_default_agent_id)
+    agent_type: str = "agent"
+    scope: str | None = None
+    allowed_scopes: str | None = None
+
+    # behaviour
+    recent_max: int = Field(default=100, ge=1, le=10_000)
+    recent_ttl: int = Field(default=3600, ge=1)
+    dedup_window: int = Field(default=30, ge=0)
+    min_shared_importance: float = Field(default=0.6, ge=0, le=1)
+    search_min_similarity: float | None = Field(default=None, ge=-1, le=1)
+    duplicate_fact_similarity: float | None = Field(default=None, ge=-1, le=1)
+    max_content_chars: int = Field(default=32_000, ge=1)
+    workspace_cache_ttl: int = Field(default=3600, ge=1)
+
+    @field_validator("database_url", "redis_url", "qdrant_api_key", "openai_api_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def embedding_model_id(self) -> str:
+        return "all-MiniLM-L6-v2" if self.embedding_provider == "local" else self.embedding_model
+
+    @property
+    def search_floor(self) -> float:
+        if self.search_min_similarity is not None:
+            return self.search_min_similarity
+        return SEARCH_FLOOR_BY_MODEL.get(self.embedding_model_id, DEFAULT_SEARCH_FLOOR)
+
+    @property
+    def duplicate_floor(self) -> float:
+        if self.duplicate_fact_similarity is not None:
+            return self.duplicate_fact_similarity
+        return DUPLICATE_FLOOR_BY_MODEL.get(self.embedding_model_id, DEFAULT_DUPLICATE_FLOOR)
+
+    @property
+    def default_scope(self) -> str:
+        return self.scope or f"user:{_default_login()}"
+
+    def scope_patterns(self) -> tuple[str, ...]:
+        """Scopes the stdio binding may use: the explicit list, else its own scope and every workspace."""
+        if self.allowed_scopes:
+            return tuple(p.strip() for p in self.allowed_scopes.split(",") if p.strip())
+        return (self.default_scope, "workspace:*")
+
+    def require_openai_key(self) -> None:
+        if self.embedding_provider == "openai" and not self.openai_api_key and not self.openai_base_url:
+            raise ConfigError(
+                "MSM_EMBEDDING_PROVIDER=openai needs OPENAI_API_KEY (or OPENAI_BASE_URL for a compatible "
+                "server such as Ollama or vLLM); or set MSM_EMBEDDING_PROVIDER=local."
+            )

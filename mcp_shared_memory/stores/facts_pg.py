@@ -1,0 +1,107 @@
+"""Semantic facts in pgvector: the default backend when no Qdrant server is configured."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+import numpy as np
+
+from ..models import Fact, FactWrite, Scope
+from .postgres import PostgresPool
+
+FACT_COLUMNS = (
+    "id, scope_type, scope_id, fact, source_event_ids, source_agents, confirmations, first_seen, last_seen"
+)
+
+# Serialises fact writes of one scope across processes, so two agents storing the same fact at once
+# confirm one row instead of creating two.
+LOCK_SCOPE = "SELECT pg_advisory_xact_lock(hashtextextended($1, 7340002))"
+
+# Exact search over the scope (see the episodic store for why "+ 0").
+NEAREST = f"""
+SELECT * FROM (
+  SELECT {FACT_COLUMNS}, 1 - (embedding <=> $4) AS similarity
+  FROM semantic_facts
+  WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3 AND embedding_model = $5
+  ORDER BY (embedding <=> $4) + 0
+  LIMIT $6
+) AS top_k
+WHERE similarity >= $7::float8
+ORDER BY similarity DESC
+"""
+
+CONFIRM = f"""
+UPDATE semantic_facts
+SET confirmations = confirmations + 1,
+    last_seen = now(),
+    source_event_ids = ARRAY(SELECT DISTINCT unnest(source_event_ids || $2::uuid[])),
+    source_agents = ARRAY(SELECT DISTINCT unnest(source_agents || $3::text[]))
+WHERE id = $1
+RETURNING {FACT_COLUMNS}
+"""
+
+INSERT = f"""
+INSERT INTO semantic_facts
+  (tenant_id, scope_type, scope_id, fact, embedding, embedding_model, source_event_ids, source_agents)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+RETURNING {FACT_COLUMNS}
+"""
+
+DELETE = "DELETE FROM semantic_facts WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3 AND id = $4"
+
+
+def row_to_fact(row: asyncpg.Record) -> Fact:
+    return Fact(**dict(row))
+
+
+class PgVectorFactsStore:
+    def __init__(self, db: PostgresPool, *, model_id: str) -> None:
+        self.db = db
+        self.model_id = model_id
+
+    async def open(self) -> None:
+        """The pool and schema are owned by the composition root."""
+
+    async def close(self) -> None:
+        """The pool is owned by the composition root."""
+
+    async def upsert(
+        self,
+        tenant: str,
+        scope: Scope,
+        fact: str,
+        vector: np.ndarray,
+        *,
+        source_event_ids: Sequence[uuid.UUID],
+        source_agents: Sequence[str],
+        duplicate_floor: float,
+    ) -> FactWrite:
+        async with self.db.connection() as conn, conn.transaction():
+            await conn.execute(LOCK_SCOPE, f"{tenant}:{scope}")
+            nearest = await conn.fetch(
+                NEAREST, tenant, scope.type, scope.id, vector, self.model_id, 1, duplicate_floor
+            )
+            if nearest:
+                row = await conn.fetchrow(CONFIRM, nearest[0]["id"], list(source_event_ids), list(source_agents))
+                assert row is not None
+                return FactWrite(status="confirmed", fact=row_to_fact(row))
+            row = await conn.fetchrow(
+                INSERT, tenant, scope.type, scope.id, fact, vector, self.model_id,
+                list(source_event_ids), list(source_agents),
+            )  # fmt: skip
+            assert row is not None
+            return FactWrite(status="stored", fact=row_to_fact(row))
+
+    async def search(
+        self, tenant: str, scope: Scope, vector: np.ndarray, *, top_k: int, min_similarity: float
+    ) -> list[Fact]:
+        rows = await self.db.fetch(
+            NEAREST, tenant, scope.type, scope.id, vector, self.model_id, top_k, min_similarity
+        )
+        return [row_to_fact(r) for r in rows]
+
+    async def forget(self, tenant: str, scope: Scope, fact_id: uuid.UUID) -> bool:
+        status = await self.db.execute(DELETE, tenant, scope.type, scope.id, fact_id)
+        return status.endswith(" 1")

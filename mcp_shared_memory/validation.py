@@ -1,0 +1,74 @@
+"""Input rules shared by the Python API and the MCP tools (the MCP layer adds no rules of its own)."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from .errors import InvalidInput
+
+MAX_METADATA_BYTES = 16_384
+MAX_ROLE_CHARS = 64
+MAX_TASK_CHARS = 8_000
+MAX_QUERY_CHARS = 8_000
+MAX_FACT_CHARS = 4_000
+MAX_IDEMPOTENCY_KEY_CHARS = 200
+MAX_AGENTS = 100
+WORKSPACE_STATUSES = ("active", "paused", "completed", "failed", "cancelled")
+
+
+def text(value: str, what: str, *, max_chars: int) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput(f"{what} must be a non-empty string")
+    if len(value) > max_chars:
+        raise InvalidInput(f"{what} is {len(value)} characters; the limit is {max_chars}: shorten or split it")
+    if "\x00" in value:
+        raise InvalidInput(f"{what} must not contain NUL characters")
+    return value
+
+
+def optional_text(value: str | None, what: str, *, max_chars: int) -> str | None:
+    return None if value is None else text(value, what, max_chars=max_chars)
+
+
+def unit_interval(value: float, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidInput(f"{what} must be a number between 0 and 1")
+    if not 0.0 <= float(value) <= 1.0:
+        raise InvalidInput(f"{what} must be between 0 and 1, got {value}")
+    return float(value)
+
+
+def similarity(value: float, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidInput(f"{what} must be a number between -1 and 1")
+    if not -1.0 <= float(value) <= 1.0:
+        raise InvalidInput(f"{what} must be between -1 and 1, got {value}")
+    return float(value)
+
+
+def bounded_int(value: int, what: str, *, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidInput(f"{what} must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def metadata(value: dict[str, Any] | None) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput("metadata must be a JSON object")
+    try:
+        encoded = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"metadata must be JSON-serialisable ({exc})") from exc
+    if len(encoded.encode()) > MAX_METADATA_BYTES:
+        raise InvalidInput(f"metadata is larger than {MAX_METADATA_BYTES} bytes of JSON: keep it small")
+    return value
+
+
+def status(value: str) -> str:
+    if value not in WORKSPACE_STATUSES:
+        raise InvalidInput(f"status must be one of {', '.join(WORKSPACE_STATUSES)}, got {value!r}")
+    return value
