@@ -168,9 +168,7 @@ class SharedMemory:
             complete = len(newest) < recent_max
             await self.cache.refill(tenant, target, newest, complete=complete)
             floor = 0 if complete or not newest else newest[-1].seq - 1
-            answer = select_recent(
-                newest, floor, limit=limit, min_importance=min_importance, since_seq=since_seq
-            )
+            answer = select_recent(newest, floor, limit=limit, min_importance=min_importance, since_seq=since_seq)
             if answer is not None:
                 return answer
         return await self.episodic.recent(
@@ -190,7 +188,9 @@ class SharedMemory:
         target = principal.resolve_scope(scope)
         check.text(query, "query", max_chars=check.MAX_QUERY_CHARS)
         check.bounded_int(limit, "limit", low=1, high=MAX_LIMIT)
-        floor = self.settings.search_floor if min_similarity is None else check.similarity(min_similarity, "min_similarity")
+        floor = (
+            self.settings.search_floor if min_similarity is None else check.similarity(min_similarity, "min_similarity")
+        )
         vector = await self.embedder.embed(query)
         return await self.episodic.search(
             principal.tenant, target, vector, model_id=self.embedder.model_id, limit=limit, min_similarity=floor
@@ -235,9 +235,7 @@ class SharedMemory:
         self, principal: Principal, result: str, *, scope: str | Scope | None = None, importance: float = 0.8
     ) -> WriteResult:
         """A sub-agent's output, written back to the shared scope."""
-        return await self.write_event(
-            principal, result, event_type="agent_result", importance=importance, scope=scope
-        )
+        return await self.write_event(principal, result, event_type="agent_result", importance=importance, scope=scope)
 
     # workspaces
 
@@ -265,9 +263,7 @@ class SharedMemory:
             principal.tenant, workspace_id, task=task, agents=roster, context=context,
             created_by=principal.agent_id,
         )  # fmt: skip
-        await self.cache.put_workspace(
-            principal.tenant, workspace, ttl=self.settings.workspace_cache_ttl, created=True
-        )
+        await self.cache.put_workspace(principal.tenant, workspace, ttl=self.settings.workspace_cache_ttl, created=True)
         roster_text = f" Agents: {', '.join(roster)}." if roster else ""
         await self.write_event(
             principal, f"Workspace created for task: {task}.{roster_text}", event_type="workspace_created",
@@ -369,7 +365,9 @@ class SharedMemory:
         target = principal.resolve_scope(scope)
         check.text(query, "query", max_chars=check.MAX_QUERY_CHARS)
         check.bounded_int(top_k, "top_k", low=1, high=MAX_LIMIT)
-        floor = self.settings.search_floor if min_similarity is None else check.similarity(min_similarity, "min_similarity")
+        floor = (
+            self.settings.search_floor if min_similarity is None else check.similarity(min_similarity, "min_similarity")
+        )
         vector = await self.embedder.embed(query)
         return await self.facts.search(principal.tenant, target, vector, top_k=top_k, min_similarity=floor)
 
@@ -396,6 +394,9 @@ class SharedMemory:
                 self.embedder.model_id,
             )
             total += len(pending)
+
+    async def reembed_facts(self) -> int:
+        return await self.facts.reembed(self.embedder.embed_many)
 
 
 def _as_uuid(value: str) -> uuid.UUID | None:

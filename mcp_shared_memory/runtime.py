@@ -58,8 +58,23 @@ def create_facts_store(settings: Settings, db: PostgresPool, embedder: Embedder)
 
 
 @asynccontextmanager
-async def open_memory(settings: Settings | None = None, *, migrate: bool = True) -> AsyncIterator[SharedMemory]:
-    """Open PostgreSQL, Redis, the embedder and the facts store; yield the ``SharedMemory``."""
+async def open_database(settings: Settings, *, migrate: bool = True) -> AsyncIterator[PostgresPool]:
+    """Only PostgreSQL (migrated): for the CLI's migrate and token commands."""
+    async with backend_urls(settings) as urls:
+        db = PostgresPool(urls.database_url, min_size=1, max_size=2, timeout=settings.db_timeout)
+        await db.open(migrate=migrate)
+        try:
+            yield db
+        finally:
+            await db.close()
+
+
+@asynccontextmanager
+async def open_memory(
+    settings: Settings | None = None, *, migrate: bool = True, check_model: bool = True
+) -> AsyncIterator[SharedMemory]:
+    """Open PostgreSQL, Redis, the embedder and the facts store; yield the ``SharedMemory``.
+    ``check_model=False`` skips the embedding-model guard (for ``reembed`` only)."""
     settings = settings or Settings()
     started = time.perf_counter()
     async with AsyncExitStack() as stack:
@@ -94,7 +109,8 @@ async def open_memory(settings: Settings | None = None, *, migrate: bool = True)
             log.warning("Redis is not reachable: serving from PostgreSQL until it is")
 
         episodic = PostgresEpisodicStore(db)
-        await episodic.ensure_embedding_model(embedder.model_id, embedder.dimension)
+        if check_model:
+            await episodic.ensure_embedding_model(embedder.model_id, embedder.dimension)
 
         facts = create_facts_store(settings, db, embedder)
         await facts.open()

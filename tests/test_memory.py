@@ -32,9 +32,7 @@ async def test_agents_of_one_user_share_recent_events(
     assert recent[1].agent_type == "research"
 
 
-async def test_paraphrased_query_finds_the_event_with_default_settings(
-    memory: SharedMemory, alice: Principal
-) -> None:
+async def test_paraphrased_query_finds_the_event_with_default_settings(memory: SharedMemory, alice: Principal) -> None:
     for text in (
         "The deployment pipeline runs on GitHub Actions with a manual approval step",
         "The login service authenticates users with OAuth2 and PKCE",
@@ -245,9 +243,7 @@ async def test_failed_write_releases_its_dedup_claim(
     assert retry.status == "written"
 
 
-async def test_concurrent_writers_lose_nothing(
-    memory: SharedMemory, alice: Principal, alice_coder: Principal
-) -> None:
+async def test_concurrent_writers_lose_nothing(memory: SharedMemory, alice: Principal, alice_coder: Principal) -> None:
     async def write(agent: Principal, i: int) -> None:
         await memory.write_event(agent, f"{agent.agent_id} concurrent {i}")
 

@@ -17,7 +17,7 @@ CREATE TABLE IF NOT EXISTS shared_episodic_memories (
   -- NULL when the embedding could not be computed at write time; filled in later.
   embedding       vector,
   embedding_model TEXT,
-  importance      REAL NOT NULL DEFAULT 0.5 CHECK (importance >= 0 AND importance <= 1),
+  importance      DOUBLE PRECISION NOT NULL DEFAULT 0.5 CHECK (importance >= 0 AND importance <= 1),
   metadata        JSONB NOT NULL DEFAULT '{}'::jsonb,
   idempotency_key TEXT,
   consolidated    BOOLEAN NOT NULL DEFAULT false,

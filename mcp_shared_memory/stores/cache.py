@@ -218,7 +218,9 @@ class RedisCache:
         if floor_raw is None:
             return None, False
         newest = [Event.model_validate_json(m) for m in members]
-        return select_recent(newest, int(floor_raw), limit=limit, min_importance=min_importance, since_seq=since_seq), True
+        return select_recent(
+            newest, int(floor_raw), limit=limit, min_importance=min_importance, since_seq=since_seq
+        ), True
 
     async def refill(self, tenant: str, scope: Scope, newest: Sequence[Event], *, complete: bool) -> None:
         """Load the newest events read from PostgreSQL; ``complete`` when they are the whole scope."""

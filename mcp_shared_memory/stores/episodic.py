@@ -14,8 +14,7 @@ from ..models import Event, Scope, Workspace
 from .postgres import PostgresPool
 
 EVENT_COLUMNS = (
-    "id, seq, scope_type, scope_id, agent_id, agent_type, event_type, role, content, importance, "
-    "metadata, created_at"
+    "id, seq, scope_type, scope_id, agent_id, agent_type, event_type, role, content, importance, metadata, created_at"
 )
 
 INSERT_EVENT = f"""
@@ -189,9 +188,7 @@ class PostgresEpisodicStore:
     async def search(
         self, tenant: str, scope: Scope, vector: np.ndarray, *, model_id: str, limit: int, min_similarity: float
     ) -> list[Event]:
-        rows = await self.db.fetch(
-            SEARCH_EVENTS, tenant, scope.type, scope.id, vector, model_id, limit, min_similarity
-        )
+        rows = await self.db.fetch(SEARCH_EVENTS, tenant, scope.type, scope.id, vector, model_id, limit, min_similarity)
         return [row_to_event(r) for r in rows]
 
     async def agent_history(self, tenant: str, scope: Scope, agent_id: str, *, limit: int) -> list[Event]:

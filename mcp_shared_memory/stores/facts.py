@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import numpy as np
 
 from ..models import Fact, FactWrite, Scope
+
+Embed = Callable[[Sequence[str]], Awaitable[list[np.ndarray]]]
 
 
 class FactsStore(Protocol):
@@ -35,3 +37,7 @@ class FactsStore(Protocol):
     ) -> list[Fact]: ...
 
     async def forget(self, tenant: str, scope: Scope, fact_id: uuid.UUID) -> bool: ...
+
+    async def reembed(self, embed: Embed) -> int:
+        """Recompute every fact's vector with ``embed`` (after a model change); returns the count."""
+        ...

@@ -9,11 +9,10 @@ import asyncpg
 import numpy as np
 
 from ..models import Fact, FactWrite, Scope
+from .facts import Embed
 from .postgres import PostgresPool
 
-FACT_COLUMNS = (
-    "id, scope_type, scope_id, fact, source_event_ids, source_agents, confirmations, first_seen, last_seen"
-)
+FACT_COLUMNS = "id, scope_type, scope_id, fact, source_event_ids, source_agents, confirmations, first_seen, last_seen"
 
 # Serialises fact writes of one scope across processes, so two agents storing the same fact at once
 # confirm one row instead of creating two.
@@ -80,9 +79,7 @@ class PgVectorFactsStore:
     ) -> FactWrite:
         async with self.db.connection() as conn, conn.transaction():
             await conn.execute(LOCK_SCOPE, f"{tenant}:{scope}")
-            nearest = await conn.fetch(
-                NEAREST, tenant, scope.type, scope.id, vector, self.model_id, 1, duplicate_floor
-            )
+            nearest = await conn.fetch(NEAREST, tenant, scope.type, scope.id, vector, self.model_id, 1, duplicate_floor)
             if nearest:
                 row = await conn.fetchrow(CONFIRM, nearest[0]["id"], list(source_event_ids), list(source_agents))
                 assert row is not None
@@ -97,10 +94,20 @@ class PgVectorFactsStore:
     async def search(
         self, tenant: str, scope: Scope, vector: np.ndarray, *, top_k: int, min_similarity: float
     ) -> list[Fact]:
-        rows = await self.db.fetch(
-            NEAREST, tenant, scope.type, scope.id, vector, self.model_id, top_k, min_similarity
-        )
+        rows = await self.db.fetch(NEAREST, tenant, scope.type, scope.id, vector, self.model_id, top_k, min_similarity)
         return [row_to_fact(r) for r in rows]
+
+    async def reembed(self, embed: Embed) -> int:
+        rows = await self.db.fetch("SELECT id, fact FROM semantic_facts ORDER BY first_seen")
+        for start in range(0, len(rows), 64):
+            chunk = rows[start : start + 64]
+            vectors = await embed([r["fact"] for r in chunk])
+            async with self.db.connection() as conn:
+                await conn.executemany(
+                    "UPDATE semantic_facts SET embedding = $2, embedding_model = $3 WHERE id = $1",
+                    [(r["id"], v, self.model_id) for r, v in zip(chunk, vectors, strict=True)],
+                )
+        return len(rows)
 
     async def forget(self, tenant: str, scope: Scope, fact_id: uuid.UUID) -> bool:
         status = await self.db.execute(DELETE, tenant, scope.type, scope.id, fact_id)

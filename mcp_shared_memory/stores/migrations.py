@@ -45,9 +45,7 @@ async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
                 continue
             async with conn.transaction():
                 await conn.execute(sql)
-                await conn.execute(
-                    "INSERT INTO msm_schema_migrations (version, name) VALUES ($1, $2)", version, name
-                )
+                await conn.execute("INSERT INTO msm_schema_migrations (version, name) VALUES ($1, $2)", version, name)
             log.info("applied migration %03d_%s", version, name)
             applied_now.append(f"{version:03d}_{name}")
     finally:

@@ -1,0 +1,243 @@
+"""The ``mcp-shared-memory`` command: serve (stdio or HTTP), migrate, tokens, re-embedding."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import typer
+from pydantic import ValidationError
+
+from .errors import SharedMemoryError
+from .settings import Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Shared memory for fleets of AI agents (MCP).")
+token_app = typer.Typer(no_args_is_help=True, help="Bearer tokens for the HTTP transport.")
+app.add_typer(token_app, name="token")
+
+log = logging.getLogger("mcp_shared_memory")
+
+
+class Transport(StrEnum):
+    stdio = "stdio"
+    http = "http"
+
+
+def configure_logging(level: str) -> None:
+    """Logs go to stderr only: stdout belongs to the stdio transport."""
+    logging.basicConfig(
+        stream=sys.stderr, level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("httpx", "mcp", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        fields = ", ".join(f"MSM_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors())
+        fail(f"invalid configuration: {fields}")
+
+
+def fail(message: str) -> Any:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def run(coro_fn: Any, *args: Any) -> Any:
+    try:
+        return anyio.run(coro_fn, *args)
+    except SharedMemoryError as exc:
+        fail(exc.message)
+
+
+DataDir = Annotated[Path | None, typer.Option(help="embedded backends' data dir [env: MSM_DATA_DIR]")]
+LogLevel = Annotated[str, typer.Option(envvar="MSM_LOG_LEVEL", help="DEBUG, INFO, WARNING, ERROR")]
+
+
+@app.command()
+def serve(
+    transport: Annotated[Transport, typer.Option(help="stdio for local clients, http for remote agents")] = (
+        Transport.stdio
+    ),
+    host: Annotated[str, typer.Option(envvar="MSM_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="MSM_PORT")] = 8765,
+    public_url: Annotated[
+        str | None, typer.Option(envvar="MSM_PUBLIC_URL", help="external URL of the HTTP server (OAuth metadata)")
+    ] = None,
+    tenant: Annotated[str | None, typer.Option(help="stdio binding [env: MSM_TENANT]")] = None,
+    agent_id: Annotated[str | None, typer.Option(help="stdio binding [env: MSM_AGENT_ID]")] = None,
+    agent_type: Annotated[str | None, typer.Option(help="stdio binding [env: MSM_AGENT_TYPE]")] = None,
+    scope: Annotated[str | None, typer.Option(help="default scope, e.g. user:alice [env: MSM_SCOPE]")] = None,
+    allowed_scopes: Annotated[
+        str | None,
+        typer.Option(help="comma-separated patterns, e.g. 'user:alice,workspace:*' [env: MSM_ALLOWED_SCOPES]"),
+    ] = None,
+    data_dir: DataDir = None,
+    log_level: LogLevel = "WARNING",
+) -> None:
+    """Run the MCP server (stdio by default; zero-config with embedded backends)."""
+    configure_logging(log_level)
+    settings = load_settings(
+        tenant=tenant, agent_id=agent_id, agent_type=agent_type, scope=scope, allowed_scopes=allowed_scopes,
+        data_dir=data_dir,
+    )  # fmt: skip
+    try:
+        if transport is Transport.stdio:
+            from .server.app import build_server
+            from .server.state import ServerRuntime, stdio_principal
+
+            runtime = ServerRuntime(settings, local_principal=stdio_principal(settings))
+            build_server(runtime).run("stdio")
+        else:
+            import uvicorn
+
+            from .server.http import create_http_app
+
+            http_app = create_http_app(settings, host=host, port=port, public_url=public_url)
+            uvicorn.run(http_app, host=host, port=port, log_level=log_level.lower(), access_log=False)
+    except SharedMemoryError as exc:
+        fail(exc.message)
+
+
+@app.command()
+def migrate(data_dir: DataDir = None, log_level: LogLevel = "WARNING") -> None:
+    """Apply the database migrations (the server also applies them at start-up)."""
+    configure_logging(log_level)
+    settings = load_settings(data_dir=data_dir)
+
+    async def main() -> None:
+        import asyncpg
+
+        from .runtime import backend_urls
+        from .stores.migrations import apply_migrations
+
+        async with backend_urls(settings) as urls:
+            conn = await asyncpg.connect(urls.database_url)
+            try:
+                applied = await apply_migrations(conn)
+            finally:
+                await conn.close()
+        typer.echo("applied: " + ", ".join(applied) if applied else "database is up to date")
+
+    run(main)
+
+
+@token_app.command("create")
+def token_create(
+    tenant: Annotated[str, typer.Option(help="the tenant this token is bound to")],
+    agent_id: Annotated[str, typer.Option(help="the agent id writes are attributed to")],
+    scope: Annotated[
+        list[str], typer.Option("--scope", help="allowed scope pattern (repeatable): user:alice, workspace:*, *")
+    ],
+    agent_type: Annotated[str, typer.Option()] = "agent",
+    default_scope: Annotated[str | None, typer.Option(help="scope used when a tool names none")] = None,
+    description: Annotated[str, typer.Option()] = "",
+    expires_days: Annotated[int | None, typer.Option(min=1)] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Create a token. It is printed once and only its hash is stored."""
+    settings = load_settings(data_dir=data_dir)
+    expires = datetime.now(UTC) + timedelta(days=expires_days) if expires_days else None
+    if default_scope is None and len(scope) == 1 and "*" not in scope[0]:
+        default_scope = scope[0]
+
+    async def main() -> None:
+        from .runtime import open_database
+        from .stores.tokens import PostgresTokenStore
+
+        async with open_database(settings) as db:
+            token, record = await PostgresTokenStore(db).create(
+                tenant=tenant, agent_id=agent_id, agent_type=agent_type, allowed_scopes=scope,
+                default_scope=default_scope, description=description, expires_at=expires,
+            )  # fmt: skip
+        typer.echo(f"token id: {record.id}", err=True)
+        typer.echo("store this token now; it cannot be shown again:", err=True)
+        typer.echo(token)
+
+    run(main)
+
+
+@token_app.command("list")
+def token_list(
+    tenant: Annotated[str | None, typer.Option()] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """List tokens (never the secrets)."""
+    settings = load_settings(data_dir=data_dir)
+
+    async def main() -> None:
+        from .runtime import open_database
+        from .stores.tokens import PostgresTokenStore
+
+        async with open_database(settings) as db:
+            records = await PostgresTokenStore(db).list(tenant=tenant)
+        if as_json:
+            typer.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("id", "tenant", "agent", "scopes", "created", "state")
+        for r in records:
+            state = (
+                "revoked"
+                if r.revoked_at
+                else ("expired" if r.expires_at and r.expires_at < datetime.now(UTC) else "active")
+            )
+            table.add_row(r.id, r.tenant_id, f"{r.agent_id} ({r.agent_type})", ",".join(r.allowed_scopes),
+                          r.created_at.strftime("%Y-%m-%d %H:%M"), state)  # fmt: skip
+        Console().print(table)
+
+    run(main)
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: str, data_dir: DataDir = None) -> None:
+    """Revoke a token by id (takes effect on every server within seconds)."""
+    settings = load_settings(data_dir=data_dir)
+
+    async def main() -> None:
+        from .runtime import open_database
+        from .stores.tokens import PostgresTokenStore
+
+        async with open_database(settings) as db:
+            await PostgresTokenStore(db).revoke(token_id)
+        typer.echo(f"revoked {token_id}")
+
+    run(main)
+
+
+@app.command()
+def reembed(data_dir: DataDir = None, log_level: LogLevel = "INFO") -> None:
+    """Re-embed every event and fact with the configured model (after changing models)."""
+    configure_logging(log_level)
+    settings = load_settings(data_dir=data_dir)
+
+    async def main() -> None:
+        from .runtime import open_memory
+
+        async with open_memory(settings, check_model=False) as memory:
+            cleared = await memory.episodic.clear_embeddings()
+            await memory.episodic.set_embedding_model(memory.embedder.model_id, memory.embedder.dimension)
+            done = await memory.embed_missing()
+            facts = await memory.reembed_facts()
+        typer.echo(f"re-embedded {done} of {cleared} events and {facts} facts with {memory.embedder.model_id}")
+
+    run(main)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

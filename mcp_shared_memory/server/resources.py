@@ -1,0 +1,96 @@
+"""MCP resources and the shared_context prompt. URIs carry the tenant; reading another tenant's URI
+looks exactly like reading one that does not exist."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
+
+from ..errors import AccessDenied, NotFound, SharedMemoryError
+from ..models import Principal, Scope
+from .state import AppState
+from .uris import CONTEXT_TEMPLATE, RECENT_TEMPLATE, WORKSPACES_TEMPLATE
+
+RESOURCE_EVENTS = 50
+
+
+def _principal_for(ctx: Context[Any], tenant: str, uri: str) -> tuple[AppState, Principal]:
+    state: AppState = ctx.request_context.lifespan_context
+    try:
+        principal = state.principal()
+    except AccessDenied as exc:
+        raise ResourceError(exc.message) from exc
+    if principal.tenant != tenant:
+        raise ResourceNotFoundError(f"resource {uri} not found")
+    return state, principal
+
+
+def _translate(exc: SharedMemoryError, uri: str) -> ResourceError:
+    if isinstance(exc, NotFound | AccessDenied):
+        return ResourceNotFoundError(f"resource {uri} not found")
+    return ResourceError(exc.message)
+
+
+def register_resources(mcp: MCPServer[Any]) -> None:
+    @mcp.resource(
+        RECENT_TEMPLATE,
+        name="recent_shared_events",
+        description="Recent events of a scope at or above the shared-importance floor, newest first (JSON)",
+        mime_type="application/json",
+    )
+    async def recent(tenant: str, scope_type: str, scope_id: str, ctx: Context[Any]) -> str:
+        uri = f"memory://{tenant}/{scope_type}/{scope_id}/recent"
+        state, principal = _principal_for(ctx, tenant, uri)
+        try:
+            events = await state.memory.shared_context_events(
+                principal,
+                scope=Scope(scope_type, scope_id),
+                max_events=RESOURCE_EVENTS,  # type: ignore[arg-type]
+            )
+        except SharedMemoryError as exc:
+            raise _translate(exc, uri) from exc
+        return json.dumps({"events": [e.model_dump(mode="json") for e in events]})
+
+    @mcp.resource(
+        CONTEXT_TEMPLATE,
+        name="workspace_context",
+        description="A workspace: task, agents, status and structured context (JSON)",
+        mime_type="application/json",
+    )
+    async def workspace_context(tenant: str, workspace_id: str, ctx: Context[Any]) -> str:
+        uri = f"memory://{tenant}/workspace/{workspace_id}/context"
+        state, principal = _principal_for(ctx, tenant, uri)
+        try:
+            workspace = await state.memory.get_workspace(principal, workspace_id)
+        except SharedMemoryError as exc:
+            raise _translate(exc, uri) from exc
+        return workspace.model_dump_json()
+
+    @mcp.resource(
+        WORKSPACES_TEMPLATE,
+        name="workspaces",
+        description="The tenant's workspaces this connection may use, newest first (JSON)",
+        mime_type="application/json",
+    )
+    async def workspaces(tenant: str, ctx: Context[Any]) -> str:
+        uri = f"memory://{tenant}/workspaces"
+        state, principal = _principal_for(ctx, tenant, uri)
+        try:
+            found = await state.memory.list_workspaces(principal, limit=200)
+        except SharedMemoryError as exc:
+            raise _translate(exc, uri) from exc
+        return json.dumps({"workspaces": [w.model_dump(mode="json") for w in found]})
+
+    @mcp.prompt(
+        name="shared_context",
+        description="Shared memory to inject at task start: the workspace task and important recent events",
+    )
+    async def shared_context(ctx: Context[Any], scope: str | None = None) -> str:
+        state: AppState = ctx.request_context.lifespan_context
+        try:
+            return await state.memory.get_task_context(state.principal(), scope=scope or None)
+        except SharedMemoryError as exc:
+            raise ValueError(exc.message) from exc

@@ -1,0 +1,79 @@
+"""What the MCP handlers share: the memory, the notification hub and who the caller is."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import anyio
+from mcp.server.auth.middleware.auth_context import get_access_token
+
+from ..errors import AccessDenied
+from ..memory import SharedMemory
+from ..models import Principal, Scope
+from ..runtime import open_memory
+from ..settings import Settings
+from ..stores.tokens import PostgresTokenStore
+from .notifications import NotificationHub, TenantBus
+
+CLAIM_PRINCIPAL = "msm_principal"
+
+
+def stdio_principal(settings: Settings) -> Principal:
+    return Principal(
+        tenant=settings.tenant,
+        agent_id=settings.agent_id,
+        agent_type=settings.agent_type,
+        allowed_scopes=settings.scope_patterns(),
+        default_scope=Scope.parse(settings.default_scope),
+    )
+
+
+@dataclass
+class AppState:
+    memory: SharedMemory
+    hub: NotificationHub
+    tokens: PostgresTokenStore
+    local_principal: Principal | None
+
+    def principal(self) -> Principal:
+        """The caller: from the verified bearer token on HTTP, from the process binding on stdio."""
+        token = get_access_token()
+        if token is not None:
+            principal = (token.claims or {}).get(CLAIM_PRINCIPAL)
+            if isinstance(principal, Principal):
+                return principal
+            raise AccessDenied("the bearer token carries no identity")
+        if self.local_principal is None:
+            raise AccessDenied("this connection is not authenticated")
+        return self.local_principal
+
+
+class ServerRuntime:
+    """Opens the state once per process (HTTP) or per stdio connection."""
+
+    def __init__(self, settings: Settings, *, local_principal: Principal | None) -> None:
+        self.settings = settings
+        self.local_principal = local_principal
+        self.bus = TenantBus()
+        self.state: AppState | None = None
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[AppState]:
+        if self.state is not None:
+            yield self.state
+            return
+        async with open_memory(self.settings) as memory, anyio.create_task_group() as tg:
+            hub = NotificationHub(memory.cache.redis, memory.cache.keys, self.bus)
+            await tg.start(hub.run)
+            self.state = AppState(
+                memory=memory, hub=hub, tokens=PostgresTokenStore(memory.episodic.db),
+                local_principal=self.local_principal,
+            )  # fmt: skip
+            try:
+                yield self.state
+            finally:
+                self.state = None
+                tg.cancel_scope.cancel()
+                await hub.close()
