@@ -1,0 +1,188 @@
+"""The embedder interface and the request coalescing every provider shares.
+
+Callers enqueue single texts; one background worker drains the queue into batches of up to
+``batch_size`` and makes one model call per batch, so many concurrent ``embed()`` calls cost one or two
+model calls instead of one each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import EmbeddingUnavailable, SharedMemoryError
+
+logger = logging.getLogger(__name__)
+
+Vector = npt.NDArray[np.float32]
+
+
+@dataclass(slots=True)
+class _Request:
+    text: str
+    future: asyncio.Future[Vector]
+
+
+class Embedder(ABC):
+    """Turns text into L2-normalised float32 vectors of ``dimension`` entries.
+
+    Use as ``async with embedder:`` or call ``open()`` / ``close()``. ``dimension`` is only guaranteed
+    after ``open()`` (an OpenAI-compatible endpoint may have to be probed for it).
+    """
+
+    model_id: str
+    dimension: int
+    #: Inputs are cut to this many characters before they reach the model.
+    max_chars: int = 8000
+
+    def __init__(self, *, batch_size: int = 32) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.batch_size = batch_size
+        self._queue: asyncio.Queue[_Request] | None = None
+        self._worker: asyncio.Task[None] | None = None
+
+    # lifecycle -------------------------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self._worker is not None
+
+    async def open(self) -> None:
+        if self._worker is not None:
+            return
+        await self._load()
+        self._queue = asyncio.Queue()
+        self._worker = asyncio.create_task(self._run(self._queue), name=f"{type(self).__name__}-worker")
+
+    async def close(self) -> None:
+        worker, queue = self._worker, self._queue
+        self._worker = self._queue = None
+        if worker is not None:
+            worker.cancel()
+            # wait() rather than `await worker`: a cancellation of close() itself must not be swallowed.
+            await asyncio.wait({worker})
+        if queue is not None:
+            while not queue.empty():
+                _fail(queue.get_nowait().future, EmbeddingUnavailable("The embedder was closed."))
+        if worker is not None:
+            await self._unload()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _load(self) -> None:  # noqa: B027 - optional hook
+        """Load the model / create the client; runs once per ``open()``."""
+
+    async def _unload(self) -> None:  # noqa: B027 - optional hook
+        """Release what ``_load`` acquired."""
+
+    # embedding -------------------------------------------------------------------------------------
+
+    async def embed(self, text: str) -> Vector:
+        # Cancelling the caller cancels its future; the worker then skips or ignores that request.
+        return await self._enqueue(text)
+
+    async def embed_many(self, texts: Sequence[str]) -> list[Vector]:
+        if isinstance(texts, str):
+            raise TypeError("embed_many() takes a sequence of strings, not a string")
+        futures = [self._enqueue(text) for text in texts]
+        if not futures:
+            return []
+        return list(await asyncio.gather(*futures))
+
+    @abstractmethod
+    async def _embed_batch(self, texts: list[str]) -> npt.NDArray[np.floating]:
+        """Embed ``texts`` (already truncated) in one model call; returns an (n, dimension) array."""
+
+    def _prepare(self, text: str) -> str:
+        return text[: self.max_chars]
+
+    def _enqueue(self, text: str) -> asyncio.Future[Vector]:
+        if not isinstance(text, str):
+            raise TypeError(f"can only embed str, not {type(text).__name__}")
+        queue, worker = self._queue, self._worker
+        if queue is None or worker is None:
+            raise RuntimeError(
+                f"{type(self).__name__} is not open: call `await embedder.open()` or use "
+                "`async with embedder:` before embedding."
+            )
+        if worker.done():
+            raise EmbeddingUnavailable("The embedding worker has stopped; restart the server.")
+        future: asyncio.Future[Vector] = asyncio.get_running_loop().create_future()
+        queue.put_nowait(_Request(self._prepare(text), future))
+        return future
+
+    # worker ----------------------------------------------------------------------------------------
+
+    async def _run(self, queue: asyncio.Queue[_Request]) -> None:
+        while True:
+            batch = [await queue.get()]
+            # One yield lets callers scheduled in the same tick enqueue before the batch is cut.
+            await asyncio.sleep(0)
+            while len(batch) < self.batch_size and not queue.empty():
+                batch.append(queue.get_nowait())
+            live = [r for r in batch if not r.future.done()]
+            if not live:
+                continue
+            try:
+                await self._process(live)
+            except asyncio.CancelledError:
+                for request in live:
+                    _fail(request.future, EmbeddingUnavailable("The embedder was closed."))
+                raise
+
+    async def _process(self, requests: list[_Request]) -> None:
+        unique = list(dict.fromkeys(r.text for r in requests))
+        try:
+            matrix = await self._embed_batch(unique)
+            vectors = self._check(matrix, len(unique))
+        except SharedMemoryError as exc:
+            logger.warning("embedding batch of %d failed: %s", len(unique), exc.message)
+            for request in requests:
+                _fail(request.future, type(exc)(exc.message))
+            return
+        except Exception as exc:
+            # The original exception may carry URLs or payloads: log it, hand callers a generic message.
+            logger.warning("embedding batch of %d failed", len(unique), exc_info=True)
+            message = f"The embedding model failed ({type(exc).__name__}); retry later."
+            for request in requests:
+                _fail(request.future, EmbeddingUnavailable(message))
+            return
+        row = {text: i for i, text in enumerate(unique)}
+        for request in requests:
+            if not request.future.done():
+                request.future.set_result(vectors[row[request.text]].copy())
+
+    def _check(self, matrix: npt.NDArray[np.floating], n: int) -> npt.NDArray[np.float32]:
+        vectors = np.asarray(matrix, dtype=np.float32)
+        if vectors.shape != (n, self.dimension):
+            raise EmbeddingUnavailable(
+                f"The embedding model returned shape {vectors.shape}, expected ({n}, {self.dimension})."
+            )
+        if not np.isfinite(vectors).all():
+            raise EmbeddingUnavailable("The embedding model returned non-finite values.")
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32, copy=False)
+
+
+def _fail(future: asyncio.Future[Vector], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

@@ -1,0 +1,182 @@
+"""OpenAI embeddings, or any OpenAI-compatible endpoint (Ollama, vLLM, LM Studio, TEI) via ``base_url``."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import numpy.typing as npt
+import openai
+from pydantic import SecretStr
+
+from ..errors import ConfigError, EmbeddingUnavailable, SharedMemoryError
+from .base import Embedder
+
+logger = logging.getLogger(__name__)
+
+KNOWN_DIMENSIONS = {
+    "text-embedding-3-small": 1536,
+    "text-embedding-3-large": 3072,
+    "text-embedding-ada-002": 1536,
+}
+# Sent when no key is configured: compatible local servers ignore it, the client insists on one.
+_NO_KEY = "unused"
+_PROBE_TEXT = "dimension probe"
+
+
+def safe_url(url: str | None) -> str:
+    """``scheme://host[:port]/path`` without credentials or query, for messages."""
+    if not url:
+        return "api.openai.com"
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "?"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "the configured OPENAI_BASE_URL"
+    return f"{parts.scheme}://{host}{port}{parts.path}".rstrip("/")
+
+
+class OpenAIEmbedder(Embedder):
+    """Embeddings from ``POST {base_url}/embeddings``; one request per coalesced batch."""
+
+    def __init__(
+        self,
+        *,
+        model: str = "text-embedding-3-small",
+        api_key: SecretStr | str | None = None,
+        base_url: str | None = None,
+        dimensions: int | None = None,
+        batch_size: int = 32,
+        timeout: float = 30.0,
+        max_retries: int = 2,
+        max_chars: int = 8000,
+    ) -> None:
+        super().__init__(batch_size=min(batch_size, 2048))  # the API takes at most 2048 inputs
+        self.model_id = model
+        self.max_chars = max_chars
+        self._api_key = api_key if isinstance(api_key, SecretStr) else SecretStr(api_key or "")
+        self._base_url = base_url
+        self._dimensions = dimensions
+        self.dimension = dimensions or KNOWN_DIMENSIONS.get(model, 0)
+        self._timeout = timeout
+        self._max_retries = max_retries
+        self._client: openai.AsyncOpenAI | None = None
+
+    def __repr__(self) -> str:
+        return f"OpenAIEmbedder(model={self.model_id!r}, endpoint={safe_url(self._base_url)!r})"
+
+    async def _load(self) -> None:
+        self._client = openai.AsyncOpenAI(
+            api_key=self._api_key.get_secret_value() or _NO_KEY,
+            base_url=self._base_url,
+            timeout=self._timeout,
+            max_retries=self._max_retries,
+        )
+        try:
+            await self._probe()
+        except BaseException:
+            await self._unload()
+            raise
+
+    async def _probe(self) -> None:
+        """One small request: learns the dimension and turns a bad key or model into a start-up error."""
+        try:
+            # With a known dimension the server can start without the endpoint: do not wait on retries.
+            vectors = await self._request([_PROBE_TEXT], max_retries=0 if self.dimension else None)
+        except EmbeddingUnavailable as exc:
+            if not self.dimension:
+                raise
+            logger.warning("embedding endpoint not reachable at start-up, continuing: %s", exc.message)
+            return
+        found = int(vectors.shape[1])
+        if self.dimension and found != self.dimension:
+            raise ConfigError(
+                f"The embedding endpoint returned {found} dimensions for {self.model_id}, expected "
+                f"{self.dimension}; fix MSM_EMBEDDING_DIMENSIONS or MSM_EMBEDDING_MODEL."
+            )
+        self.dimension = found
+
+    async def _unload(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    async def _embed_batch(self, texts: list[str]) -> npt.NDArray[np.float32]:
+        try:
+            vectors = await self._request(texts)
+        except ConfigError as exc:
+            # Start-up validated the configuration; a key revoked later must not fail writes outright
+            # (events are stored without a vector and embedded later), so report it as unavailable.
+            raise EmbeddingUnavailable(exc.message) from None
+        if vectors.shape[1] != self.dimension:
+            raise EmbeddingUnavailable(
+                f"The embedding endpoint returned {vectors.shape[1]} dimensions for {self.model_id}, "
+                f"expected {self.dimension}; fix MSM_EMBEDDING_DIMENSIONS or MSM_EMBEDDING_MODEL."
+            )
+        return vectors
+
+    def _prepare(self, text: str) -> str:
+        # The API rejects empty input; a blank embeds to a neutral vector.
+        return super()._prepare(text) or " "
+
+    async def _request(self, texts: list[str], max_retries: int | None = None) -> npt.NDArray[np.float32]:
+        client = self._client
+        if client is None:
+            raise RuntimeError("the client is not open")
+        if max_retries is not None:
+            client = client.with_options(max_retries=max_retries)
+        extra: dict[str, Any] = {"dimensions": self._dimensions} if self._dimensions else {}
+        try:
+            response = await client.embeddings.create(
+                input=texts, model=self.model_id, encoding_format="float", **extra
+            )
+        except openai.OpenAIError as exc:
+            raise self._translate(exc) from None
+        data = sorted(response.data, key=lambda item: item.index)
+        if [item.index for item in data] != list(range(len(texts))):
+            raise EmbeddingUnavailable(f"The embedding endpoint returned {len(data)} vectors for {len(texts)} inputs.")
+        rows = [_as_floats(item.embedding) for item in data]
+        if len({len(row) for row in rows}) != 1 or not len(rows[0]):
+            raise EmbeddingUnavailable("The embedding endpoint returned vectors of inconsistent length.")
+        return np.stack(rows)
+
+    def _translate(self, exc: openai.OpenAIError) -> SharedMemoryError:
+        where = safe_url(self._base_url)
+        if isinstance(exc, openai.APITimeoutError):
+            return EmbeddingUnavailable(f"The embedding endpoint {where} timed out; retry later.")
+        if isinstance(exc, openai.APIConnectionError):
+            return EmbeddingUnavailable(f"Cannot connect to the embedding endpoint {where}; retry later.")
+        if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+            # The server's own message may echo part of the key: never pass it on.
+            return ConfigError(
+                f"The embedding endpoint {where} rejected the API key (HTTP {exc.status_code}); check OPENAI_API_KEY."
+            )
+        if isinstance(exc, openai.RateLimitError):
+            return EmbeddingUnavailable(f"The embedding endpoint {where} is rate limiting (HTTP 429); retry later.")
+        if isinstance(exc, openai.APIStatusError):
+            detail = self._scrub(exc.message)
+            if exc.status_code in (400, 404, 422):
+                return ConfigError(
+                    f"The embedding endpoint {where} rejected model {self.model_id!r} "
+                    f"(HTTP {exc.status_code}: {detail}); check MSM_EMBEDDING_MODEL, "
+                    "MSM_EMBEDDING_DIMENSIONS and OPENAI_BASE_URL."
+                )
+            return EmbeddingUnavailable(f"The embedding endpoint {where} failed (HTTP {exc.status_code}); retry later.")
+        return EmbeddingUnavailable(f"The embedding endpoint {where} failed ({type(exc).__name__}).")
+
+    def _scrub(self, message: str) -> str:
+        key = self._api_key.get_secret_value()
+        if key and key != _NO_KEY:
+            message = message.replace(key, "***")
+        return message[:200]
+
+
+def _as_floats(embedding: object) -> npt.NDArray[np.float32]:
+    # Some compatible servers answer base64 even when floats were asked for.
+    if isinstance(embedding, str):
+        return np.frombuffer(base64.b64decode(embedding), dtype=np.float32)
+    return np.asarray(embedding, dtype=np.float32)
