@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import (  # noqa: E402
+from .errors import (
     AccessDenied,
     ConfigError,
     EmbeddingUnavailable,
@@ -13,10 +13,10 @@ from .errors import (  # noqa: E402
     SharedMemoryError,
     StoreUnavailable,
 )
-from .memory import SharedMemory, format_shared_context  # noqa: E402
-from .models import Event, Fact, Principal, Scope, Workspace, WriteResult  # noqa: E402
-from .runtime import open_memory  # noqa: E402
-from .settings import Settings  # noqa: E402
+from .memory import SharedMemory, format_shared_context
+from .models import Event, Fact, Principal, Scope, Workspace, WriteResult
+from .runtime import open_memory
+from .settings import Settings
 
 __all__ = [
     "AccessDenied",
@@ -28,9 +28,9 @@ __all__ = [
     "NotFound",
     "Principal",
     "Scope",
+    "Settings",
     "SharedMemory",
     "SharedMemoryError",
-    "Settings",
     "StoreUnavailable",
     "Workspace",
     "WriteResult",

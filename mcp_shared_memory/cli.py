@@ -89,6 +89,9 @@ def serve(
         tenant=tenant, agent_id=agent_id, agent_type=agent_type, scope=scope, allowed_scopes=allowed_scopes,
         data_dir=data_dir,
     )  # fmt: skip
+    from .embedded import install_exit_signal_handlers
+
+    install_exit_signal_handlers()  # SIGTERM runs atexit, so embedded backends are released
     try:
         if transport is Transport.stdio:
             from .server.app import build_server

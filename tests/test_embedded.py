@@ -1,0 +1,344 @@
+"""Embedded PostgreSQL and Valkey shared by real OS processes: first starts racing, holders dying,
+a killed postmaster, root and ordinary users."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import IO, Any, TypeVar
+from urllib.parse import unquote
+
+import asyncpg
+import psutil
+import pytest
+import redis
+
+from mcp_shared_memory.embedded import EmbeddedPostgres, EmbeddedValkey, start_embedded
+from mcp_shared_memory.errors import ConfigError, StoreUnavailable
+
+CHILD = Path(__file__).with_name("embedded_child.py")
+REPO = Path(__file__).resolve().parent.parent
+IS_ROOT = os.geteuid() == 0
+
+pytestmark = pytest.mark.timeout(90)
+
+T = TypeVar("T")
+
+
+def in_thread(fn: Callable[[], T]) -> T:
+    """Callers run start()/release() in a worker thread; so do the in-process tests."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn).result()
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="msm-emb-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def postgres_pids(data_dir: Path) -> list[int]:
+    """Live (non-zombie) postgres processes working in this PGDATA: the postmaster and its children."""
+    pgdata = (data_dir / "pg").resolve()
+    found = []
+    for proc in psutil.process_iter(["name", "status"]):
+        if proc.info["name"] == "postgres" and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            try:
+                if Path(proc.cwd()) == pgdata:
+                    found.append(proc.pid)
+            except psutil.Error:
+                pass
+    return found
+
+
+def valkey_running(valkey: EmbeddedValkey) -> bool:
+    pid_file = valkey.dir / "valkey.pid"
+    if pid_file.exists():
+        try:
+            if psutil.Process(int(pid_file.read_text())).status() != psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            pass
+    return valkey.socket_path.exists()
+
+
+def assert_stopped(data_dir: Path) -> None:
+    deadline = time.monotonic() + 5
+    while postgres_pids(data_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert postgres_pids(data_dir) == []
+    assert not (data_dir / "pg" / "postmaster.pid").exists()
+    assert not valkey_running(EmbeddedValkey(data_dir))
+
+
+class Child:
+    """A holder process running tests/embedded_child.py."""
+
+    def __init__(self, data_dir: Path, *, user: int | None = None) -> None:
+        self.stderr_path = data_dir.parent / f"{data_dir.name}-child-{id(self)}.log"
+        self._stderr: IO[bytes] = open(self.stderr_path, "wb")  # noqa: SIM115
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self.proc = subprocess.Popen(
+            [sys.executable, str(CHILD), str(data_dir)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            env=env,
+            cwd="/",
+            user=user,
+            group=user,
+            extra_groups=None if user is None else [],
+        )
+        assert self.readline() == "loaded"
+
+    def readline(self) -> str:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait(10)
+            raise AssertionError(f"child exited ({self.proc.returncode}): {self.stderr_path.read_text()}")
+        return line.strip()
+
+    def send(self, command: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def ask(self, command: str) -> str:
+        self.send(command)
+        return self.readline()
+
+    def ask_json(self, command: str) -> dict[str, Any]:
+        return json.loads(self.ask(command))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+        self._stderr.close()
+        self.stderr_path.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def children() -> Iterator[list[Child]]:
+    started: list[Child] = []
+    yield started
+    for child in started:
+        child.close()
+
+
+def test_two_processes_starting_at_once_share_one_server_each(data_dir: Path, children: list[Child]) -> None:
+    a, b = Child(data_dir), Child(data_dir)
+    children += [a, b]
+    a.send("go")
+    b.send("go")  # both start on the empty data dir at the same moment
+    info_a, info_b = json.loads(a.readline()), json.loads(b.readline())
+
+    assert info_a["database_url"] == info_b["database_url"]
+    assert info_a["redis_url"] == info_b["redis_url"]
+    assert info_a["postmaster_pid"] == info_b["postmaster_pid"]
+    assert info_a["valkey_pid"] == info_b["valkey_pid"]
+    assert sorted([info_a["postgres_mode"], info_b["postgres_mode"]]) == ["attach", "initdb"]
+    postmasters = [p for p in postgres_pids(data_dir) if psutil.Process(p).ppid() != info_a["postmaster_pid"]]
+    assert postmasters == [info_a["postmaster_pid"]]
+    assert [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "valkey-server"].count(
+        info_a["valkey_pid"]
+    ) == 1
+
+    assert a.ask("write a") == "ok"
+    assert b.ask("write b") == "ok"
+    for child in (a, b):
+        assert child.ask_json("read") == {"rows": ["a", "b"], "keys": ["a", "b"]}
+
+    assert a.ask("release") == "released"
+    assert b.ask_json("read") == {"rows": ["a", "b"], "keys": ["a", "b"]}  # b still holds both servers
+    assert b.ask("release") == "released"
+    assert_stopped(data_dir)
+
+
+def test_sigkilled_holder_does_not_keep_the_servers_alive(data_dir: Path, children: list[Child]) -> None:
+    a = Child(data_dir)
+    children.append(a)
+    info_a = a.ask_json("go")
+    a.proc.send_signal(signal.SIGKILL)
+    a.proc.wait(10)
+
+    b = Child(data_dir)
+    children.append(b)
+    info_b = b.ask_json("go")
+    assert info_b["postmaster_pid"] == info_a["postmaster_pid"]  # the servers outlived a
+    assert info_b["valkey_pid"] == info_a["valkey_pid"]
+    assert b.ask("release") == "released"
+    assert_stopped(data_dir)
+
+
+def test_sigterm_runs_the_holders_release(data_dir: Path, children: list[Child]) -> None:
+    a = Child(data_dir)
+    children.append(a)
+    a.ask_json("go")
+    assert postgres_pids(data_dir)
+
+    a.proc.send_signal(signal.SIGTERM)
+    assert a.proc.wait(20) == 128 + signal.SIGTERM
+    assert_stopped(data_dir)
+
+
+async def _exec(dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _fetch_one(dsn: str, sql: str) -> Any:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval(sql)
+    finally:
+        await conn.close()
+
+
+def test_killed_postmaster_recovers_with_its_data(data_dir: Path) -> None:
+    first = EmbeddedPostgres(data_dir)
+    dsn = in_thread(first.start)
+    assert first.start_mode == "initdb"
+    asyncio.run(_exec(dsn, "CREATE TABLE kept (v text); INSERT INTO kept VALUES ('survives')"))
+    postmaster = int((data_dir / "pg" / "postmaster.pid").read_text().split()[0])
+
+    os.kill(postmaster, signal.SIGKILL)  # the postmaster may stay a zombie: PID 1 here does not reap
+    deadline = time.monotonic() + 5
+    while postgres_pids(data_dir) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert postgres_pids(data_dir) == []
+
+    second = EmbeddedPostgres(data_dir)
+    assert in_thread(second.start) == dsn
+    assert second.start_mode == "start"
+    assert asyncio.run(_fetch_one(dsn, "SELECT v FROM kept")) == "survives"
+
+    in_thread(first.release)  # two holders in one process count separately
+    assert asyncio.run(_fetch_one(dsn, "SELECT count(*) FROM kept")) == 1
+    in_thread(second.release)
+    in_thread(second.release)  # idempotent
+    assert_stopped(data_dir)
+
+
+def test_valkey_persists_and_restarts(data_dir: Path) -> None:
+    valkey = EmbeddedValkey(data_dir)
+    url = in_thread(valkey.start)
+    assert url == f"unix://{data_dir}/valkey/valkey.sock"
+    client = redis.Redis.from_url(url)
+    client.set("k", "v")
+    client.close()
+    in_thread(valkey.release)
+    assert not valkey_running(valkey)
+
+    again = EmbeddedValkey(data_dir)
+    client = redis.Redis.from_url(in_thread(again.start))
+    assert again.start_mode == "start"
+    assert client.get("k") == b"v"  # the AOF was flushed by SHUTDOWN
+    client.close()
+    in_thread(again.release)
+    assert not valkey_running(again)
+
+
+def test_long_data_dir_puts_sockets_under_tmp(data_dir: Path) -> None:
+    deep = data_dir / ("d" * 60) / ("e" * 60)
+    backends = in_thread(lambda: start_embedded(deep, postgres=True, redis=True))
+    try:
+        assert backends.database_url is not None and backends.redis_url is not None
+        assert "host=/tmp/msm-pg-" in backends.database_url
+        assert backends.redis_url.startswith("unix:///tmp/msm-valkey-")
+        assert asyncio.run(_fetch_one(backends.database_url, "SELECT 1")) == 1
+        assert redis.Redis.from_url(backends.redis_url).ping()
+    finally:
+        in_thread(backends.release)
+    assert_stopped(deep)
+    shutil.rmtree(unquote(backends.database_url.split("host=")[1].split("&")[0]), ignore_errors=True)
+    shutil.rmtree(EmbeddedValkey(deep).socket_path.parent, ignore_errors=True)
+
+
+def test_failed_starts_name_the_log_file(data_dir: Path) -> None:
+    backends = in_thread(lambda: start_embedded(data_dir, postgres=True, redis=True))
+    in_thread(backends.release)
+
+    with open(data_dir / "pg" / "postgresql.conf", "a") as conf:
+        conf.write("\nshared_buffers = 'not a size'\n")
+    with pytest.raises(StoreUnavailable, match=r"postgres\.log"):
+        in_thread(EmbeddedPostgres(data_dir).start)
+    (data_dir / "pg" / "PG_VERSION").write_text("17\n")
+    with pytest.raises(ConfigError, match="created by PostgreSQL 17"):
+        in_thread(EmbeddedPostgres(data_dir).start)
+
+    for manifest in (data_dir / "valkey" / "appendonlydir").glob("*.manifest"):
+        manifest.write_text("garbage\n")
+    with pytest.raises(StoreUnavailable, match=r"valkey\.log"):
+        in_thread(EmbeddedValkey(data_dir).start)
+    assert postgres_pids(data_dir) == []
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="the system-user path only runs as root")
+def test_as_root_postgres_runs_as_the_system_user_under_a_private_path(data_dir: Path) -> None:
+    # Like /root/.local/share/...: a 0700 directory the system user cannot traverse yet.
+    private = data_dir / "private"
+    private.mkdir(mode=0o700)
+    target = private / "msm"
+    postgres = EmbeddedPostgres(target)
+    dsn = in_thread(postgres.start)
+    try:
+        postmaster = psutil.Process(int((target / "pg" / "postmaster.pid").read_text().split()[0]))
+        assert postmaster.username() == "embedded_postgres"
+        assert (target / "pg").stat().st_uid == postmaster.uids().real
+        assert stat.S_IMODE(private.stat().st_mode) == 0o701  # search only, never read
+        assert asyncio.run(_fetch_one(dsn, "SELECT current_setting('data_directory')")) == str(target / "pg")
+    finally:
+        in_thread(postgres.release)
+    assert_stopped(target)
+
+
+def _nobody_can_run_python() -> bool:
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", "import asyncpg, redis, mcp_shared_memory.embedded"],
+            user=65534,
+            group=65534,
+            extra_groups=[],
+            cwd="/",
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            capture_output=True,
+            check=False,
+        )
+    except OSError:
+        return False
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="needs root to switch to the user nobody")
+def test_ordinary_user_runs_postgres_as_itself(data_dir: Path, children: list[Child]) -> None:
+    if not _nobody_can_run_python():
+        pytest.skip("the user nobody cannot run this interpreter (e.g. it lives under /root)")
+    os.chown(data_dir, 65534, 65534)
+    child = Child(data_dir, user=65534)
+    children.append(child)
+    info = child.ask_json("go")
+    assert psutil.Process(info["postmaster_pid"]).username() == "nobody"
+    assert child.ask("write n") == "ok"
+    assert child.ask("release") == "released"
+    assert_stopped(data_dir)
