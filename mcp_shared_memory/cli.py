@@ -238,6 +238,30 @@ def reembed(data_dir: DataDir = None, log_level: LogLevel = "INFO") -> None:
     run(main)
 
 
+@app.command()
+def consolidate(
+    tenant: Annotated[str | None, typer.Option(help="only this tenant")] = None,
+    data_dir: DataDir = None,
+    log_level: LogLevel = "WARNING",
+) -> None:
+    """Turn unconsolidated events into shared facts (the server also does this periodically)."""
+    configure_logging(log_level)
+    settings = load_settings(data_dir=data_dir)
+
+    async def main() -> None:
+        from .consolidation import Consolidator
+        from .runtime import open_memory
+
+        async with open_memory(settings) as memory:
+            report = await Consolidator.from_memory(memory).run(tenant=tenant)
+        typer.echo(
+            f"consolidated {report.events} events in {report.scopes} scopes: {report.stored} facts stored, "
+            f"{report.confirmed} confirmed, {report.skipped_busy} scopes busy in another process"
+        )
+
+    run(main)
+
+
 def main() -> None:
     app()
 

@@ -88,6 +88,13 @@ class Settings(BaseSettings):
     max_content_chars: int = Field(default=32_000, ge=1)
     workspace_cache_ttl: int = Field(default=3600, ge=1)
 
+    # consolidation of the episodic log into shared facts
+    consolidation_interval: int = Field(default=300, ge=0)
+    consolidation_min_importance: float = Field(default=0.7, ge=0, le=1)
+    consolidation_event_types: str = "observation,decision,fact,finding,agent_result"
+    consolidation_batch: int = Field(default=200, ge=1, le=10_000)
+    consolidation_model: str | None = None
+
     @field_validator("database_url", "redis_url", "qdrant_api_key", "openai_api_key", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -118,6 +125,9 @@ class Settings(BaseSettings):
         if self.allowed_scopes:
             return tuple(p.strip() for p in self.allowed_scopes.split(",") if p.strip())
         return (self.default_scope, "workspace:*")
+
+    def fact_event_types(self) -> frozenset[str]:
+        return frozenset(t.strip() for t in self.consolidation_event_types.split(",") if t.strip())
 
     def require_openai_key(self) -> None:
         if self.embedding_provider == "openai" and not self.openai_api_key and not self.openai_base_url:

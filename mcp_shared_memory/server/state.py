@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -9,7 +10,8 @@ from dataclasses import dataclass
 import anyio
 from mcp.server.auth.middleware.auth_context import get_access_token
 
-from ..errors import AccessDenied
+from ..consolidation import Consolidator
+from ..errors import AccessDenied, SharedMemoryError
 from ..memory import SharedMemory
 from ..models import Principal, Scope
 from ..runtime import open_memory
@@ -18,6 +20,21 @@ from ..stores.tokens import PostgresTokenStore
 from .notifications import NotificationHub, TenantBus
 
 CLAIM_PRINCIPAL = "msm_principal"
+log = logging.getLogger(__name__)
+
+
+async def consolidate_periodically(memory: SharedMemory, interval: float) -> None:
+    """Every process may run this: the per-scope advisory lock lets one of them do each scope."""
+    consolidator = Consolidator.from_memory(memory)
+    while True:
+        await anyio.sleep(interval)
+        try:
+            report = await consolidator.run()
+            if report.events:
+                log.info("consolidated %d events: %d facts stored, %d confirmed", report.events, report.stored,
+                         report.confirmed)  # fmt: skip
+        except SharedMemoryError as exc:
+            log.warning("consolidation skipped: %s", exc.message)
 
 
 def stdio_principal(settings: Settings) -> Principal:
@@ -67,6 +84,8 @@ class ServerRuntime:
         async with open_memory(self.settings) as memory, anyio.create_task_group() as tg:
             hub = NotificationHub(memory.cache.redis, memory.cache.keys, self.bus)
             await tg.start(hub.run)
+            if self.settings.consolidation_interval > 0:
+                tg.start_soon(consolidate_periodically, memory, self.settings.consolidation_interval)
             self.state = AppState(
                 memory=memory, hub=hub, tokens=PostgresTokenStore(memory.episodic.db),
                 local_principal=self.local_principal,

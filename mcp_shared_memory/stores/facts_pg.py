@@ -33,7 +33,9 @@ ORDER BY similarity DESC
 
 CONFIRM = f"""
 UPDATE semantic_facts
-SET confirmations = confirmations + 1,
+SET confirmations = confirmations + CASE
+      -- Re-confirming from events already recorded (a consolidation rerun) changes nothing.
+      WHEN cardinality($2::uuid[]) > 0 AND $2::uuid[] <@ source_event_ids THEN 0 ELSE 1 END,
     last_seen = now(),
     source_event_ids = ARRAY(SELECT DISTINCT unnest(source_event_ids || $2::uuid[])),
     source_agents = ARRAY(SELECT DISTINCT unnest(source_agents || $3::text[]))

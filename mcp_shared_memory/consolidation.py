@@ -1,0 +1,229 @@
+"""Consolidation: unconsolidated events of a scope become shared facts, and are marked consolidated.
+
+Offline by default: events at or above an importance threshold and of fact-like types become facts,
+merged with near-duplicates. With ``MSM_CONSOLIDATION_MODEL`` set, an OpenAI-compatible chat model
+extracts the facts instead. One process consolidates a scope at a time (PostgreSQL advisory lock).
+
+Crash safety: every fact records the events it came from, and confirming a fact from events it
+already records changes nothing; events are marked consolidated only after their facts are stored.
+A crash midway therefore loses nothing, and a rerun finishes the work without duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .memory import SharedMemory
+from .models import Scope
+from .validation import MAX_FACT_CHARS
+
+log = logging.getLogger(__name__)
+
+PENDING_SCOPES = """
+SELECT DISTINCT tenant_id, scope_type, scope_id FROM shared_episodic_memories
+WHERE consolidated = false AND ($1::text IS NULL OR tenant_id = $1)
+LIMIT $2
+"""
+PENDING_EVENTS = """
+SELECT id, seq, agent_id, event_type, content, importance, embedding, embedding_model
+FROM shared_episodic_memories
+WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3 AND consolidated = false
+ORDER BY seq LIMIT $4
+"""
+MARK_CONSOLIDATED = """
+UPDATE shared_episodic_memories SET consolidated = true, consolidated_at = now()
+WHERE id = ANY($1::uuid[]) AND consolidated = false
+"""
+TRY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended($1, 7340003))"
+UNLOCK = "SELECT pg_advisory_unlock(hashtextextended($1, 7340003))"
+
+
+@dataclass
+class PendingEvent:
+    id: uuid.UUID
+    seq: int
+    agent_id: str
+    event_type: str
+    content: str
+    importance: float
+    embedding: np.ndarray | None
+
+
+@dataclass
+class Candidate:
+    """A fact to store and the events it came from."""
+
+    text: str
+    events: list[PendingEvent]
+    vector: np.ndarray | None = None
+
+
+@dataclass
+class ConsolidationReport:
+    scopes: int = 0
+    skipped_busy: int = 0
+    events: int = 0
+    stored: int = 0
+    confirmed: int = 0
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, other: ConsolidationReport) -> None:
+        self.scopes += other.scopes
+        self.skipped_busy += other.skipped_busy
+        self.events += other.events
+        self.stored += other.stored
+        self.confirmed += other.confirmed
+        self.errors += other.errors
+
+
+class RuleExtractor:
+    """Offline: an important event of a fact-like type is itself a fact."""
+
+    def __init__(self, *, min_importance: float, event_types: frozenset[str]) -> None:
+        self.min_importance = min_importance
+        self.event_types = event_types
+
+    async def extract(self, events: Sequence[PendingEvent]) -> list[Candidate]:
+        return [
+            Candidate(text=e.content[:MAX_FACT_CHARS], events=[e], vector=e.embedding)
+            for e in events
+            if e.importance >= self.min_importance and e.event_type in self.event_types
+        ]
+
+
+EXTRACTION_PROMPT = """You consolidate the shared memory of a team of AI agents.
+From the events below, extract durable facts worth remembering: self-contained statements (decisions,
+findings, properties of systems, preferences). Skip chatter and transient steps. Answer with JSON only:
+{"facts": [{"fact": "<one sentence>", "events": [<seq numbers it comes from>]}]}"""
+
+
+class ChatExtractor:
+    """An OpenAI-compatible chat model extracts the facts; falls back to the rules if it fails."""
+
+    def __init__(self, client: object, *, model: str, fallback: RuleExtractor) -> None:
+        self.client = client
+        self.model = model
+        self.fallback = fallback
+
+    async def extract(self, events: Sequence[PendingEvent]) -> list[Candidate]:
+        if not events:
+            return []
+        listing = "\n".join(
+            f"seq={e.seq} agent={e.agent_id} type={e.event_type} importance={e.importance:.2f}: {e.content[:2000]}"
+            for e in events
+        )
+        try:
+            response = await self.client.chat.completions.create(  # type: ignore[attr-defined]
+                model=self.model,
+                temperature=0,
+                messages=[{"role": "system", "content": EXTRACTION_PROMPT}, {"role": "user", "content": listing}],
+            )
+            return self._parse(response.choices[0].message.content or "", events)
+        except Exception as exc:  # any model/endpoint failure: consolidate offline rather than not at all
+            log.warning("chat extraction failed (%s); using the offline rules", type(exc).__name__)
+            return await self.fallback.extract(events)
+
+    @staticmethod
+    def _parse(text: str, events: Sequence[PendingEvent]) -> list[Candidate]:
+        start, end = text.find("{"), text.rfind("}")
+        payload = json.loads(text[start : end + 1])
+        by_seq = {e.seq: e for e in events}
+        candidates = []
+        for item in payload.get("facts", []):
+            fact = str(item.get("fact", "")).strip()[:MAX_FACT_CHARS]
+            sources = [by_seq[s] for s in item.get("events", []) if isinstance(s, int) and s in by_seq]
+            if fact and sources:
+                candidates.append(Candidate(text=fact, events=sources))
+        return candidates
+
+
+class Consolidator:
+    def __init__(self, memory: SharedMemory, extractor: RuleExtractor | ChatExtractor) -> None:
+        self.memory = memory
+        self.extractor = extractor
+
+    @classmethod
+    def from_memory(cls, memory: SharedMemory) -> Consolidator:
+        settings = memory.settings
+        rules = RuleExtractor(
+            min_importance=settings.consolidation_min_importance, event_types=settings.fact_event_types()
+        )
+        if not settings.consolidation_model:
+            return cls(memory, rules)
+        import openai
+
+        client = openai.AsyncOpenAI(
+            api_key=settings.openai_api_key.get_secret_value() if settings.openai_api_key else "unused",
+            base_url=settings.openai_base_url,
+            timeout=60,
+            max_retries=1,
+        )
+        return cls(memory, ChatExtractor(client, model=settings.consolidation_model, fallback=rules))
+
+    async def run(self, *, tenant: str | None = None, max_scopes: int = 1000) -> ConsolidationReport:
+        """Consolidate every scope with pending events (of one tenant, if given)."""
+        report = ConsolidationReport()
+        rows = await self.memory.episodic.db.fetch(PENDING_SCOPES, tenant, max_scopes)
+        for row in rows:
+            scope = Scope(row["scope_type"], row["scope_id"])
+            report.add(await self.consolidate_scope(row["tenant_id"], scope))
+        return report
+
+    async def consolidate_scope(self, tenant: str, scope: Scope) -> ConsolidationReport:
+        report = ConsolidationReport()
+        lock_key = f"{tenant}:{scope}"
+        async with self.memory.episodic.db.connection() as conn:
+            if not await conn.fetchval(TRY_LOCK, lock_key):
+                report.skipped_busy = 1
+                return report
+            try:
+                report.scopes = 1
+                while True:
+                    rows = await conn.fetch(
+                        PENDING_EVENTS, tenant, scope.type, scope.id, self.memory.settings.consolidation_batch
+                    )
+                    if not rows:
+                        break
+                    events = [self._pending(r) for r in rows]
+                    await self._consolidate_batch(tenant, scope, events, report)
+                    await conn.execute(MARK_CONSOLIDATED, [e.id for e in events])
+                    report.events += len(events)
+            finally:
+                await conn.execute(UNLOCK, lock_key)
+        return report
+
+    def _pending(self, row: object) -> PendingEvent:
+        model = row["embedding_model"]  # type: ignore[index]
+        vector = row["embedding"] if model == self.memory.embedder.model_id else None  # type: ignore[index]
+        return PendingEvent(
+            id=row["id"], seq=row["seq"], agent_id=row["agent_id"], event_type=row["event_type"],  # type: ignore[index]
+            content=row["content"], importance=row["importance"], embedding=vector,  # type: ignore[index]
+        )  # fmt: skip
+
+    async def _consolidate_batch(
+        self, tenant: str, scope: Scope, events: list[PendingEvent], report: ConsolidationReport
+    ) -> None:
+        candidates = await self.extractor.extract(events)
+        missing = [c for c in candidates if c.vector is None]
+        if missing:
+            vectors = await self.memory.embedder.embed_many([c.text for c in missing])
+            for candidate, vector in zip(missing, vectors, strict=True):
+                candidate.vector = vector
+        for candidate in candidates:
+            assert candidate.vector is not None
+            written = await self.memory.facts.upsert(
+                tenant, scope, candidate.text, candidate.vector,
+                source_event_ids=[e.id for e in candidate.events],
+                source_agents=sorted({e.agent_id for e in candidate.events}),
+                duplicate_floor=self.memory.settings.duplicate_floor,
+            )  # fmt: skip
+            if written.status == "stored":
+                report.stored += 1
+            else:
+                report.confirmed += 1
