@@ -71,10 +71,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def http_server(backend_env: dict[str, str], port: int) -> Iterator[str]:
+def http_server(backend_env: dict[str, str], port: int, *, args: list[str] | None = None) -> Iterator[str]:
     """A `serve --transport http` process; yields its /mcp URL once /healthz answers."""
+    args = args or ["serve", "--transport", "http", "--port", str(port)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mcp_shared_memory", "serve", "--transport", "http", "--port", str(port)],
+        [sys.executable, "-m", "mcp_shared_memory", *args],
         env=server_env(backend_env),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
