@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from typing import Any
@@ -113,16 +112,15 @@ async def test_killed_midway_then_rerun_equals_an_uninterrupted_run(
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MSM_")}
     env.update(backend_env, MSM_CONSOLIDATION_BATCH="10")
-    child = subprocess.Popen(
-        [sys.executable, "-m", "mcp_shared_memory", "consolidate", "--tenant", crashed],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while (left := await pending_count(memory, crashed)) == total and time.monotonic() < deadline:
-        await anyio.sleep(0.01)
-    await anyio.sleep(0.2)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
+    command = [sys.executable, "-m", "mcp_shared_memory", "consolidate", "--tenant", crashed]
+    async with await anyio.open_process(command, env=env, stdout=None, stderr=None) as child:
+        deadline = time.monotonic() + 60
+        # Polling PostgreSQL: the child's progress is visible nowhere else.
+        while await pending_count(memory, crashed) == total and time.monotonic() < deadline:  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+        await anyio.sleep(0.2)
+        child.send_signal(signal.SIGKILL)
+        await child.wait()
     left = await pending_count(memory, crashed)
     assert 0 < left < total, "the consolidation was not interrupted midway"
 

@@ -20,8 +20,13 @@ def test_two_processes_see_each_others_events_by_recency_and_meaning() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MSM_")}
     try:
         children = [
-            subprocess.Popen([sys.executable, str(CHILD), name, data_dir], env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+            subprocess.Popen(
+                [sys.executable, str(CHILD), name, data_dir],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             for name in ("one", "two")
         ]
         outputs = {}

@@ -21,7 +21,9 @@ QUERIES = {"one": "where is staging hosted?", "two": "how often are declined pay
 
 async def main(name: str, data_dir: str) -> None:
     settings = Settings(data_dir=Path(data_dir), database_url=None, redis_url=None)
-    agent = Principal(tenant="zero", agent_id=f"agent-{name}", allowed_scopes=("user:*",), default_scope=Scope("user", "u"))
+    agent = Principal(
+        tenant="zero", agent_id=f"agent-{name}", allowed_scopes=("user:*",), default_scope=Scope("user", "u")
+    )
     async with open_memory(settings) as memory:
         await memory.write_event(agent, FACTS[name], importance=0.8)
         deadline = time.monotonic() + 60

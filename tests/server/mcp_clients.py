@@ -52,8 +52,8 @@ class Inbox:
         self._event.set()
         self._event = anyio.Event()
 
-    async def wait_for(self, predicate: Any, timeout: float = 10) -> None:
-        with anyio.fail_after(timeout):
+    async def wait_for(self, predicate: Any, seconds: float = 10) -> None:
+        with anyio.fail_after(seconds):
             while not predicate(self):
                 await self._event.wait()
 

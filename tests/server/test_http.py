@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from collections.abc import Iterator
 
@@ -16,12 +15,13 @@ from .mcp_clients import Inbox, free_port, http_client, http_server, legacy_subs
 pytestmark = pytest.mark.anyio
 
 
-def create_token(backend_env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "mcp_shared_memory", "token", "create", *args],
-        env=server_env(backend_env), capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return done.stdout.strip()
+async def cli(backend_env: dict[str, str], *args: str) -> str:
+    done = await anyio.run_process([sys.executable, "-m", "mcp_shared_memory", *args], env=server_env(backend_env))
+    return done.stdout.decode().strip()
+
+
+async def create_token(backend_env: dict[str, str], *args: str) -> str:
+    return await cli(backend_env, "token", "create", *args)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +41,8 @@ async def test_replica_two_notifies_what_replica_one_wrote(
     backend_env: dict[str, str], replicas: tuple[str, str], tenant_id: str, mode: str
 ) -> None:
     first, second = replicas
-    token_a = create_token(backend_env, "--tenant", tenant_id, "--agent-id", "agent-a", "--scope", "user:alice")
-    token_b = create_token(backend_env, "--tenant", tenant_id, "--agent-id", "agent-b", "--scope", "user:alice")
+    token_a = await create_token(backend_env, "--tenant", tenant_id, "--agent-id", "agent-a", "--scope", "user:alice")
+    token_b = await create_token(backend_env, "--tenant", tenant_id, "--agent-id", "agent-b", "--scope", "user:alice")
     uri = f"memory://{tenant_id}/user/alice/recent"
     inbox = Inbox()
     async with http_client(first, token_a, mode) as a, http_client(second, token_b, mode, inbox) as b:
@@ -64,8 +64,8 @@ async def test_identity_comes_from_the_token_and_tenants_stay_apart(
     backend_env: dict[str, str], replicas: tuple[str, str], tenant_id: str, mode: str
 ) -> None:
     first, _ = replicas
-    token_a = create_token(backend_env, "--tenant", tenant_id, "--agent-id", "agent-a", "--scope", "user:alice")
-    token_b = create_token(backend_env, "--tenant", f"{tenant_id}-b", "--agent-id", "agent-a", "--scope", "*",
+    token_a = await create_token(backend_env, "--tenant", tenant_id, "--agent-id", "agent-a", "--scope", "user:alice")
+    token_b = await create_token(backend_env, "--tenant", f"{tenant_id}-b", "--agent-id", "agent-a", "--scope", "*",
                            "--default-scope", "user:alice")  # fmt: skip
     async with http_client(first, token_a, mode) as a, http_client(first, token_b, mode) as b:
         written = await a.call_tool("write_event", {"content": "tenant A only"})
@@ -95,17 +95,11 @@ async def test_requests_without_a_valid_token_are_rejected(
     assert metadata.status_code == 200 and metadata.json()["resource"].endswith("/mcp")
     assert health.json()["postgres"] == "ok"
 
-    token = create_token(backend_env, "--tenant", tenant_id, "--agent-id", "agent-a", "--scope", "user:alice")
-    listed = subprocess.run(
-        [sys.executable, "-m", "mcp_shared_memory", "token", "list", "--json", "--tenant", tenant_id],
-        env=server_env(backend_env), capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    (record,) = json.loads(listed.stdout)
-    assert token not in listed.stdout and "token_sha256" not in listed.stdout
-    subprocess.run(
-        [sys.executable, "-m", "mcp_shared_memory", "token", "revoke", record["id"]],
-        env=server_env(backend_env), capture_output=True, check=True,
-    )  # fmt: skip
+    token = await create_token(backend_env, "--tenant", tenant_id, "--agent-id", "agent-a", "--scope", "user:alice")
+    listed = await cli(backend_env, "token", "list", "--json", "--tenant", tenant_id)
+    (record,) = json.loads(listed)
+    assert token not in listed and "token_sha256" not in listed
+    await cli(backend_env, "token", "revoke", record["id"])
     await anyio.sleep(5.5)  # the verifier caches a token's verdict for 5 s
     async with httpx2.AsyncClient(timeout=10) as http:
         revoked = await http.post(first, json=body, headers={**headers, "Authorization": f"Bearer {token}"})

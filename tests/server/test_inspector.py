@@ -17,9 +17,14 @@ def inspector(backend_env: dict[str, str], tenant: str, *method: str) -> dict:
     npx = shutil.which("npx")
     if npx is None:
         pytest.fail("npx (Node.js) is required for the MCP Inspector test: apt-get install -y nodejs npm")
-    env_args = [
-        arg for key in ("MSM_DATABASE_URL", "MSM_REDIS_URL") for arg in ("-e", f"{key}={backend_env[key]}")
-    ] + ["-e", f"MSM_TENANT={tenant}", "-e", "MSM_SCOPE=user:alice", "-e", "MSM_AGENT_ID=inspector"]
+    env_args = [arg for key in ("MSM_DATABASE_URL", "MSM_REDIS_URL") for arg in ("-e", f"{key}={backend_env[key]}")] + [
+        "-e",
+        f"MSM_TENANT={tenant}",
+        "-e",
+        "MSM_SCOPE=user:alice",
+        "-e",
+        "MSM_AGENT_ID=inspector",
+    ]
     done = subprocess.run(
         [npx, "--yes", INSPECTOR, "--cli", *env_args, sys.executable, "-m", "mcp_shared_memory", "serve", *method],
         capture_output=True, text=True, timeout=300,
