@@ -44,7 +44,7 @@ def _default_agent_id() -> str:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MSM_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="MSM_", frozen=True, extra="ignore", populate_by_name=True)
 
     # backends (unset → embedded, zero-config)
     database_url: SecretStr | None = None

@@ -65,7 +65,8 @@ def test_compose_command_matches_the_dockerfile_and_the_cli() -> None:
         assert flag in help_text
 
 
-def test_server_runs_with_the_compose_environment(backend_env: dict[str, str]) -> None:
+@pytest.mark.anyio
+async def test_server_runs_with_the_compose_environment(backend_env: dict[str, str]) -> None:
     """Everything compose sets is used as-is, except the hosts, which become the local test backends.
     There is no Qdrant server on this machine, so MSM_QDRANT_URL is the one variable left out."""
     service = compose()["services"]["server"]
@@ -79,15 +80,17 @@ def test_server_runs_with_the_compose_environment(backend_env: dict[str, str]) -
     command[command.index("--host") + 1] = "127.0.0.1"
 
     tenant = f"deploy{uuid.uuid4().hex[:8]}"
-    token = subprocess.run(
+    created = await anyio.run_process(
         [sys.executable, "-m", "mcp_shared_memory", "token", "create", "--tenant", tenant, "--agent-id", "ops",
          "--scope", "user:alice"],
-        env=server_env(backend_env), capture_output=True, text=True, check=True,
-    ).stdout.strip()  # fmt: skip
+        env=server_env(backend_env),
+    )  # fmt: skip
+    token = created.stdout.decode().strip()
 
     with http_server(env, port, args=command[1:]) as url:
-        health = httpx2.get(url.replace("/mcp", "/healthz"), timeout=5).json()
-        recent = anyio.run(write_and_read, url, token)
+        async with httpx2.AsyncClient(timeout=5) as http:
+            health = (await http.get(url.replace("/mcp", "/healthz"))).json()
+        recent = await write_and_read(url, token)
 
     assert health == {"status": "ok", "postgres": "ok", "redis": "ok"}
     assert [e["content"] for e in recent] == ["deployed with the compose environment"]

@@ -133,7 +133,7 @@ def build_server(
             raise MCPError(INVALID_PARAMS, exc.message) from exc
         await register_legacy_connection(ctx)
         key = sdk_adapter.connection_key(ctx)
-        if key not in state.hub._legacy_uris.get(uri, {}):
+        if not state.hub.has_legacy_subscription(uri, key):
             parsed = parse_uri(uri)
             assert parsed is not None
             channel = await state.hub.acquire(parsed.tenant, parsed.scope if parsed.kind == "recent" else None)

@@ -145,6 +145,9 @@ class NotificationHub:
     def add_legacy_subscription(self, uri: str, key: int, session: LegacySession) -> None:
         self._legacy_uris[uri][key] = session
 
+    def has_legacy_subscription(self, uri: str, key: int) -> bool:
+        return key in self._legacy_uris.get(uri, {})
+
     def remove_legacy_subscription(self, uri: str, key: int) -> bool:
         subscribers = self._legacy_uris.get(uri, {})
         removed = subscribers.pop(key, None) is not None
