@@ -1,0 +1,475 @@
+"""Semantic facts in Qdrant: used when ``MSM_QDRANT_URL`` is configured.
+
+Behaves exactly like the pgvector backend (``facts_pg.py``): the same duplicate rule, the same
+confirmation rule, the same scope isolation, the same exact (complete) nearest-neighbour search.
+
+One collection per embedding model and dimension (``msm_facts__<model>__<dims>``), cosine distance,
+``tenant_id`` indexed as the tenant key (Qdrant multitenancy). Every read, update and delete is filtered
+by tenant AND scope type AND scope id, so a fact of another tenant or scope can never be returned,
+confirmed or deleted.
+
+Qdrant has no transactions, so concurrent writers are made safe without them:
+
+- within a process, writes of one scope are serialised by an asyncio lock;
+- across processes, a new fact gets a point id derived from (tenant, scope, normalised text) and is
+  written with ``update_mode=insert_only``, so two processes storing the same new fact at the same
+  instant produce one point (the loser then confirms it); a confirmation is a compare-and-set on the
+  point's ``revision`` (a ``set_payload`` filtered on the revision read), retried when another writer
+  got there first, so no confirmation is lost.
+
+Remaining cross-process race: two processes storing two *different wordings* of the same new fact at the
+same instant get two points (their ids differ), where PostgreSQL's advisory lock would give one.
+``update_mode`` needs a recent server (Qdrant 1.17+); on a server that ignores it, the later of two
+simultaneous identical inserts overwrites the earlier one (one point, one confirmation lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import re
+import unicodedata
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+import httpx
+import numpy as np
+from qdrant_client import AsyncQdrantClient, models
+from qdrant_client.http.exceptions import ApiException, ResponseHandlingException, UnexpectedResponse
+
+from ..errors import ConfigError, StoreUnavailable
+from ..models import Fact, FactWrite, Scope
+from ..settings import Settings
+from .facts import Embed
+
+log = logging.getLogger(__name__)
+
+COLLECTION_PREFIX = "msm_facts"
+DEFAULT_TIMEOUT = 5  # seconds, per HTTP request
+BATCH = 64
+# A confirmation that keeps losing its compare-and-set to other writers gives up after this many tries.
+MAX_ATTEMPTS = 32
+# Write tokens kept on a point, so a writer can tell its write applied even if another one followed it.
+WRITES_KEPT = 16
+
+_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "mcp-shared-memory/semantic-facts")
+TRANSPORT_ERRORS = (ApiException, httpx.HTTPError, grpc.RpcError, OSError, TimeoutError)
+
+
+def collection_name(model_id: str, dimension: int) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", model_id.lower()).strip("-")[:100] or "model"
+    return f"{COLLECTION_PREFIX}__{slug}__{dimension}"
+
+
+def normalise_fact(text: str) -> str:
+    text = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    return text.strip(" .,;:!?\"'")
+
+
+def fact_point_id(tenant: str, scope: Scope, fact: str) -> uuid.UUID:
+    """The id a new fact gets: identical facts of one scope collapse into one point, across processes."""
+    return uuid.uuid5(_ID_NAMESPACE, "\x1f".join((tenant, scope.type, scope.id, normalise_fact(fact))))
+
+
+def _match(key: str, value: str) -> models.FieldCondition:
+    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+
+def _scope_filter(tenant: str, scope: Scope, *extra: models.Condition) -> models.Filter:
+    return models.Filter(
+        must=[_match("tenant_id", tenant), _match("scope_type", scope.type), _match("scope_id", scope.id), *extra]
+    )
+
+
+def _union(old: Sequence[str], new: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys([*old, *new]))
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _to_fact(point_id: Any, payload: Mapping[str, Any], similarity: float | None = None) -> Fact:
+    return Fact(
+        id=uuid.UUID(str(point_id)),
+        scope_type=payload["scope_type"],
+        scope_id=payload["scope_id"],
+        fact=payload["fact"],
+        source_event_ids=[uuid.UUID(e) for e in payload.get("source_event_ids", [])],
+        source_agents=list(payload.get("source_agents", [])),
+        confirmations=int(payload.get("confirmations", 1)),
+        first_seen=datetime.fromisoformat(payload["first_seen"]),
+        last_seen=datetime.fromisoformat(payload["last_seen"]),
+        similarity=similarity,
+    )
+
+
+def _text(record: models.Record) -> str:
+    return str((record.payload or {}).get("fact", ""))
+
+
+def _in_scope(payload: Mapping[str, Any] | None, tenant: str, scope: Scope) -> bool:
+    if not payload:
+        return False
+    return (payload.get("tenant_id"), payload.get("scope_type"), payload.get("scope_id")) == (
+        tenant,
+        scope.type,
+        scope.id,
+    )
+
+
+def _already_exists(exc: BaseException) -> bool:
+    if isinstance(exc, UnexpectedResponse):
+        # 409 since Qdrant 1.8, 400 before.
+        return exc.status_code == 409 or (exc.status_code == 400 and b"already exists" in exc.content)
+    if isinstance(exc, grpc.RpcError):
+        code = getattr(exc, "code", None)
+        return callable(code) and code() == grpc.StatusCode.ALREADY_EXISTS
+    # Local mode (tests) raises ValueError("Collection ... already exists").
+    return isinstance(exc, ValueError) and "already exists" in str(exc)
+
+
+def _not_found(exc: BaseException) -> bool:
+    if isinstance(exc, UnexpectedResponse):
+        return exc.status_code == 404
+    return isinstance(exc, KeyError)  # local mode: update of a point that no longer exists
+
+
+def unavailable(action: str, exc: BaseException) -> StoreUnavailable:
+    """A safe message: status and Qdrant's own error text, never the URL or the API key."""
+    if isinstance(exc, UnexpectedResponse):
+        status = f"HTTP {exc.status_code} {exc.reason_phrase}".strip()
+        if exc.status_code in (401, 403):
+            return StoreUnavailable(f"Qdrant refused to {action} ({status}): check MSM_QDRANT_API_KEY")
+        detail = ""
+        with suppress(ValueError, KeyError, TypeError):
+            detail = str(json.loads(exc.content)["status"]["error"])[:200]
+        suffix = f": {detail}" if detail else ""
+        return StoreUnavailable(f"Qdrant failed to {action} ({status}){suffix}; retry later")
+    if isinstance(exc, ResponseHandlingException):
+        exc = exc.source
+    if isinstance(exc, grpc.RpcError):
+        code = getattr(exc, "code", None)
+        name = code().name if callable(code) else type(exc).__name__
+        return StoreUnavailable(f"Qdrant is unavailable ({name}) and could not {action}; retry later")
+    return StoreUnavailable(f"Qdrant is unavailable ({type(exc).__name__}) and could not {action}; retry later")
+
+
+class QdrantFactsStore:
+    def __init__(self, client: AsyncQdrantClient, *, model_id: str, dimension: int, owns_client: bool = False) -> None:
+        self.client = client
+        self.model_id = model_id
+        self.dimension = dimension
+        self.collection = collection_name(model_id, dimension)
+        self._owns_client = owns_client
+        self._ready = False
+        self._ready_lock = asyncio.Lock()
+        self._scope_locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, model_id: str, dimension: int, timeout: int = DEFAULT_TIMEOUT
+    ) -> QdrantFactsStore:
+        if not settings.qdrant_url:
+            raise ConfigError("MSM_QDRANT_URL is not set")
+        api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
+        # check_compatibility=False: no blocking version probe in the constructor.
+        client = AsyncQdrantClient(url=settings.qdrant_url, api_key=api_key, timeout=timeout, check_compatibility=False)
+        return cls(client, model_id=model_id, dimension=dimension, owns_client=True)
+
+    # lifecycle -------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create the collection if missing. Qdrant being down is not fatal: facts calls fail until it is
+        back (and create the collection then); events keep working."""
+        try:
+            await self._ensure_collection()
+        except StoreUnavailable as exc:
+            log.warning("semantic facts unavailable: %s", exc.message)
+
+    async def close(self) -> None:
+        if self._owns_client:
+            await self.client.close()
+
+    # FactsStore ------------------------------------------------------------------------------------
+
+    async def upsert(
+        self,
+        tenant: str,
+        scope: Scope,
+        fact: str,
+        vector: np.ndarray,
+        *,
+        source_event_ids: Sequence[uuid.UUID],
+        source_agents: Sequence[str],
+        duplicate_floor: float,
+    ) -> FactWrite:
+        await self._ensure_collection()
+        events = [str(e) for e in dict.fromkeys(source_event_ids)]
+        agents = list(dict.fromkeys(source_agents))
+        point_id = str(fact_point_id(tenant, scope, fact))
+        async with self._scope_lock(tenant, scope):
+            for attempt in range(MAX_ATTEMPTS):
+                if attempt:
+                    await asyncio.sleep(random.uniform(0, 0.002 * attempt))
+                target = await self._nearest_duplicate(tenant, scope, vector, duplicate_floor)
+                if target is None:
+                    # The same text (same id) can exist below the floor only through float rounding at
+                    # floor 1.0, or because another process inserted it after our search.
+                    target = await self._get(tenant, scope, point_id)
+                if target is None:
+                    stored = await self._insert(tenant, scope, point_id, fact, vector, events, agents)
+                    if stored is not None:
+                        return FactWrite(status="stored", fact=stored)
+                    continue  # another writer inserted this id first: confirm it on the next pass
+                confirmed = await self._confirm(tenant, scope, target, events, agents)
+                if confirmed is not None:
+                    return FactWrite(status="confirmed", fact=confirmed)
+        raise StoreUnavailable("Qdrant: too many concurrent writers on this fact; retry later")
+
+    async def search(
+        self, tenant: str, scope: Scope, vector: np.ndarray, *, top_k: int, min_similarity: float
+    ) -> list[Fact]:
+        await self._ensure_collection()
+        points = await self._query(tenant, scope, vector, limit=top_k, score_threshold=min_similarity)
+        return [_to_fact(p.id, p.payload or {}, p.score) for p in points]
+
+    async def forget(self, tenant: str, scope: Scope, fact_id: uuid.UUID) -> bool:
+        await self._ensure_collection()
+        selector = _scope_filter(tenant, scope, models.HasIdCondition(has_id=[str(fact_id)]))
+        async with self._scope_lock(tenant, scope):
+            with self._translate("forget a fact"):
+                found = await self.client.count(self.collection, count_filter=selector, exact=True)
+                if not found.count:
+                    return False
+                await self.client.delete(
+                    self.collection, points_selector=models.FilterSelector(filter=selector), wait=True,
+                    ordering=models.WriteOrdering.STRONG,
+                )  # fmt: skip
+        return True
+
+    async def reembed(self, embed: Embed) -> int:
+        """Re-embed this collection's facts in place, then move the facts of every other model's
+        collection (``msm_facts__*``) into this one with new vectors, keeping their ids and provenance."""
+        await self._ensure_collection()
+        total = 0
+        async for records in self._pages(self.collection):
+            vectors = await embed([_text(r) for r in records])
+            with self._translate("re-embed facts"):
+                try:
+                    await self.client.update_vectors(
+                        self.collection,
+                        points=[
+                            models.PointVectors(id=r.id, vector=v.tolist())
+                            for r, v in zip(records, vectors, strict=True)
+                        ],
+                        wait=True,
+                    )
+                except Exception as exc:
+                    # A fact forgotten meanwhile: every other point of the batch was updated.
+                    if not _not_found(exc):
+                        raise
+                # A filter, not an id list: ids forgotten meanwhile are skipped instead of failing the batch.
+                await self.client.set_payload(
+                    self.collection,
+                    {"embedding_model": self.model_id},
+                    points=models.Filter(must=[models.HasIdCondition(has_id=[r.id for r in records])]),
+                    wait=True,
+                )
+            total += len(records)
+        with self._translate("list collections"):
+            others = [
+                c.name
+                for c in (await self.client.get_collections()).collections
+                if c.name.startswith(f"{COLLECTION_PREFIX}__") and c.name != self.collection
+            ]
+        for source in others:
+            async for records in self._pages(source):
+                vectors = await embed([_text(r) for r in records])
+                points = [
+                    models.PointStruct(
+                        id=r.id, vector=v.tolist(), payload={**(r.payload or {}), "embedding_model": self.model_id}
+                    )
+                    for r, v in zip(records, vectors, strict=True)
+                ]
+                with self._translate("re-embed facts"):
+                    # insert_only: a fact already written here with the new model is newer; keep it.
+                    await self.client.upsert(
+                        self.collection, points=points, wait=True, update_mode=models.UpdateMode.INSERT_ONLY
+                    )
+                    await self.client.delete(source, points_selector=[r.id for r in records], wait=True)
+                total += len(records)
+        return total
+
+    # internals -------------------------------------------------------------------------------------
+
+    @contextmanager
+    def _translate(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except TRANSPORT_ERRORS as exc:
+            if _not_found(exc):
+                self._ready = False  # the collection was deleted under us: recreate it on the next call
+            raise unavailable(action, exc) from exc
+
+    def _scope_lock(self, tenant: str, scope: Scope) -> asyncio.Lock:
+        key = (tenant, scope.type, scope.id)
+        lock = self._scope_locks.get(key)
+        if lock is None:
+            lock = self._scope_locks[key] = asyncio.Lock()
+        return lock
+
+    async def _ensure_collection(self) -> None:
+        if self._ready:
+            return
+        async with self._ready_lock:
+            if self._ready:
+                return
+            with self._translate("open the facts collection"):
+                if not await self.client.collection_exists(self.collection):
+                    try:
+                        await self.client.create_collection(
+                            self.collection,
+                            vectors_config=models.VectorParams(size=self.dimension, distance=models.Distance.COSINE),
+                            # Per-tenant graphs only (Qdrant's multitenancy layout): no global graph to build.
+                            hnsw_config=models.HnswConfigDiff(m=0, payload_m=16),
+                        )
+                    except Exception as exc:
+                        if not _already_exists(exc):  # another process created it first
+                            raise
+                else:
+                    await self._check_vectors()
+                await self._create_indexes()
+            self._ready = True
+
+    async def _check_vectors(self) -> None:
+        info = await self.client.get_collection(self.collection)
+        params = info.config.params.vectors
+        if isinstance(params, models.VectorParams) and (
+            params.size != self.dimension or params.distance != models.Distance.COSINE
+        ):
+            raise ConfigError(
+                f"Qdrant collection {self.collection} holds {params.size}-dim {params.distance.value} vectors, "
+                f"expected {self.dimension}-dim Cosine: delete it or point MSM_QDRANT_URL elsewhere"
+            )
+
+    async def _create_indexes(self) -> None:
+        # Idempotent on the server, also when several processes create them at once; a no-op in local mode.
+        await self.client.create_payload_index(
+            self.collection, "tenant_id",
+            field_schema=models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True), wait=True,
+        )  # fmt: skip
+        for field in ("scope_type", "scope_id", "embedding_model"):
+            await self.client.create_payload_index(
+                self.collection, field, field_schema=models.PayloadSchemaType.KEYWORD, wait=True
+            )
+
+    async def _query(
+        self, tenant: str, scope: Scope, vector: np.ndarray, *, limit: int, score_threshold: float
+    ) -> list[models.ScoredPoint]:
+        with self._translate("search facts"):
+            response = await self.client.query_points(
+                self.collection,
+                query=vector.tolist(),
+                query_filter=_scope_filter(tenant, scope, _match("embedding_model", self.model_id)),
+                limit=limit,
+                score_threshold=score_threshold,
+                with_payload=True,
+                # Exact over the scope, as in pgvector: complete results, no approximate misses of a duplicate.
+                search_params=models.SearchParams(exact=True),
+                consistency=models.ReadConsistencyType.MAJORITY,
+            )
+        return response.points
+
+    async def _nearest_duplicate(
+        self, tenant: str, scope: Scope, vector: np.ndarray, floor: float
+    ) -> models.ScoredPoint | None:
+        points = await self._query(tenant, scope, vector, limit=1, score_threshold=floor)
+        return points[0] if points else None
+
+    async def _get(self, tenant: str, scope: Scope, point_id: str) -> models.Record | None:
+        with self._translate("read a fact"):
+            records = await self.client.retrieve(
+                self.collection, [point_id], with_payload=True, consistency=models.ReadConsistencyType.MAJORITY
+            )
+        # The id encodes tenant and scope, but never trust a point outside the caller's scope.
+        return next((r for r in records if _in_scope(r.payload, tenant, scope)), None)
+
+    async def _applied(self, tenant: str, scope: Scope, point_id: Any, token: str) -> bool:
+        current = await self._get(tenant, scope, str(point_id))
+        return current is not None and token in (current.payload or {}).get("writes", [])
+
+    async def _insert(
+        self, tenant: str, scope: Scope, point_id: str, fact: str, vector: np.ndarray,
+        events: list[str], agents: list[str],
+    ) -> Fact | None:  # fmt: skip
+        """Insert unless a point with this id exists; the stored fact, or None if another writer won."""
+        token = uuid.uuid4().hex
+        now = _now()
+        payload: dict[str, Any] = {
+            "fact": fact, "tenant_id": tenant, "scope_type": scope.type, "scope_id": scope.id,
+            "embedding_model": self.model_id, "source_event_ids": events, "source_agents": agents,
+            "confirmations": 1, "first_seen": now, "last_seen": now, "revision": token, "writes": [token],
+        }  # fmt: skip
+        with self._translate("store a fact"):
+            await self.client.upsert(
+                self.collection, points=[models.PointStruct(id=point_id, vector=vector.tolist(), payload=payload)],
+                wait=True, ordering=models.WriteOrdering.STRONG, update_mode=models.UpdateMode.INSERT_ONLY,
+            )  # fmt: skip
+        if not await self._applied(tenant, scope, point_id, token):
+            return None
+        return _to_fact(point_id, payload)
+
+    async def _confirm(
+        self, tenant: str, scope: Scope, target: models.Record | models.ScoredPoint,
+        events: list[str], agents: list[str],
+    ) -> Fact | None:  # fmt: skip
+        """Compare-and-set on the revision read; the confirmed fact, or None if the point changed or vanished."""
+        old = target.payload or {}
+        recorded = old.get("source_event_ids", [])
+        # Re-confirming from events already recorded (a consolidation rerun) changes nothing but last_seen.
+        repeat = bool(events) and set(events) <= set(recorded)
+        token = uuid.uuid4().hex
+        update: dict[str, Any] = {
+            "confirmations": int(old.get("confirmations", 1)) + (0 if repeat else 1),
+            "last_seen": _now(),
+            "source_event_ids": _union(recorded, events),
+            "source_agents": _union(old.get("source_agents", []), agents),
+            "revision": token,
+            "writes": [*old.get("writes", []), token][-WRITES_KEPT:],
+        }
+        revision = old.get("revision")
+        unchanged: models.Condition = (
+            _match("revision", str(revision))
+            if revision
+            else models.IsEmptyCondition(is_empty=models.PayloadField(key="revision"))
+        )
+        condition = _scope_filter(tenant, scope, models.HasIdCondition(has_id=[target.id]), unchanged)
+        with self._translate("confirm a fact"):
+            await self.client.set_payload(
+                self.collection, update, points=condition, wait=True, ordering=models.WriteOrdering.STRONG
+            )
+        if not await self._applied(tenant, scope, target.id, token):
+            return None
+        return _to_fact(target.id, {**old, **update})
+
+    async def _pages(self, collection: str) -> AsyncIterator[list[models.Record]]:
+        offset: models.ExtendedPointId | None = None
+        while True:
+            with self._translate("read facts"):
+                records, offset = await self.client.scroll(
+                    collection, limit=BATCH, offset=offset, with_payload=True, with_vectors=False
+                )
+            if records:
+                yield records
+            if offset is None:
+                return

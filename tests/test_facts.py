@@ -1,0 +1,386 @@
+"""Semantic facts: one behavioural suite run against both backends (pgvector on the embedded PostgreSQL,
+Qdrant through qdrant-client's local mode, the same client API a server is used through), with real
+embeddings and fresh tenants per test."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from qdrant_client import AsyncQdrantClient, models
+
+from mcp_shared_memory.errors import ConfigError, NotFound, StoreUnavailable
+from mcp_shared_memory.memory import SharedMemory
+from mcp_shared_memory.models import Principal, Scope
+from mcp_shared_memory.runtime import create_facts_store
+from mcp_shared_memory.settings import Settings
+from mcp_shared_memory.stores.facts import FactsStore
+from mcp_shared_memory.stores.facts_pg import PgVectorFactsStore
+from mcp_shared_memory.stores.facts_qdrant import QdrantFactsStore, collection_name, fact_point_id
+
+from .conftest import fresh_id
+
+pytestmark = [
+    pytest.mark.anyio,
+    # Local mode warns that payload indexes and search params have no effect there; a server uses them.
+    pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning"),
+    pytest.mark.filterwarnings("ignore:Local mode performs exact:UserWarning"),
+    pytest.mark.filterwarnings("ignore:Api key is used with an insecure connection:UserWarning"),
+]
+
+USER = Scope("user", "alice")
+WORKSPACE_X = Scope("workspace", "ws-x")
+WORKSPACE_Y = Scope("workspace", "ws-y")
+RATE_LIMIT = "The API rate limit is 100 requests per minute"
+
+
+class YieldingQdrantClient(AsyncQdrantClient):
+    """Local mode completes each call without ever yielding to the event loop, where a call to a server
+    yields while in flight. This restores those switch points, so concurrent writers interleave (and
+    race) as they would against a server."""
+
+
+def _yielding(name: str) -> Any:
+    async def call(self: AsyncQdrantClient, *args: Any, **kwargs: Any) -> Any:
+        # A varying number of switch points, so that requests overtake each other as on a network.
+        for _ in range(random.randint(1, 4)):
+            await asyncio.sleep(0)
+        result = await getattr(AsyncQdrantClient, name)(self, *args, **kwargs)
+        for _ in range(random.randint(1, 4)):
+            await asyncio.sleep(0)
+        return result
+
+    return call
+
+
+for _name in (
+    "collection_exists", "create_collection", "get_collection", "get_collections", "create_payload_index",
+    "query_points", "retrieve", "scroll", "count", "upsert", "set_payload", "update_vectors", "delete",
+):  # fmt: skip
+    setattr(YieldingQdrantClient, _name, _yielding(_name))
+
+
+def qdrant_store(memory: SharedMemory, client: AsyncQdrantClient | None = None, **kwargs: Any) -> QdrantFactsStore:
+    options: dict[str, Any] = {"model_id": memory.embedder.model_id, "dimension": memory.embedder.dimension}
+    options.update(kwargs)
+    if client is None:
+        return QdrantFactsStore(YieldingQdrantClient(location=":memory:"), owns_client=True, **options)
+    return QdrantFactsStore(client, **options)
+
+
+@pytest.fixture(params=["pgvector", "qdrant"])
+async def store(request: pytest.FixtureRequest, memory: SharedMemory) -> AsyncIterator[FactsStore]:
+    facts: FactsStore
+    if request.param == "pgvector":
+        facts = PgVectorFactsStore(memory.episodic.db, model_id=memory.embedder.model_id)
+    else:
+        facts = qdrant_store(memory)
+    await facts.open()
+    yield facts
+    await facts.close()
+
+
+async def put(
+    store: FactsStore,
+    memory: SharedMemory,
+    tenant: str,
+    scope: Scope,
+    fact: str,
+    *,
+    agent: str = "research-1",
+    events: list[uuid.UUID] | None = None,
+) -> Any:
+    return await store.upsert(
+        tenant, scope, fact, await memory.embedder.embed(fact), source_event_ids=events or [],
+        source_agents=[agent], duplicate_floor=memory.settings.duplicate_floor,
+    )  # fmt: skip
+
+
+async def find(
+    store: FactsStore, memory: SharedMemory, tenant: str, scope: Scope, query: str, *,
+    top_k: int = 10, min_similarity: float | None = None,
+) -> list[Any]:  # fmt: skip
+    floor = memory.settings.search_floor if min_similarity is None else min_similarity
+    return await store.search(tenant, scope, await memory.embedder.embed(query), top_k=top_k, min_similarity=floor)
+
+
+# behaviour shared by both backends ------------------------------------------------------------------
+
+
+async def test_stored_fact_is_found_by_a_paraphrase(store: FactsStore, memory: SharedMemory, tenant: str) -> None:
+    written = await put(store, memory, tenant, USER, RATE_LIMIT)
+    await put(store, memory, tenant, USER, "Deployments happen every Tuesday")
+
+    hits = await find(store, memory, tenant, USER, "how many requests per minute are allowed?")
+
+    assert written.status == "stored" and written.fact.confirmations == 1
+    assert hits[0].id == written.fact.id and hits[0].fact == RATE_LIMIT
+    assert hits[0].similarity is not None and hits[0].similarity >= memory.settings.search_floor
+    assert (hits[0].scope_type, hits[0].scope_id) == ("user", "alice")
+    assert hits[0].first_seen.tzinfo is not None and hits[0].last_seen.tzinfo is not None
+
+
+async def test_near_duplicate_confirms_the_fact(store: FactsStore, memory: SharedMemory, tenant: str) -> None:
+    first_event, second_event = uuid.uuid4(), uuid.uuid4()
+    first = await put(store, memory, tenant, USER, RATE_LIMIT, agent="research-1", events=[first_event])
+    await asyncio.sleep(0.01)
+    second = await put(
+        store, memory, tenant, USER, "the API rate-limit is 100 requests per minute!", agent="code-1",
+        events=[second_event],
+    )  # fmt: skip
+
+    assert second.status == "confirmed"
+    assert second.fact.id == first.fact.id and second.fact.fact == RATE_LIMIT
+    assert second.fact.confirmations == 2
+    assert set(second.fact.source_agents) == {"research-1", "code-1"}
+    assert set(second.fact.source_event_ids) == {first_event, second_event}
+    assert second.fact.first_seen == first.fact.first_seen
+    assert second.fact.last_seen > first.fact.last_seen
+    [stored] = await find(store, memory, tenant, USER, "API rate limit", min_similarity=-1)
+    assert stored.confirmations == 2 and set(stored.source_event_ids) == {first_event, second_event}
+
+    # Confirming again from events already recorded (a consolidation rerun) does not count twice.
+    again = await put(store, memory, tenant, USER, RATE_LIMIT + ".", agent="code-1", events=[second_event])
+    assert again.status == "confirmed" and again.fact.confirmations == 2
+
+
+async def test_a_different_fact_is_stored_separately(store: FactsStore, memory: SharedMemory, tenant: str) -> None:
+    first = await put(store, memory, tenant, USER, RATE_LIMIT)
+    other = await put(store, memory, tenant, USER, "Deployments happen every Tuesday")
+
+    assert other.status == "stored" and other.fact.id != first.fact.id
+    found = await find(store, memory, tenant, USER, "anything", min_similarity=-1)
+    assert {f.id for f in found} == {first.fact.id, other.fact.id}
+    assert all(f.confirmations == 1 for f in found)
+
+
+async def test_forget_removes_only_that_fact(store: FactsStore, memory: SharedMemory, tenant: str) -> None:
+    doomed = await put(store, memory, tenant, USER, RATE_LIMIT)
+    kept = await put(store, memory, tenant, USER, "Deployments happen every Tuesday")
+
+    assert await store.forget(tenant, USER, doomed.fact.id) is True
+    assert await store.forget(tenant, USER, doomed.fact.id) is False
+    assert await store.forget(tenant, USER, uuid.uuid4()) is False
+    assert [f.id for f in await find(store, memory, tenant, USER, "rate limit", min_similarity=-1)] == [kept.fact.id]
+
+    # Storing it again after forgetting it starts over.
+    again = await put(store, memory, tenant, USER, RATE_LIMIT)
+    assert again.status == "stored" and again.fact.confirmations == 1
+
+
+async def test_tenants_and_scopes_never_see_each_others_facts(
+    store: FactsStore, memory: SharedMemory, tenant: str
+) -> None:
+    tenant_b = fresh_id("tenant-b")
+    ours = await put(store, memory, tenant, WORKSPACE_X, RATE_LIMIT)
+
+    for other_tenant, other_scope in ((tenant_b, WORKSPACE_X), (tenant, WORKSPACE_Y), (tenant, USER)):
+        assert await find(store, memory, other_tenant, other_scope, RATE_LIMIT, min_similarity=-1) == []
+        # The right id from the wrong tenant or scope deletes nothing.
+        assert await store.forget(other_tenant, other_scope, ours.fact.id) is False
+        # The same fact elsewhere is a new fact there, not a confirmation of ours.
+        theirs = await put(store, memory, other_tenant, other_scope, RATE_LIMIT, agent="intruder")
+        assert theirs.status == "stored" and theirs.fact.id != ours.fact.id
+
+    [still] = await find(store, memory, tenant, WORKSPACE_X, RATE_LIMIT, min_similarity=-1)
+    assert still.id == ours.fact.id and still.confirmations == 1 and still.source_agents == ["research-1"]
+    [theirs_found] = await find(store, memory, tenant_b, WORKSPACE_X, RATE_LIMIT, min_similarity=-1)
+    assert theirs_found.source_agents == ["intruder"]
+
+
+async def test_top_k_and_threshold_are_honoured(store: FactsStore, memory: SharedMemory, tenant: str) -> None:
+    facts = [
+        RATE_LIMIT,
+        "Deployments happen every Tuesday",
+        "Alice prefers answers in French",
+        "The staging database runs PostgreSQL 16 on port 5433",
+        "Quarterly revenue grew by twelve percent in the EMEA region",
+    ]
+    for fact in facts:
+        await put(store, memory, tenant, USER, fact)
+
+    everything = await find(store, memory, tenant, USER, "what language does alice want replies in?", min_similarity=-1)
+    assert len(everything) == 5 and everything[0].fact == "Alice prefers answers in French"
+    scores = [f.similarity for f in everything]
+    assert scores == sorted(scores, reverse=True)
+
+    top_two = await find(store, memory, tenant, USER, "what language does alice want replies in?", top_k=2)
+    assert [f.id for f in top_two] == [f.id for f in everything[:2] if f.similarity >= memory.settings.search_floor]
+
+    floor = (scores[0] + scores[1]) / 2
+    above = await find(store, memory, tenant, USER, "what language does alice want replies in?", min_similarity=floor)
+    assert [f.fact for f in above] == ["Alice prefers answers in French"]
+    assert await find(store, memory, tenant, USER, "completely unrelated gibberish", min_similarity=0.99) == []
+
+
+async def test_concurrent_upserts_of_a_new_fact_make_one_fact(
+    store: FactsStore, memory: SharedMemory, tenant: str
+) -> None:
+    writers = 8
+    vector = await memory.embedder.embed(RATE_LIMIT)
+    events = [uuid.uuid4() for _ in range(writers)]
+
+    results = await asyncio.gather(*(
+        store.upsert(
+            tenant, USER, RATE_LIMIT, vector, source_event_ids=[events[i]], source_agents=[f"agent-{i}"],
+            duplicate_floor=memory.settings.duplicate_floor,
+        )
+        for i in range(writers)
+    ))  # fmt: skip
+
+    assert sorted(r.status for r in results) == ["confirmed"] * (writers - 1) + ["stored"]
+    [fact] = await find(store, memory, tenant, USER, RATE_LIMIT, min_similarity=-1)
+    assert fact.confirmations == writers
+    assert set(fact.source_agents) == {f"agent-{i}" for i in range(writers)}
+    assert set(fact.source_event_ids) == set(events)
+
+
+async def test_reembed_returns_the_count_and_search_still_works(
+    store: FactsStore, memory: SharedMemory, tenant: str
+) -> None:
+    for fact in (RATE_LIMIT, "Deployments happen every Tuesday", "Alice prefers answers in French"):
+        await put(store, memory, tenant, USER, fact)
+
+    count = await store.reembed(memory.embedder.embed_many)
+
+    # pgvector re-embeds the whole (shared test) table, a fresh Qdrant collection holds only these.
+    assert count == 3 if isinstance(store, QdrantFactsStore) else count >= 3
+    hits = await find(store, memory, tenant, USER, "how many requests per minute are allowed?")
+    assert hits[0].fact == RATE_LIMIT
+    assert (await put(store, memory, tenant, USER, RATE_LIMIT + ".")).status == "confirmed"
+
+
+# Qdrant specifics ----------------------------------------------------------------------------------
+
+
+async def test_collection_name_and_point_ids() -> None:
+    assert collection_name("all-MiniLM-L6-v2", 384) == "msm_facts__all-minilm-l6-v2__384"
+    assert collection_name("BAAI/bge small", 512) == "msm_facts__baai-bge-small__512"
+    same = fact_point_id("t", USER, RATE_LIMIT)
+    assert fact_point_id("t", USER, "  the api RATE limit is 100 requests  per minute. ") == same
+    assert fact_point_id("t2", USER, RATE_LIMIT) != same
+    assert fact_point_id("t", WORKSPACE_X, RATE_LIMIT) != same
+
+
+async def test_collection_creation_is_idempotent_when_stores_open_at_once(memory: SharedMemory) -> None:
+    client = YieldingQdrantClient(location=":memory:")
+    stores = [qdrant_store(memory, client) for _ in range(4)]
+
+    await asyncio.gather(*(s.open() for s in stores))
+    await asyncio.gather(*(s.open() for s in stores))
+
+    names = [c.name for c in (await client.get_collections()).collections]
+    assert names == ["msm_facts__all-minilm-l6-v2__384"]
+    tenant = fresh_id("tenant")
+    written = await put(stores[0], memory, tenant, USER, RATE_LIMIT)
+    assert [f.id for f in await find(stores[3], memory, tenant, USER, RATE_LIMIT)] == [written.fact.id]
+    await client.close()
+
+
+async def test_concurrent_writers_in_separate_stores_make_one_fact(memory: SharedMemory) -> None:
+    """Stores that share no lock stand in for separate processes: the insert-only point id and the
+    compare-and-set confirmation still give exactly one fact carrying every confirmation."""
+    client = YieldingQdrantClient(location=":memory:")
+    stores = [qdrant_store(memory, client) for _ in range(4)]
+    vector = await memory.embedder.embed(RATE_LIMIT)
+
+    for _ in range(5):  # the interleavings vary from round to round
+        tenant = fresh_id("tenant")
+        results = await asyncio.gather(*(
+            s.upsert(
+                tenant, USER, RATE_LIMIT, vector, source_event_ids=[], source_agents=[f"agent-{i}-{j}"],
+                duplicate_floor=memory.settings.duplicate_floor,
+            )
+            for i, s in enumerate(stores)
+            for j in range(3)
+        ))  # fmt: skip
+
+        assert [r.status for r in results].count("stored") == 1
+        [fact] = await find(stores[0], memory, tenant, USER, RATE_LIMIT, min_similarity=-1)
+        assert fact.confirmations == 12 and len(fact.source_agents) == 12
+    await client.close()
+
+
+async def test_existing_collection_of_another_dimension_is_a_config_error(memory: SharedMemory) -> None:
+    client = AsyncQdrantClient(location=":memory:")
+    await client.create_collection(
+        "msm_facts__all-minilm-l6-v2__384",
+        vectors_config=models.VectorParams(size=8, distance=models.Distance.COSINE),
+    )
+    with pytest.raises(ConfigError, match="8-dim"):
+        await qdrant_store(memory, client).open()
+    await client.close()
+
+
+async def test_reembed_moves_facts_of_the_previous_model_into_this_one(memory: SharedMemory) -> None:
+    client = YieldingQdrantClient(location=":memory:")
+    old = qdrant_store(memory, client, model_id="old-model")
+    tenant = fresh_id("tenant")
+    stored = await put(old, memory, tenant, USER, RATE_LIMIT, events=[uuid.uuid4()])
+    await put(old, memory, tenant, USER, RATE_LIMIT + "!", agent="code-1")
+    new = qdrant_store(memory, client)
+    await new.open()
+    assert await find(new, memory, tenant, USER, RATE_LIMIT) == []
+
+    assert await new.reembed(memory.embedder.embed_many) == 1
+
+    [moved] = await find(new, memory, tenant, USER, "how many requests per minute are allowed?")
+    assert moved.id == stored.fact.id and moved.confirmations == 2
+    assert moved.source_event_ids == stored.fact.source_event_ids
+    assert set(moved.source_agents) == {"research-1", "code-1"}
+    assert (await client.count("msm_facts__old-model__384")).count == 0
+    await client.close()
+
+
+async def test_unreachable_qdrant_fails_with_a_safe_message(memory: SharedMemory, tmp_path: Path) -> None:
+    secret = "sekret-api-key-123"
+    settings = Settings(qdrant_url="http://127.0.0.1:9", qdrant_api_key=secret, data_dir=tmp_path)
+    store = create_facts_store(settings, memory.episodic.db, memory.embedder)
+    assert isinstance(store, QdrantFactsStore)
+
+    await store.open()  # logged, not fatal: events keep working while Qdrant is down
+    with pytest.raises(StoreUnavailable) as failure:
+        await store.search(fresh_id("tenant"), USER, np.ones(384, dtype=np.float32), top_k=5, min_similarity=0.2)
+    await store.close()
+
+    assert "Qdrant" in failure.value.message
+    assert secret not in failure.value.message and "127.0.0.1" not in failure.value.message
+
+    with pytest.raises(ConfigError):
+        QdrantFactsStore.from_settings(Settings(data_dir=tmp_path), model_id="m", dimension=3)
+
+
+async def test_shared_memory_with_the_qdrant_store(
+    memory: SharedMemory, alice: Principal, alice_coder: Principal, other_tenant: Principal
+) -> None:
+    facts = qdrant_store(memory)
+    await facts.open()
+    shared = SharedMemory(
+        settings=memory.settings, episodic=memory.episodic, cache=memory.cache, embedder=memory.embedder,
+        facts=facts,
+    )  # fmt: skip
+
+    first = await shared.store_fact(alice, RATE_LIMIT)
+    second = await shared.store_fact(alice_coder, RATE_LIMIT + ".")
+    other = await shared.store_fact(alice, "Deployments happen every Tuesday")
+
+    assert (first.status, second.status, other.status) == ("stored", "confirmed", "stored")
+    assert second.fact.id == first.fact.id and second.fact.confirmations == 2
+    assert set(second.fact.source_agents) == {"research-1", "code-1"}
+    hits = await shared.search_facts(alice, "how many requests per minute are allowed?")
+    assert hits[0].id == first.fact.id
+    assert await shared.search_facts(other_tenant, "rate limit", min_similarity=-1) == []
+    with pytest.raises(NotFound):
+        await shared.forget_fact(other_tenant, str(first.fact.id))
+
+    await shared.forget_fact(alice, str(first.fact.id))
+    assert [f.id for f in await shared.search_facts(alice, "rate limit", min_similarity=-1)] == [other.fact.id]
+    with pytest.raises(NotFound):
+        await shared.forget_fact(alice, str(first.fact.id))
+    await facts.close()
