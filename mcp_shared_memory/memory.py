@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 MAX_LIMIT = 1000
 SHARED_CONTEXT_MAX_EVENTS = 20
+SHARED_CONTEXT_MAX_FACTS = 10
 
 
 class WorkspaceSummary(BaseModel):
@@ -214,21 +215,37 @@ class SharedMemory:
         )
 
     async def get_task_context(
-        self, principal: Principal, *, scope: str | Scope | None = None, max_events: int = SHARED_CONTEXT_MAX_EVENTS
+        self,
+        principal: Principal,
+        *,
+        scope: str | Scope | None = None,
+        max_events: int = SHARED_CONTEXT_MAX_EVENTS,
+        query: str | None = None,
+        max_facts: int = SHARED_CONTEXT_MAX_FACTS,
     ) -> str:
-        """The text a (sub-)agent injects at task start: the workspace task and the shared events."""
+        """The text a (sub-)agent injects at task start: the workspace task, the important shared events,
+        and the shared facts relevant to ``query`` (default: the workspace task, or the recent events)."""
         target = principal.resolve_scope(scope)
         check.bounded_int(max_events, "max_events", low=1, high=100)
+        check.bounded_int(max_facts, "max_facts", low=0, high=100)
+        if query is not None:
+            check.text(query, "query", max_chars=check.MAX_QUERY_CHARS)
         if target.type == "workspace":
             workspace = await self.get_workspace(principal, target.id)
             lines = [f"Workspace task: {workspace.task}", f"Workspace status: {workspace.status}"]
             if workspace.agents:
                 lines.append(f"Agents: {', '.join(workspace.agents)}")
+            query = query or workspace.task
         else:
             lines = [f"Shared memory of user {target.id}"]
         events = await self.shared_context_events(principal, scope=target, max_events=max_events)
-        block = format_shared_context(events, max_events=max_events)
-        lines.append(block or "(no shared events yet)")
+        lines.append(format_shared_context(events, max_events=max_events) or "(no shared events yet)")
+        query = query or " ".join(e.content for e in events[:5])[: check.MAX_QUERY_CHARS]
+        if max_facts and query.strip():
+            facts = await self.search_facts(principal, query, scope=target, top_k=max_facts)
+            if facts:
+                lines.append("--- Shared facts ---")
+                lines += [f"- {f.fact} (confirmed {f.confirmations}x)" for f in facts]
         return "\n".join(lines)
 
     async def publish_result(

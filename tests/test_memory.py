@@ -286,6 +286,10 @@ async def test_importance_filter_and_shared_context(memory: SharedMemory, alice:
     assert "[research-1 (research), agent_result]: The v2 API schema is final" in text
     assert "minor note" not in text
 
+    await memory.store_fact(alice, "The v2 API uses cursor pagination", scope=scope)
+    with_facts = await memory.get_task_context(alice, scope=scope)
+    assert "--- Shared facts ---\n- The v2 API uses cursor pagination (confirmed 1x)" in with_facts
+
 
 async def test_workspace_summary_and_update(memory: SharedMemory, alice: Principal) -> None:
     workspace = await memory.create_workspace(alice, "Summarise me", context={"repo": "acme/api"})

@@ -86,11 +86,11 @@ def register_resources(mcp: MCPServer[Any]) -> None:
 
     @mcp.prompt(
         name="shared_context",
-        description="Shared memory to inject at task start: the workspace task and important recent events",
+        description="Shared memory to inject at task start: workspace task, important recent events, relevant facts",
     )
-    async def shared_context(ctx: Context[Any], scope: str | None = None) -> str:
+    async def shared_context(ctx: Context[Any], scope: str | None = None, query: str | None = None) -> str:
         state: AppState = ctx.request_context.lifespan_context
         try:
-            return await state.memory.get_task_context(state.principal(), scope=scope or None)
+            return await state.memory.get_task_context(state.principal(), scope=scope or None, query=query or None)
         except SharedMemoryError as exc:
             raise ValueError(exc.message) from exc
