@@ -3,6 +3,7 @@ Used alike by the MCP lifespan, the CLI and the tests."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -85,9 +86,10 @@ async def open_memory(
             nonlocal urls
             urls = await stack.enter_async_context(backend_urls(settings))
 
-        # The model loads in a worker thread while the databases start: start-up is the slower of the two.
+        # A model whose dimension is known loads in the background (the first embeds wait for it), so the
+        # server answers sooner; others load while the databases start.
         async with anyio.create_task_group() as tg:
-            tg.start_soon(embedder.open)
+            tg.start_soon(functools.partial(embedder.open, wait=not embedder.dimension_is_static))
             tg.start_soon(open_backends)
         stack.push_async_callback(embedder.close)
         assert urls is not None

@@ -56,12 +56,21 @@ class Embedder(ABC):
     def is_open(self) -> bool:
         return self._worker is not None
 
-    async def open(self) -> None:
+    #: True when ``dimension`` is known before the model is loaded (so loading can finish in the background).
+    dimension_is_static: bool = False
+
+    async def open(self, *, wait: bool = True) -> None:
+        """Load the model and start the batching worker. With ``wait=False`` (only for embedders whose
+        dimension is static) the model loads in the background: requests queue until it is ready, and
+        a load failure is given to every request."""
         if self._worker is not None:
             return
-        await self._load()
+        if wait or not self.dimension_is_static:
+            await self._load()
+        self._load_error: SharedMemoryError | None = None
         self._queue = asyncio.Queue()
-        self._worker = asyncio.create_task(self._run(self._queue), name=f"{type(self).__name__}-worker")
+        run = self._run(self._queue) if wait or not self.dimension_is_static else self._load_then_run(self._queue)
+        self._worker = asyncio.create_task(run, name=f"{type(self).__name__}-worker")
 
     async def close(self) -> None:
         worker, queue = self._worker, self._queue
@@ -148,6 +157,20 @@ class Embedder(ABC):
                 for request in live:
                     _fail(request.future, EmbeddingUnavailable("The embedder was closed."))
                 raise
+
+    async def _load_then_run(self, queue: asyncio.Queue[_Request]) -> None:
+        try:
+            await self._load()
+        except SharedMemoryError as exc:
+            self._load_error = exc
+        except Exception as exc:
+            self._load_error = EmbeddingUnavailable(f"The embedding model failed to load ({type(exc).__name__}).")
+        if self._load_error is None:
+            await self._run(queue)
+            return
+        logger.error("embedding model failed to load: %s", self._load_error.message)
+        while True:
+            _fail((await queue.get()).future, type(self._load_error)(self._load_error.message))
 
     async def _process(self, requests: list[_Request]) -> None:
         unique = list(dict.fromkeys(r.text for r in requests))

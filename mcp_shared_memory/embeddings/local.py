@@ -64,6 +64,7 @@ class OnnxEmbedder(Embedder):
 
     model_id = "all-MiniLM-L6-v2"
     dimension = 384
+    dimension_is_static = True
     # The tokenizer keeps 256 tokens; the cut only bounds tokenizer work on huge inputs.
     max_chars = 16_000
 

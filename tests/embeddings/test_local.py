@@ -281,3 +281,26 @@ async def test_results_are_normalised_by_the_base_class() -> None:
     async with FakeEmbedder() as e:
         v = await e.embed("abc")
     assert abs(float(np.linalg.norm(v)) - 1.0) < 1e-6
+
+
+async def test_background_open_queues_requests_until_the_model_is_loaded() -> None:
+    embedder = OnnxEmbedder()
+    await embedder.open(wait=False)
+    try:
+        vector = await embedder.embed("queued before the model finished loading")
+        assert vector.shape == (384,)
+    finally:
+        await embedder.close()
+
+
+async def test_background_open_hands_a_load_failure_to_every_request(tmp_path: Path) -> None:
+    broken = tmp_path / "tokenizer.json"
+    broken.write_text("{}")
+    embedder = OnnxEmbedder(tokenizer_path=broken)
+    await embedder.open(wait=False)
+    try:
+        for _ in range(2):
+            with pytest.raises(ConfigError):
+                await embedder.embed("x")
+    finally:
+        await embedder.close()
