@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -13,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import uvicorn
 from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -24,6 +22,7 @@ from mcp_shared_memory.embeddings import create_embedder
 from mcp_shared_memory.embeddings.openai import OpenAIEmbedder
 from mcp_shared_memory.errors import ConfigError, EmbeddingUnavailable
 from mcp_shared_memory.settings import Settings
+from tests.local_http import serve_app
 
 pytestmark = pytest.mark.anyio
 
@@ -110,21 +109,8 @@ class Server:
 def server() -> Iterator[Server]:
     fake = FakeOpenAI()
     app = Starlette(routes=[Route("/v1/embeddings", fake.embeddings, methods=["POST"])])
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="off")
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not uv.started:
-        assert time.monotonic() < deadline, "the fake OpenAI server did not start"
-        time.sleep(0.01)
-    yield Server(fake, f"http://127.0.0.1:{port}/v1")
-    uv.should_exit = True
-    thread.join(timeout=5)
-    sock.close()
+    with serve_app(app) as base:
+        yield Server(fake, f"{base}/v1")
 
 
 @pytest.fixture
