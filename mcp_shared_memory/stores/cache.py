@@ -206,21 +206,29 @@ class RedisCache:
         PostgreSQL"); warm is False when the scope is not cached at all and should be refilled."""
         if not self.available or limit > self.recent_max:
             return None, True
+        recent_key = self.keys.recent(tenant, scope)
         try:
             await self._heal(tenant, scope)
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.get(self.keys.floor(tenant, scope))
-                pipe.zrevrange(self.keys.recent(tenant, scope), 0, -1)
+                # Fetch only what can answer the query: an importance filter needs the whole set.
+                if min_importance > 0:
+                    pipe.zrevrange(recent_key, 0, -1)
+                elif since_seq is not None:
+                    pipe.zrangebyscore(recent_key, f"({since_seq}", "+inf", start=0, num=limit)
+                else:
+                    pipe.zrevrange(recent_key, 0, limit - 1)
                 floor_raw, members = await pipe.execute()
         except REDIS_ERRORS as exc:
             self._failed("recent read", exc)
             return None, True
         if floor_raw is None:
             return None, False
-        newest = [Event.model_validate_json(m) for m in members]
-        return select_recent(
-            newest, int(floor_raw), limit=limit, min_importance=min_importance, since_seq=since_seq
-        ), True
+        events = [Event.model_validate_json(m) for m in members]
+        if since_seq is not None and min_importance == 0:
+            events.reverse()  # select_recent takes newest first
+        answer = select_recent(events, int(floor_raw), limit=limit, min_importance=min_importance, since_seq=since_seq)
+        return answer, True
 
     async def refill(self, tenant: str, scope: Scope, newest: Sequence[Event], *, complete: bool) -> None:
         """Load the newest events read from PostgreSQL; ``complete`` when they are the whole scope."""
