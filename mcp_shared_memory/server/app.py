@@ -121,6 +121,7 @@ def build_server(
         log_level="WARNING",
     )
     register_tools(mcp)
+    sdk_adapter.inline_output_schemas(mcp)
     register_resources(mcp)
 
     async def on_subscribe(ctx: ServerRequestContext[AppState, Any], params: SubscribeRequestParams) -> EmptyResult:

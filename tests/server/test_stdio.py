@@ -140,3 +140,22 @@ async def test_bad_tool_input_is_a_clear_error_and_writes_nothing(
         assert recent.structured_content["events"] == []
         listed = json.loads((await client.read_resource(f"memory://{tenant_id}/workspaces")).contents[0].text)
         assert listed["workspaces"] == []
+
+
+async def test_output_schemas_are_self_contained_and_match_results(backend_env: dict[str, str], tenant_id: str) -> None:
+    """Clients validate every structured result: schemas carry no $ref (costly per item) and still hold."""
+    import jsonschema
+
+    server = stdio_server(backend_env, tenant=tenant_id, agent_id="agent-a", scope="user:alice")
+    async with Client(server) as client:
+        tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+        await client.call_tool("write_event", {"content": "schema check", "role": None, "metadata": {"k": 1}})
+        result = await client.call_tool("get_recent_shared", {"limit": 5})
+
+    for tool in tools.values():
+        assert tool.output_schema is not None and "$ref" not in json.dumps(tool.output_schema), tool.name
+    jsonschema.validate(result.structured_content, tools["get_recent_shared"].output_schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(
+            {"events": [{"seq": "x"}], "next_since_seq": None}, tools["get_recent_shared"].output_schema
+        )
