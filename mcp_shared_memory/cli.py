@@ -97,6 +97,10 @@ def serve(
             from .server.app import build_server
             from .server.state import ServerRuntime, stdio_principal
 
+            if settings.embedding_threads is None:
+                # One stdio process per agent: a single ONNX thread per process keeps p99 down when
+                # several agents embed at once, at the same single-call latency.
+                settings = settings.model_copy(update={"embedding_threads": 1})
             runtime = ServerRuntime(settings, local_principal=stdio_principal(settings))
             build_server(runtime).run("stdio")
         else:

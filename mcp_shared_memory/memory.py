@@ -3,6 +3,7 @@ Python API and the MCP tools behave the same."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import uuid
@@ -109,21 +110,24 @@ class SharedMemory:
         tenant = principal.tenant
 
         claimed = False
-        if idempotency_key is None and dedup and self.settings.dedup_window > 0:
-            earlier = await self.cache.claim_dedup(tenant, target, digest, self.settings.dedup_window)
-            if earlier is not None:
-                return WriteResult(status="deduplicated", event_id=_as_uuid(earlier))
-            claimed = True
+        # The embedding starts at once; the dedup check runs meanwhile (and drops it for a duplicate).
+        embedding = asyncio.ensure_future(self._embed_or_none(content))
         try:
-            vector = await self._embed_or_none(content)
+            if idempotency_key is None and dedup and self.settings.dedup_window > 0:
+                earlier = await self.cache.claim_dedup(tenant, target, digest, self.settings.dedup_window)
+                if earlier is not None:
+                    embedding.cancel()
+                    return WriteResult(status="deduplicated", event_id=_as_uuid(earlier))
+                claimed = True
             event, inserted = await self.episodic.insert_event(
                 tenant, target,
                 agent_id=principal.agent_id, agent_type=principal.agent_type, event_type=event_type,
-                role=role, content=content, content_hash=digest, embedding=vector,
+                role=role, content=content, content_hash=digest, embedding=await embedding,
                 embedding_model=self.embedder.model_id, importance=importance, metadata=metadata,
                 idempotency_key=idempotency_key,
             )  # fmt: skip
         except BaseException:
+            embedding.cancel()
             if claimed:
                 await self.cache.release_dedup(tenant, target, digest)
             raise

@@ -49,20 +49,23 @@ WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3 AND agent_id = $4
 ORDER BY seq DESC LIMIT $5
 """
 
-# Exact k-NN over the scope's rows. "+ 0" keeps the planner from ever using an ANN index here: with
-# a selective tenant/scope filter an HNSW scan silently returns fewer rows than match. The similarity
-# floor is applied to the top-k outside ORDER BY/LIMIT, where it cannot disturb the plan.
+# Exact k-NN over the scope's rows, in two phases: rank (id, distance) only, then fetch the k winners'
+# columns, so the scan neither builds every row nor computes the distance twice. "+ 0" keeps the planner
+# from ever using an ANN index here: with a selective tenant/scope filter an HNSW scan silently returns
+# fewer rows than match. The similarity floor applies to the top-k, where it cannot disturb the plan.
 SEARCH_EVENTS = f"""
-SELECT * FROM (
-  SELECT {EVENT_COLUMNS}, 1 - (embedding <=> $4) AS similarity
+WITH top_k AS (
+  SELECT id, (embedding <=> $4) + 0 AS distance
   FROM shared_episodic_memories
   WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3
     AND embedding IS NOT NULL AND embedding_model = $5
-  ORDER BY (embedding <=> $4) + 0
+  ORDER BY distance
   LIMIT $6
-) AS top_k
-WHERE similarity >= $7::float8
-ORDER BY similarity DESC
+)
+SELECT {", ".join(f"m.{c.strip()}" for c in EVENT_COLUMNS.split(","))}, 1 - t.distance AS similarity
+FROM top_k t JOIN shared_episodic_memories m ON m.id = t.id
+WHERE 1 - t.distance >= $7::float8
+ORDER BY t.distance
 """
 
 COUNT_EVENTS = """

@@ -18,17 +18,19 @@ FACT_COLUMNS = "id, scope_type, scope_id, fact, source_event_ids, source_agents,
 # confirm one row instead of creating two.
 LOCK_SCOPE = "SELECT pg_advisory_xact_lock(hashtextextended($1, 7340002))"
 
-# Exact search over the scope (see the episodic store for why "+ 0").
+# Exact two-phase search over the scope (see SEARCH_EVENTS in the episodic store for why).
 NEAREST = f"""
-SELECT * FROM (
-  SELECT {FACT_COLUMNS}, 1 - (embedding <=> $4) AS similarity
+WITH top_k AS (
+  SELECT id, (embedding <=> $4) + 0 AS distance
   FROM semantic_facts
   WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3 AND embedding_model = $5
-  ORDER BY (embedding <=> $4) + 0
+  ORDER BY distance
   LIMIT $6
-) AS top_k
-WHERE similarity >= $7::float8
-ORDER BY similarity DESC
+)
+SELECT {", ".join(f"f.{c.strip()}" for c in FACT_COLUMNS.split(","))}, 1 - t.distance AS similarity
+FROM top_k t JOIN semantic_facts f ON f.id = t.id
+WHERE 1 - t.distance >= $7::float8
+ORDER BY t.distance
 """
 
 CONFIRM = f"""
