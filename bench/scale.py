@@ -1,0 +1,271 @@
+"""Search latency and recall@10 against exact brute force (numpy) at 10k / 100k / 1M events.
+
+Data: 100 tenants, a large scope holding ~10 % of all rows (tenant 000, ``user:large``) and many small
+scopes of ~100 rows. Vectors are synthetic but shaped like sentence embeddings: 240 cluster centres are
+real MiniLM embeddings of generated topic sentences; each row is ``normalize(centre + noise)`` (cosine to
+its centre ~0.7), each small scope drawing from 6 topics. Queries are real embeddings of generated
+questions about a scope's topics. Rows are inserted with COPY; queries go through
+``SharedMemory.search_shared`` (embeds the query), ``PostgresEpisodicStore.search`` (vector given) and a
+minimal raw SQL k-NN (the floor).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import asyncpg
+import numpy as np
+
+from .context import MODEL_ID
+from .floors import connect_pg
+from .stats import Metric, Summary, compose, latency_metric
+from .text import COMPONENTS, QUESTIONS, topic_sentence
+
+if TYPE_CHECKING:
+    from mcp_shared_memory.memory import SharedMemory
+
+    from .context import Bench
+
+SECTION = "scale"
+TENANTS = 100
+SMALL_ROWS = 100
+LARGE_SHARE = 0.10
+TOPICS = 240
+TOPICS_PER_SCOPE = 6
+NOISE = 1.0  # |noise| relative to the unit centre: cosine(row, centre) ~ 1/sqrt(1 + NOISE^2)
+CHUNK = 20_000
+TARGET_RECALL = 0.99
+COPY_COLUMNS = [
+    "tenant_id",
+    "scope_type",
+    "scope_id",
+    "agent_id",
+    "agent_type",
+    "event_type",
+    "content",
+    "content_hash",
+    "embedding",
+    "embedding_model",
+    "importance",
+]
+RAW_KNN = """
+SELECT id FROM shared_episodic_memories
+WHERE tenant_id = $1 AND scope_type = 'user' AND scope_id = $2
+ORDER BY embedding <=> $3 LIMIT 10
+"""
+SCOPE_VECTORS = (
+    "SELECT id, embedding FROM shared_episodic_memories WHERE tenant_id = $1 AND scope_type = 'user' AND scope_id = $2"
+)
+
+
+@dataclass
+class ScopeInfo:
+    tenant: str
+    scope_id: str
+    topics: np.ndarray
+    rows: int = 0
+
+
+@dataclass
+class Dataset:
+    prefix: str
+    centers: np.ndarray
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(7))
+    rows: int = 0
+    small: list[ScopeInfo] = field(default_factory=list)
+    large: ScopeInfo | None = None
+
+    def tenant(self, k: int) -> str:
+        return f"{self.prefix}{k % TENANTS:03d}"
+
+    def plan(self, target: int) -> list[tuple[ScopeInfo, int]]:
+        """(scope, rows to add) bringing the table to ``target`` scale rows."""
+        if self.large is None:
+            self.large = ScopeInfo(self.tenant(0), "large", np.arange(TOPICS))
+        delta = target - self.rows
+        large_rows = round(delta * LARGE_SHARE)
+        small_rows = delta - large_rows
+        plan = [(self.large, large_rows)]
+        for _ in range(small_rows // SMALL_ROWS):
+            k = len(self.small)
+            scope = ScopeInfo(self.tenant(k), f"s{k}", self.rng.choice(TOPICS, TOPICS_PER_SCOPE, replace=False))
+            self.small.append(scope)
+            plan.append((scope, SMALL_ROWS))
+        if small_rows % SMALL_ROWS and self.small:
+            plan.append((self.small[-1], small_rows % SMALL_ROWS))
+        return plan
+
+    def records(self, scope: ScopeInfo, count: int) -> list[tuple[Any, ...]]:
+        topics = self.rng.choice(scope.topics, count)
+        noise = self.rng.standard_normal((count, self.centers.shape[1])).astype(np.float32)
+        noise *= NOISE / np.sqrt(self.centers.shape[1])
+        vectors = self.centers[topics] + noise
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        out = []
+        for i in range(count):
+            content = f"{topic_sentence(int(topics[i]))} (row {scope.rows + i} of {scope.scope_id})"
+            digest = hashlib.sha256(content.encode()).hexdigest()[:32]
+            out.append(
+                (
+                    scope.tenant,
+                    "user",
+                    scope.scope_id,
+                    f"agent-{i % 7}",
+                    "agent",
+                    "observation",
+                    content,
+                    digest,
+                    vectors[i],
+                    MODEL_ID,
+                    0.5,
+                )
+            )
+        scope.rows += count
+        return out
+
+
+async def run(bench: Bench) -> None:
+    from mcp_shared_memory.runtime import open_memory
+
+    async with open_memory(bench.backends.settings()) as memory:
+        texts = [topic_sentence(i) for i in range(TOPICS)]
+        centers = np.stack(await memory.embedder.embed_many(texts)).astype(np.float32)
+        data = Dataset(bench.tenant("sc"), centers)
+        conn = await connect_pg(bench.backends.database_url)
+        try:
+            for size in bench.profile.scale_sizes:
+                try:
+                    with anyio.fail_after(3600):
+                        await grow(bench, conn, data, size)
+                        for cell in ("small", "large"):
+                            await measure_cell(bench, memory, conn, data, size, cell)
+                except Exception as exc:
+                    bench.error(SECTION, f"{size} rows", exc)
+                    break
+        finally:
+            await conn.close()
+
+
+async def grow(bench: Bench, conn: asyncpg.Connection, data: Dataset, size: int) -> None:
+    started = time.perf_counter()
+    added = 0
+    batch: list[tuple[Any, ...]] = []
+    for scope, count in data.plan(size):
+        batch += data.records(scope, count)
+        if len(batch) >= CHUNK:
+            await conn.copy_records_to_table("shared_episodic_memories", records=batch, columns=COPY_COLUMNS)
+            added += len(batch)
+            batch = []
+    if batch:
+        await conn.copy_records_to_table("shared_episodic_memories", records=batch, columns=COPY_COLUMNS)
+        added += len(batch)
+    await conn.execute("ANALYZE shared_episodic_memories")
+    elapsed = time.perf_counter() - started
+    data.rows = size
+    bench.add(
+        Metric(
+            section=SECTION,
+            name=f"{label(size)}: COPY {added} synthetic rows",
+            unit="rows/s",
+            n=added,
+            value=added / elapsed,
+            note=f"{elapsed:.1f} s incl. vector generation and ANALYZE",
+        )
+    )
+
+
+def label(size: int) -> str:
+    return f"{size // 1_000_000}M" if size >= 1_000_000 else f"{size // 1000}k"
+
+
+async def measure_cell(
+    bench: Bench, memory: SharedMemory, conn: asyncpg.Connection, data: Dataset, size: int, cell: str
+) -> None:
+    from mcp_shared_memory.models import Principal, Scope
+
+    rng = random.Random(size + (1 if cell == "large" else 0))
+    scopes = [data.large] if cell == "large" else data.small
+    assert scopes and scopes[0] is not None
+    truth_cache: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+    vector_cache: dict[str, np.ndarray] = {}
+    raw_t, store_t, api_t, recalls, complete = [], [], [], [], 0
+    raw_recalls = []
+    for _ in range(bench.profile.scale_queries):
+        scope = rng.choice(scopes)
+        assert scope is not None
+        topic = int(rng.choice(list(scope.topics)))
+        query = rng.choice(QUESTIONS).format(c=COMPONENTS[topic % len(COMPONENTS)])
+        if query not in vector_cache:
+            vector_cache[query] = await memory.embedder.embed(query)
+        vector = vector_cache[query]
+        key = (scope.tenant, scope.scope_id)
+        if key not in truth_cache:
+            rows = await conn.fetch(SCOPE_VECTORS, *key)
+            truth_cache[key] = (np.array([r["id"] for r in rows]), np.stack([r["embedding"].to_numpy() for r in rows]))
+        ids, matrix = truth_cache[key]
+        exact = {ids[i] for i in np.argsort(-(matrix @ vector))[:10]}
+        principal = Principal(tenant=scope.tenant, agent_id="bench", default_scope=Scope("user", scope.scope_id))
+
+        start = time.perf_counter()
+        raw = await conn.fetch(RAW_KNN, scope.tenant, scope.scope_id, vector)
+        raw_t.append(time.perf_counter() - start)
+
+        start = time.perf_counter()
+        await memory.episodic.search(
+            scope.tenant, Scope("user", scope.scope_id), vector, model_id=MODEL_ID, limit=10, min_similarity=-1.0
+        )
+        store_t.append(time.perf_counter() - start)
+
+        start = time.perf_counter()
+        events = await memory.search_shared(principal, query, limit=10, min_similarity=-1.0)
+        api_t.append(time.perf_counter() - start)
+
+        got = {e.id for e in events}
+        recalls.append(len(got & exact) / len(exact))
+        raw_recalls.append(len({r["id"] for r in raw} & exact) / len(exact))
+        complete += len(events) == min(10, len(ids))
+    scope_rows = int(np.mean([s.rows for s in scopes if s is not None]))
+    prefix = f"{label(size)} rows, {cell} scope (~{scope_rows} rows)"
+    raw_s, store_s, api_s = Summary.of(raw_t), Summary.of(store_t), Summary.of(api_t)
+    embed = await bench.try_floor(SECTION, "embed_query")
+    bench.add(latency_metric(SECTION, f"{prefix}: raw SQL k-NN (floor)", raw_s))
+    bench.add(latency_metric(SECTION, f"{prefix}: episodic.search(vector)", store_s, floor=raw_s, floor_name="raw SQL"))
+    bench.add(
+        latency_metric(
+            SECTION,
+            f"{prefix}: SharedMemory.search_shared",
+            api_s,
+            floor=compose([embed, raw_s]),
+            floor_name="embed query + raw SQL",
+        )
+    )
+    recall = float(np.mean(recalls))
+    bench.add(
+        Metric(
+            section=SECTION,
+            name=f"{prefix}: recall@10 vs numpy exact",
+            unit="recall",
+            n=len(recalls),
+            value=recall,
+            target=f">={TARGET_RECALL:g}",
+            ok=recall >= TARGET_RECALL,
+            note=f"min {min(recalls):.2f}; {complete}/{len(recalls)} complete; raw SQL recall "
+            f"{float(np.mean(raw_recalls)):.3f}",
+        )
+    )
+    bench.data.setdefault("scale", []).append(
+        {
+            "size": size,
+            "cell": cell,
+            "scope_rows": scope_rows,
+            "recall": recall,
+            "search_shared": {"p50": api_s.p50, "p99": api_s.p99},
+            "episodic_search": {"p50": store_s.p50, "p99": store_s.p99},
+            "raw_sql": {"p50": raw_s.p50, "p99": raw_s.p99},
+        }
+    )
