@@ -191,15 +191,19 @@ class SharedMemory:
     ) -> list[Event]:
         """Semantic search over every agent's events in the scope, most similar first."""
         target = principal.resolve_scope(scope)
-        check.text(query, "query", max_chars=check.MAX_QUERY_CHARS)
         check.bounded_int(limit, "limit", low=1, high=MAX_LIMIT)
-        floor = (
-            self.settings.search_floor if min_similarity is None else check.similarity(min_similarity, "min_similarity")
-        )
-        vector = await self.embedder.embed(query)
+        vector, floor = await self._query(query, min_similarity)
         return await self.episodic.search(
             principal.tenant, target, vector, model_id=self.embedder.model_id, limit=limit, min_similarity=floor
         )
+
+    async def _query(self, query: str, min_similarity: float | None) -> tuple[np.ndarray, float]:
+        """A search's query vector and similarity floor (the model's default unless given)."""
+        check.text(query, "query", max_chars=check.MAX_QUERY_CHARS)
+        floor = self.settings.search_floor
+        if min_similarity is not None:
+            floor = check.similarity(min_similarity, "min_similarity")
+        return await self.embedder.embed(query), floor
 
     async def get_agent_history(
         self, principal: Principal, agent_id: str, *, scope: str | Scope | None = None, limit: int = 30
@@ -384,12 +388,8 @@ class SharedMemory:
         min_similarity: float | None = None,
     ) -> list[Fact]:
         target = principal.resolve_scope(scope)
-        check.text(query, "query", max_chars=check.MAX_QUERY_CHARS)
         check.bounded_int(top_k, "top_k", low=1, high=MAX_LIMIT)
-        floor = (
-            self.settings.search_floor if min_similarity is None else check.similarity(min_similarity, "min_similarity")
-        )
-        vector = await self.embedder.embed(query)
+        vector, floor = await self._query(query, min_similarity)
         return await self.facts.search(principal.tenant, target, vector, top_k=top_k, min_similarity=floor)
 
     async def forget_fact(self, principal: Principal, fact_id: str, *, scope: str | Scope | None = None) -> None:
