@@ -225,7 +225,7 @@ def token_revoke(token_id: str, data_dir: DataDir = None) -> None:
 
 @app.command()
 def reembed(data_dir: DataDir = None, log_level: LogLevel = "INFO") -> None:
-    """Re-embed every event and fact with the configured model (after changing models)."""
+    """Re-embed every event and fact with the configured model (after changing models; stop servers first)."""
     configure_logging(log_level)
     settings = load_settings(data_dir=data_dir)
 

@@ -405,16 +405,11 @@ class SharedMemory:
     async def embed_missing(self, *, batch: int = 64) -> int:
         """Embed events stored without a vector (embedder outage, or after a model change)."""
         total = 0
-        while True:
-            pending = await self.episodic.unembedded(batch)
-            if not pending:
-                return total
-            vectors = await self.embedder.embed_many([content for _, content in pending])
-            await self.episodic.set_embeddings(
-                [(event_id, vec) for (event_id, _), vec in zip(pending, vectors, strict=True)],
-                self.embedder.model_id,
-            )
-            total += len(pending)
+        while done := await self.episodic.embed_pending(
+            self.embedder.embed_many, model_id=self.embedder.model_id, limit=batch
+        ):
+            total += done
+        return total
 
     async def reembed_facts(self) -> int:
         return await self.facts.reembed(self.embedder.embed_many)

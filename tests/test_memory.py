@@ -389,3 +389,22 @@ async def test_near_duplicate_fact_confirms_instead_of_adding(
     assert [f.id for f in await memory.search_facts(alice, "rate limit", min_similarity=-1)] == [other.fact.id]
     with pytest.raises(NotFound):
         await memory.forget_fact(alice, str(first.fact.id))
+
+
+async def test_event_written_during_an_embedder_outage_is_stored_and_embedded_later(
+    memory: SharedMemory, alice: Principal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mcp_shared_memory.errors import EmbeddingUnavailable
+
+    async def outage(text: str) -> None:
+        raise EmbeddingUnavailable()
+
+    monkeypatch.setattr(memory.embedder, "embed", outage)
+    written = await memory.write_event(alice, "The on-call rotation changes every Monday at 9am")
+    monkeypatch.undo()
+
+    assert written.status == "written"
+    assert await memory.search_shared(alice, "when does on-call rotate?") == []
+    assert await memory.embed_missing() >= 1
+    hits = await memory.search_shared(alice, "when does on-call rotate?")
+    assert [h.id for h in hits] == [written.event_id]

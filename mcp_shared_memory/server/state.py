@@ -20,6 +20,7 @@ from ..stores.tokens import PostgresTokenStore
 from .notifications import NotificationHub, TenantBus
 
 CLAIM_PRINCIPAL = "msm_principal"
+EMBED_MISSING_INTERVAL = 30.0
 log = logging.getLogger(__name__)
 
 
@@ -35,6 +36,17 @@ async def consolidate_periodically(memory: SharedMemory, interval: float) -> Non
                          report.confirmed)  # fmt: skip
         except SharedMemoryError as exc:
             log.warning("consolidation skipped: %s", exc.message)
+
+
+async def embed_missing_periodically(memory: SharedMemory, interval: float) -> None:
+    """Events written while the embedder was failing get their vectors once it works again."""
+    while True:
+        await anyio.sleep(interval)
+        try:
+            if done := await memory.embed_missing():
+                log.info("embedded %d events stored without a vector", done)
+        except SharedMemoryError as exc:
+            log.warning("embedding back-fill skipped: %s", exc.message)
 
 
 def stdio_principal(settings: Settings) -> Principal:
@@ -84,6 +96,7 @@ class ServerRuntime:
         async with open_memory(self.settings) as memory, anyio.create_task_group() as tg:
             hub = NotificationHub(memory.cache.redis, memory.cache.keys, self.bus)
             await tg.start(hub.run)
+            tg.start_soon(embed_missing_periodically, memory, EMBED_MISSING_INTERVAL)
             if self.settings.consolidation_interval > 0:
                 tg.start_soon(consolidate_periodically, memory, self.settings.consolidation_interval)
             self.state = AppState(

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -11,6 +9,7 @@ import numpy as np
 
 from ..errors import ConfigError, NotFound
 from ..models import Event, Scope, Workspace
+from .facts import Embed
 from .postgres import PostgresPool
 
 EVENT_COLUMNS = (
@@ -72,9 +71,10 @@ COUNT_EVENTS = """
 SELECT count(*) FROM shared_episodic_memories WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3
 """
 
-SELECT_UNEMBEDDED = """
+# SKIP LOCKED: several processes back-filling at once each take different rows.
+CLAIM_UNEMBEDDED = """
 SELECT id, content FROM shared_episodic_memories
-WHERE embedding IS NULL ORDER BY seq LIMIT $1
+WHERE embedding IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
 """
 
 SET_EMBEDDING = """
@@ -201,13 +201,16 @@ class PostgresEpisodicStore:
     async def count(self, tenant: str, scope: Scope) -> int:
         return int(await self.db.fetchval(COUNT_EVENTS, tenant, scope.type, scope.id))
 
-    async def unembedded(self, limit: int) -> list[tuple[uuid.UUID, str]]:
-        rows = await self.db.fetch(SELECT_UNEMBEDDED, limit)
-        return [(r["id"], r["content"]) for r in rows]
-
-    async def set_embeddings(self, items: Sequence[tuple[uuid.UUID, np.ndarray]], model_id: str) -> None:
-        async with self.db.connection() as conn:
-            await conn.executemany(SET_EMBEDDING, [(event_id, vec, model_id) for event_id, vec in items])
+    async def embed_pending(self, embed: Embed, *, model_id: str, limit: int) -> int:
+        """Embed up to ``limit`` events stored without a vector; returns how many were embedded."""
+        async with self.db.connection() as conn, conn.transaction():
+            rows = await conn.fetch(CLAIM_UNEMBEDDED, limit)
+            if rows:
+                vectors = await embed([r["content"] for r in rows])
+                await conn.executemany(
+                    SET_EMBEDDING, [(r["id"], v, model_id) for r, v in zip(rows, vectors, strict=True)]
+                )
+        return len(rows)
 
     async def clear_embeddings(self) -> int:
         """Drop every event vector (before re-embedding with another model)."""
