@@ -9,6 +9,7 @@ import logging
 import uuid
 from typing import Any
 
+import anyio
 import numpy as np
 from pydantic import BaseModel
 
@@ -109,7 +110,7 @@ class SharedMemory:
         digest = content_hash(content)
         tenant = principal.tenant
 
-        claimed = False
+        claimed = committed = False
         # The embedding starts at once; the dedup check runs meanwhile (and drops it for a duplicate).
         embedding = asyncio.ensure_future(self._embed_or_none(content))
         try:
@@ -119,21 +120,30 @@ class SharedMemory:
                     embedding.cancel()
                     return WriteResult(status="deduplicated", event_id=_as_uuid(earlier))
                 claimed = True
-            event, inserted = await self.episodic.insert_event(
-                tenant, target,
-                agent_id=principal.agent_id, agent_type=principal.agent_type, event_type=event_type,
-                role=role, content=content, content_hash=digest, embedding=await embedding,
-                embedding_model=self.embedder.model_id, importance=importance, metadata=metadata,
-                idempotency_key=idempotency_key,
-            )  # fmt: skip
+            vector = await embedding
+            async with self.episodic.scope_writes(tenant, target) as conn:
+                # Shielded from cancellation: once the INSERT is sent it may commit, and a committed event
+                # must reach the cache and the subscribers. Bounded by the database and Redis timeouts.
+                with anyio.CancelScope(shield=True):
+                    event, inserted = await self.episodic.insert_event(
+                        tenant, target, conn=conn,
+                        agent_id=principal.agent_id, agent_type=principal.agent_type, event_type=event_type,
+                        role=role, content=content, content_hash=digest, embedding=vector,
+                        embedding_model=self.embedder.model_id, importance=importance, metadata=metadata,
+                        idempotency_key=idempotency_key,
+                    )  # fmt: skip
+                    committed = inserted
+                    if inserted:
+                        await self.cache.record_event(tenant, event, dedup_hash=digest if claimed else None)
         except BaseException:
             embedding.cancel()
-            if claimed:
-                await self.cache.release_dedup(tenant, target, digest)
+            if claimed and not committed:
+                # Shielded: a cancelled request must still free its claim, or the retry is "deduplicated".
+                with anyio.CancelScope(shield=True):
+                    await self.cache.release_dedup(tenant, target, digest)
             raise
         if not inserted:
             return WriteResult(status="replayed", event=event, event_id=event.id)
-        await self.cache.record_event(tenant, event, dedup_hash=digest if claimed else None)
         return WriteResult(status="written", event=event, event_id=event.id)
 
     async def _embed_or_none(self, content: str) -> np.ndarray | None:

@@ -11,7 +11,14 @@ from mcp.server.auth.provider import TokenVerifier
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
-from mcp.types import INVALID_PARAMS, EmptyResult, SubscribeRequestParams, UnsubscribeRequestParams
+from mcp.types import (
+    INVALID_PARAMS,
+    EmptyResult,
+    SubscribeRequestParams,
+    SubscriptionsListenRequestParams,
+    UnsubscribeRequestParams,
+)
+from pydantic import ValidationError
 
 from .. import __version__
 from ..errors import AccessDenied, InvalidInput
@@ -21,7 +28,7 @@ from .notifications import LISTEN_TENANT
 from .resources import register_resources
 from .state import AppState, ServerRuntime
 from .tools import register_tools
-from .uris import parse_uri
+from .uris import ParsedUri, parse_uri
 
 INSTRUCTIONS = """Shared memory for a team of agents. Before starting, read the `shared_context` prompt or call
 get_recent_shared; search_shared finds what other agents wrote; write_event records what you learned
@@ -30,13 +37,14 @@ get_recent_shared; search_shared finds what other agents wrote; write_event reco
 LEGACY_KEY = "msm_registered"
 
 
-def authorize_uri(state: AppState, principal: Principal, uri: str) -> None:
+def authorize_uri(principal: Principal, uri: str) -> ParsedUri:
     """A connection may watch only URIs of its own tenant and allowed scopes."""
     parsed = parse_uri(uri)
     if parsed is None or parsed.tenant != principal.tenant:
         raise InvalidInput(f"cannot subscribe to {uri}: not a resource of this connection's tenant")
     if parsed.scope is not None:
         principal.resolve_scope(parsed.scope)
+    return parsed
 
 
 def build_server(
@@ -83,26 +91,24 @@ def build_server(
     async def guarded_listen(ctx: ServerRequestContext[AppState, Any], call_next: CallNext) -> HandlerResult:
         state = ctx.lifespan_context
         try:
+            # Parsed exactly as the SDK's handler will parse it, so no spelling of the filter escapes the check.
+            params = SubscriptionsListenRequestParams.model_validate(ctx.params or {})
+        except ValidationError:
+            return await call_next(ctx)  # the SDK rejects it with its own error
+        uris = list(params.notifications.resource_subscriptions or [])
+        try:
             principal = state.principal()
-            notifications = (ctx.params or {}).get("notifications") or {}
-            uris = list(notifications.get("resourceSubscriptions") or [])
-            for uri in uris:
-                authorize_uri(state, principal, uri)
+            parsed = [authorize_uri(principal, uri) for uri in uris]
         except (AccessDenied, InvalidInput) as exc:
             raise MCPError(INVALID_PARAMS, exc.message) from exc
-        channels = {state.hub.channel_for_uri(uri) for uri in uris}
-        wants_list = bool(notifications.get("resourcesListChanged"))
+        wanted = {(p.tenant, p.scope if p.kind == "recent" else None) for p in parsed}
+        if params.notifications.resources_list_changed:
+            wanted.add((principal.tenant, None))
         acquired = []
         token = LISTEN_TENANT.set(principal.tenant)
         try:
-            for uri in uris:
-                parsed = parse_uri(uri)
-                assert parsed is not None
-                acquired.append(
-                    await state.hub.acquire(parsed.tenant, parsed.scope if parsed.kind == "recent" else None)
-                )
-            if wants_list and state.hub.channel_for(principal.tenant, None) not in channels:
-                acquired.append(await state.hub.acquire(principal.tenant, None))
+            for tenant, scope in wanted:
+                acquired.append(await state.hub.acquire(tenant, scope))
             return await call_next(ctx)
         finally:
             LISTEN_TENANT.reset(token)
@@ -129,14 +135,12 @@ def build_server(
         uri = str(params.uri)
         try:
             principal = state.principal()
-            authorize_uri(state, principal, uri)
+            parsed = authorize_uri(principal, uri)
         except (AccessDenied, InvalidInput) as exc:
             raise MCPError(INVALID_PARAMS, exc.message) from exc
         await register_legacy_connection(ctx)
         key = sdk_adapter.connection_key(ctx)
         if not state.hub.has_legacy_subscription(uri, key):
-            parsed = parse_uri(uri)
-            assert parsed is not None
             channel = await state.hub.acquire(parsed.tenant, parsed.scope if parsed.kind == "recent" else None)
             sdk_adapter.connection_state(ctx).setdefault("msm_channels", []).append(channel)
             state.hub.add_legacy_subscription(uri, key, ctx.session)

@@ -91,6 +91,8 @@ class NotificationHub:
         self._keys = keys
         self._pubsub = client.pubsub(ignore_subscribe_messages=True)
         self._refcounts: dict[str, int] = defaultdict(int)
+        # Channels whose SUBSCRIBE failed (Redis down): retried by the reader loop until they succeed.
+        self._unsubscribed: set[str] = set()
         self._routes: dict[str, Route] = {}
         self._lock = anyio.Lock()
         self._has_channels = anyio.Event()
@@ -116,11 +118,8 @@ class NotificationHub:
             self._refcounts[channel] += 1
             if self._refcounts[channel] == 1:
                 self._routes[channel] = Route(tenant, scope)
-                try:
-                    await self._pubsub.subscribe(channel)
-                except REDIS_ERRORS as exc:
-                    # redis-py re-subscribes every channel it knows when it reconnects.
-                    log.warning("Redis subscribe failed (%s); will retry on reconnect", type(exc).__name__)
+                self._unsubscribed.add(channel)
+                await self._subscribe_pending()
                 self._has_channels.set()
         return channel
 
@@ -132,10 +131,26 @@ class NotificationHub:
             if self._refcounts[channel] == 0:
                 del self._refcounts[channel]
                 self._routes.pop(channel, None)
+                if channel in self._unsubscribed:
+                    self._unsubscribed.discard(channel)
+                    return
                 try:
                     await self._pubsub.unsubscribe(channel)
                 except REDIS_ERRORS as exc:
                     log.warning("Redis unsubscribe failed (%s)", type(exc).__name__)
+
+    async def _subscribe_pending(self) -> None:
+        """SUBSCRIBE the channels not yet subscribed; on failure they stay pending (redis-py only
+        re-subscribes, after a reconnect, the channels whose SUBSCRIBE succeeded)."""
+        pending = sorted(self._unsubscribed)
+        if not pending:
+            return
+        try:
+            await self._pubsub.subscribe(*pending)
+        except REDIS_ERRORS as exc:
+            log.warning("Redis subscribe failed (%s); retrying", type(exc).__name__)
+            return
+        self._unsubscribed.difference_update(pending)
 
     def subscribed_channels(self) -> set[str]:
         return set(self._refcounts)
@@ -169,14 +184,25 @@ class NotificationHub:
     # delivery
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Read Redis messages forever, surviving Redis restarts."""
+        """Read Redis messages forever. Never raises: Redis outages and restarts are waited out, since
+        this task living in the server's lifespan must not take the server down with it."""
         task_status.started()
         while True:
             await self._has_channels.wait()
             try:
+                if self._unsubscribed:
+                    async with self._lock:
+                        await self._subscribe_pending()
+                if self._pubsub.connection is None:  # nothing subscribed successfully yet
+                    await anyio.sleep(0.5)
+                    continue
                 message = await self._pubsub.get_message(timeout=1.0)
             except REDIS_ERRORS as exc:
                 log.warning("Redis pub/sub connection lost (%s); reconnecting", type(exc).__name__)
+                await anyio.sleep(0.5)
+                continue
+            except Exception:
+                log.exception("unexpected error reading Redis pub/sub; continuing")
                 await anyio.sleep(0.5)
                 continue
             if message is not None and message.get("type") == "message":

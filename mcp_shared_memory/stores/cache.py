@@ -3,11 +3,12 @@
 Redis is a cache and a bus, never the source of truth: every method here either degrades to "miss"
 or logs and returns when Redis fails, and callers fall back to PostgreSQL.
 
-Recent events of a scope live in a sorted set scored by ``seq`` (the total order of the log), beside a
-*floor*: every event of the scope with ``seq > floor`` is in the set, except those trimmed below the
-newest ``recent_max``. Writers add unconditionally; a reader that finds no floor refills from
-PostgreSQL. So an expired or evicted cache is rebuilt instead of silently returning nothing, an event
-committed while a reader refills is never lost, and ``since_seq`` cursors are served from the set.
+Recent events of a scope live in a sorted set scored by ``seq`` (the total order of the log). The same
+set holds a *floor* member (``~floor:<n>`` at score -inf): every event of the scope with ``seq > n`` is in
+the set, except those trimmed below the newest ``recent_max``. Writers add unconditionally; a reader that
+finds no floor refills from PostgreSQL. Keeping the floor inside the set means expiry or eviction takes
+both at once, so a lost cache is rebuilt instead of read as an empty scope; an event committed while a
+reader refills is never lost; and ``since_seq`` cursors are served from the set.
 """
 
 from __future__ import annotations
@@ -29,35 +30,50 @@ log = logging.getLogger(__name__)
 REDIS_ERRORS = (RedisError, OSError, TimeoutError)
 BREAKER_SECONDS = 2.0
 
-# KEYS: recent zset, floor, dedup key ('' when none). ARGV: seq, event json, max, ttl, channel, event id
+FLOOR_PREFIX = "~floor:"
+
+# KEYS: recent zset, dedup key ('' when none). ARGV: seq, event json, max, ttl, channel, event id
 RECORD_EVENT = """
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
-local removed = redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[3]) + 1))
-local floor = redis.call('GET', KEYS[2])
-if floor and removed > 0 then
-  local lowest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  local raised = tonumber(lowest[2]) - 1
-  if raised > tonumber(floor) then redis.call('SET', KEYS[2], string.format('%d', raised), 'KEEPTTL') end
+local count = redis.call('ZCOUNT', KEYS[1], '(0', '+inf')
+local max = tonumber(ARGV[3])
+if count > max then
+  local floors = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '-inf')
+  local first = #floors
+  redis.call('ZREMRANGEBYRANK', KEYS[1], first, first + count - max - 1)
+  if first > 0 then
+    local lowest = redis.call('ZRANGEBYSCORE', KEYS[1], '(0', '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    local raised = tonumber(lowest[2]) - 1
+    if raised > tonumber(string.sub(floors[1], 8)) then
+      redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '-inf')
+      redis.call('ZADD', KEYS[1], '-inf', '~floor:' .. string.format('%d', raised))
+    end
+  end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
-if KEYS[3] ~= '' then redis.call('SET', KEYS[3], ARGV[6], 'XX', 'KEEPTTL') end
+if KEYS[2] ~= '' then redis.call('SET', KEYS[2], ARGV[6], 'XX', 'KEEPTTL') end
 return redis.call('PUBLISH', ARGV[5], ARGV[2])
 """
 
-# KEYS: recent zset, floor. ARGV: floor, ttl, max, then score/member pairs.
+# KEYS: recent zset. ARGV: floor, ttl, max, then score/member pairs.
 REFILL = """
 local floor = tonumber(ARGV[1])
-local current = redis.call('GET', KEYS[2])
-if current and tonumber(current) < floor then floor = tonumber(current) end
+local floors = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '-inf')
+if #floors > 0 then
+  local current = tonumber(string.sub(floors[1], 8))
+  if current < floor then floor = current end
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '-inf')
+end
 for i = 4, #ARGV, 2 do redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1]) end
-local removed = redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[3]) + 1))
-if removed > 0 then
-  local lowest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local count = redis.call('ZCOUNT', KEYS[1], '(0', '+inf')
+local max = tonumber(ARGV[3])
+if count > max then
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, count - max - 1)
+  local lowest = redis.call('ZRANGEBYSCORE', KEYS[1], '(0', '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
   if tonumber(lowest[2]) - 1 > floor then floor = tonumber(lowest[2]) - 1 end
 end
-redis.call('SET', KEYS[2], string.format('%d', floor), 'EX', ARGV[2])
-if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+redis.call('ZADD', KEYS[1], '-inf', '~floor:' .. string.format('%d', floor))
+redis.call('EXPIRE', KEYS[1], ARGV[2])
 return floor
 """
 
@@ -103,9 +119,6 @@ class RedisKeys:
     def recent(self, tenant: str, scope: Scope) -> str:
         return f"{self._tag(tenant, scope)}:recent"
 
-    def floor(self, tenant: str, scope: Scope) -> str:
-        return f"{self._tag(tenant, scope)}:recent:floor"
-
     def dedup(self, tenant: str, scope: Scope, content_hash: str) -> str:
         return f"{self._tag(tenant, scope)}:dedup:{content_hash}"
 
@@ -150,7 +163,7 @@ class RedisCache:
 
     async def _heal(self, tenant: str, scope: Scope) -> None:
         if (tenant, scope) in self._stale:
-            await self.redis.delete(self.keys.floor(tenant, scope))
+            await self.redis.zremrangebyscore(self.keys.recent(tenant, scope), "-inf", "-inf")
             self._stale.discard((tenant, scope))
 
     # dedup window
@@ -179,15 +192,10 @@ class RedisCache:
 
     async def record_event(self, tenant: str, event: Event, *, dedup_hash: str | None) -> None:
         """Cache and publish a committed event. Never raises: the write is already durable."""
+        # Tried even while the breaker is open: a skipped update would leave other processes' caches
+        # claiming completeness without this event. A dead Redis fails fast (connection refused).
         scope = event.scope
-        if not self.available:
-            self._stale.add((tenant, scope))
-            return
-        keys = [
-            self.keys.recent(tenant, scope),
-            self.keys.floor(tenant, scope),
-            self.keys.dedup(tenant, scope, dedup_hash) if dedup_hash else "",
-        ]
+        keys = [self.keys.recent(tenant, scope), self.keys.dedup(tenant, scope, dedup_hash) if dedup_hash else ""]
         args = [
             event.seq, event.model_dump_json(), self.recent_max, self.recent_ttl,
             self.keys.events_channel(tenant, scope), str(event.id),
@@ -210,24 +218,25 @@ class RedisCache:
         try:
             await self._heal(tenant, scope)
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.get(self.keys.floor(tenant, scope))
+                pipe.zrangebyscore(recent_key, "-inf", "-inf")
                 # Fetch only what can answer the query: an importance filter needs the whole set.
                 if min_importance > 0:
-                    pipe.zrevrange(recent_key, 0, -1)
+                    pipe.zrevrangebyscore(recent_key, "+inf", "(0")
                 elif since_seq is not None:
                     pipe.zrangebyscore(recent_key, f"({since_seq}", "+inf", start=0, num=limit)
                 else:
-                    pipe.zrevrange(recent_key, 0, limit - 1)
-                floor_raw, members = await pipe.execute()
+                    pipe.zrevrangebyscore(recent_key, "+inf", "(0", start=0, num=limit)
+                floors, members = await pipe.execute()
         except REDIS_ERRORS as exc:
             self._failed("recent read", exc)
             return None, True
-        if floor_raw is None:
+        if not floors:
             return None, False
         events = [Event.model_validate_json(m) for m in members]
         if since_seq is not None and min_importance == 0:
             events.reverse()  # select_recent takes newest first
-        answer = select_recent(events, int(floor_raw), limit=limit, min_importance=min_importance, since_seq=since_seq)
+        floor = int(floors[0].removeprefix(FLOOR_PREFIX))
+        answer = select_recent(events, floor, limit=limit, min_importance=min_importance, since_seq=since_seq)
         return answer, True
 
     async def refill(self, tenant: str, scope: Scope, newest: Sequence[Event], *, complete: bool) -> None:
@@ -239,7 +248,7 @@ class RedisCache:
         for event in newest:
             args += [event.seq, event.model_dump_json()]
         try:
-            await self._refill(keys=[self.keys.recent(tenant, scope), self.keys.floor(tenant, scope)], args=args)
+            await self._refill(keys=[self.keys.recent(tenant, scope)], args=args)
         except REDIS_ERRORS as exc:
             self._failed("recent refill", exc)
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import asyncpg
 import numpy as np
 
 from ..errors import ConfigError, NotFound
 from ..models import Event, Scope, Workspace
 from .facts import Embed
-from .postgres import PostgresPool
+from .postgres import DRIVER_ERRORS, PostgresPool
 
 EVENT_COLUMNS = (
     "id, seq, scope_type, scope_id, agent_id, agent_type, event_type, role, content, importance, metadata, created_at"
@@ -24,6 +28,9 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 ON CONFLICT ON CONSTRAINT shared_ep_idempotency DO NOTHING
 RETURNING {EVENT_COLUMNS}
 """
+
+LOCK_SCOPE_WRITES = "SELECT pg_advisory_lock(hashtextextended($1, 7340004))"
+UNLOCK_SCOPE_WRITES = "SELECT pg_advisory_unlock(hashtextextended($1, 7340004))"
 
 SELECT_BY_IDEMPOTENCY_KEY = f"""
 SELECT {EVENT_COLUMNS} FROM shared_episodic_memories
@@ -147,11 +154,26 @@ class PostgresEpisodicStore:
     async def set_embedding_model(self, model_id: str, dimension: int) -> None:
         await self.db.execute(META_SET, model_id, str(dimension))
 
+    @asynccontextmanager
+    async def scope_writes(self, tenant: str, scope: Scope) -> AsyncIterator[asyncpg.Connection]:
+        """Serialise a scope's writers from INSERT to after their cache update, so seq order is commit
+        order and cache order within the scope: a reader paging by ``since_seq`` never skips an event
+        that commits late with a lower seq. Other scopes are not blocked."""
+        key = f"{tenant}:{scope}"
+        async with self.db.connection() as conn:
+            await conn.execute(LOCK_SCOPE_WRITES, key)
+            try:
+                yield conn
+            finally:
+                with anyio.CancelScope(shield=True), contextlib.suppress(*DRIVER_ERRORS):
+                    await conn.execute(UNLOCK_SCOPE_WRITES, key)
+
     async def insert_event(
         self,
         tenant: str,
         scope: Scope,
         *,
+        conn: asyncpg.Connection | None = None,
         agent_id: str,
         agent_type: str,
         event_type: str,
@@ -164,16 +186,18 @@ class PostgresEpisodicStore:
         metadata: dict[str, Any],
         idempotency_key: str | None,
     ) -> tuple[Event, bool]:
-        """Insert; returns (event, inserted). A repeated idempotency key returns the stored event."""
+        """Insert (on ``conn``, one holding ``scope_writes``, when given); returns (event, inserted).
+        A repeated idempotency key returns the stored event."""
         args = (
             tenant, scope.type, scope.id, agent_id, agent_type, event_type, role, content, content_hash,
             embedding, embedding_model if embedding is not None else None, importance, metadata,
             idempotency_key,
         )  # fmt: skip
-        row = await self.db.fetchrow(INSERT_EVENT, *args)
+        db: asyncpg.Connection | PostgresPool = conn if conn is not None else self.db
+        row = await db.fetchrow(INSERT_EVENT, *args)
         if row is not None:
             return row_to_event(row), True
-        existing = await self.db.fetchrow(SELECT_BY_IDEMPOTENCY_KEY, tenant, scope.type, scope.id, idempotency_key)
+        existing = await db.fetchrow(SELECT_BY_IDEMPOTENCY_KEY, tenant, scope.type, scope.id, idempotency_key)
         if existing is None:  # pragma: no cover - the conflicting row cannot vanish: events are never deleted
             raise NotFound("the event with this idempotency key could not be read back; retry")
         return row_to_event(existing), False
