@@ -133,8 +133,10 @@ class SharedMemory:
                         idempotency_key=idempotency_key,
                     )  # fmt: skip
                     committed = inserted
-                    if inserted:
-                        await self.cache.record_event(tenant, event, dedup_hash=digest if claimed else None)
+                    if inserted and not await self.cache.record_event(
+                        tenant, event, dedup_hash=digest if claimed else None
+                    ):
+                        await self.episodic.queue_for_cache(conn, event.id)
         except BaseException:
             embedding.cancel()
             if claimed and not committed:
@@ -298,7 +300,7 @@ class SharedMemory:
             principal.tenant, workspace_id, task=task, agents=roster, context=context,
             created_by=principal.agent_id,
         )  # fmt: skip
-        await self.cache.put_workspace(principal.tenant, workspace, ttl=self.settings.workspace_cache_ttl, created=True)
+        await self.cache.put_workspace(principal.tenant, workspace, ttl=self.settings.workspace_cache_ttl, changed=True)
         roster_text = f" Agents: {', '.join(roster)}." if roster else ""
         await self.write_event(
             principal, f"Workspace created for task: {task}.{roster_text}", event_type="workspace_created",
@@ -315,9 +317,7 @@ class SharedMemory:
         workspace = await self.episodic.get_workspace(principal.tenant, workspace_id)
         if workspace is None:
             raise NotFound(f"workspace {workspace_id} does not exist in this tenant")
-        await self.cache.put_workspace(
-            principal.tenant, workspace, ttl=self.settings.workspace_cache_ttl, created=False
-        )
+        await self.cache.put_workspace(principal.tenant, workspace, ttl=self.settings.workspace_cache_ttl)
         return workspace
 
     async def get_workspace_summary(
@@ -355,9 +355,7 @@ class SharedMemory:
         )
         if workspace is None:
             raise NotFound(f"workspace {workspace_id} does not exist in this tenant")
-        await self.cache.put_workspace(
-            principal.tenant, workspace, ttl=self.settings.workspace_cache_ttl, created=False
-        )
+        await self.cache.put_workspace(principal.tenant, workspace, ttl=self.settings.workspace_cache_ttl, changed=True)
         return workspace
 
     async def list_workspaces(
@@ -413,13 +411,22 @@ class SharedMemory:
     # maintenance
 
     async def embed_missing(self, *, batch: int = 64) -> int:
-        """Embed events stored without a vector (embedder outage, or after a model change)."""
+        """Embed events stored without a vector (embedder outage, or after a model change); an event
+        the model rejects is skipped for an hour rather than blocking the rest."""
+
+        async def embed_each(texts: list[str]) -> list[np.ndarray | None]:
+            results = await asyncio.gather(*(self.embedder.embed(t) for t in texts), return_exceptions=True)
+            return [r if isinstance(r, np.ndarray) else None for r in results]
+
         total = 0
-        while done := await self.episodic.embed_pending(
-            self.embedder.embed_many, model_id=self.embedder.model_id, limit=batch
-        ):
-            total += done
+        model = self.embedder.model_id
+        while processed := await self.episodic.embed_pending(embed_each, model_id=model, limit=batch):
+            total += processed
         return total
+
+    async def republish_pending(self) -> int:
+        """Publish events whose Redis update failed at write time (cache and subscribers catch up)."""
+        return await self.episodic.republish(self.cache.republish)
 
     async def reembed_facts(self) -> int:
         return await self.facts.reembed(self.embedder.embed_many)

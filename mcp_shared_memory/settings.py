@@ -53,7 +53,8 @@ class Settings(BaseSettings):
     qdrant_api_key: SecretStr | None = None
     data_dir: Path = Field(default_factory=lambda: Path(platformdirs.user_data_dir("mcp-shared-memory")))
     db_pool_min: int = Field(default=1, ge=0)
-    db_pool_max: int = Field(default=4, ge=1)
+    # >= 2: consolidation holds a connection for its scope lock while storing facts on another.
+    db_pool_max: int = Field(default=4, ge=2)
     redis_prefix: str = Field(default="msm", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     redis_timeout: float = Field(default=1.0, gt=0)
     db_timeout: float = Field(default=10.0, gt=0)

@@ -23,9 +23,18 @@ def text(value: str, what: str, *, max_chars: int) -> str:
         raise InvalidInput(f"{what} must be a non-empty string")
     if len(value) > max_chars:
         raise InvalidInput(f"{what} is {len(value)} characters; the limit is {max_chars}: shorten or split it")
+    _storable(value, what)
+    return value
+
+
+def _storable(value: str, what: str) -> None:
+    """PostgreSQL text and jsonb hold neither NUL nor unpaired UTF-16 surrogates."""
     if "\x00" in value:
         raise InvalidInput(f"{what} must not contain NUL characters")
-    return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInput(f"{what} is not valid Unicode (an unpaired surrogate at position {exc.start})") from exc
 
 
 def optional_text(value: str | None, what: str, *, max_chars: int) -> str | None:
@@ -60,9 +69,10 @@ def metadata(value: dict[str, Any] | None) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidInput("metadata must be a JSON object")
     try:
-        encoded = json.dumps(value, allow_nan=False)
+        encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"metadata must be JSON-serialisable ({exc})") from exc
+    _storable(encoded.replace("\\u0000", "\x00"), "metadata")
     if len(encoded.encode()) > MAX_METADATA_BYTES:
         raise InvalidInput(f"metadata is larger than {MAX_METADATA_BYTES} bytes of JSON: keep it small")
     return value

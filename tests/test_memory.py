@@ -64,12 +64,12 @@ async def test_recent_events_survive_cache_expiry(memory: SharedMemory, alice: P
     for i in range(5):
         await memory.write_event(alice, f"observation number {i}")
     keys = memory.cache.keys
-    await memory.cache.redis.delete(keys.recent(alice.tenant, ALICE), keys.floor(alice.tenant, ALICE))
+    await memory.cache.redis.delete(keys.recent(alice.tenant, ALICE))
 
     recent = await memory.get_recent_shared(alice, limit=3)
 
     assert [e.content for e in recent] == [f"observation number {i}" for i in (4, 3, 2)]
-    assert await memory.cache.redis.zcard(keys.recent(alice.tenant, ALICE)) == 5
+    assert await memory.cache.redis.zcount(keys.recent(alice.tenant, ALICE), "(0", "+inf") == 5
     cached, _ = await memory.cache.recent(alice.tenant, ALICE, limit=5, min_importance=0, since_seq=None)
     assert cached is not None and len(cached) == 5
 
@@ -79,7 +79,7 @@ async def test_cache_is_complete_when_writes_race_a_refill(memory: SharedMemory,
     for i in range(10):
         await memory.write_event(alice, f"before expiry {i}")
     keys = memory.cache.keys
-    await memory.cache.redis.delete(keys.recent(alice.tenant, ALICE), keys.floor(alice.tenant, ALICE))
+    await memory.cache.redis.delete(keys.recent(alice.tenant, ALICE))
 
     async def write(i: int) -> None:
         await memory.write_event(alice, f"during refill {i}")
@@ -132,7 +132,7 @@ async def test_metadata_round_trips_through_jsonb(memory: SharedMemory, alice: P
     """Defect 4: a dict goes into the JSONB column and comes back as a dict."""
     metadata = {"source": "ci", "files": ["a.py", "b.py"], "nested": {"ok": True, "n": 3}}
     await memory.write_event(alice, "metadata event", metadata=metadata)
-    await memory.cache.redis.delete(memory.cache.keys.floor(alice.tenant, ALICE))
+    await memory.cache.redis.delete(memory.cache.keys.recent(alice.tenant, ALICE))
 
     (event,) = await memory.episodic.recent(alice.tenant, ALICE, limit=1)
 
@@ -195,6 +195,8 @@ async def test_write_succeeds_when_redis_fails_after_commit(
     assert [e.content for e in stored] == ["written while redis breaks"]
     recent = await memory.get_recent_shared(alice, limit=10)
     assert [e.id for e in recent] == [first.event_id]
+    assert await memory.republish_pending() >= 1  # the late cache update + notification
+    assert await memory.republish_pending() == 0
 
 
 async def test_events_carry_id_and_seq_and_page_by_since_seq(memory: SharedMemory, alice: Principal) -> None:
@@ -265,7 +267,7 @@ async def test_recent_cache_is_capped_and_older_events_come_from_postgres(
         await memory.write_event(alice, f"capped {i}", dedup=False)
     key = memory.cache.keys.recent(alice.tenant, ALICE)
 
-    assert await memory.cache.redis.zcard(key) == memory.settings.recent_max
+    assert await memory.cache.redis.zcount(key, "(0", "+inf") == memory.settings.recent_max
     everything = await memory.get_recent_shared(alice, limit=memory.settings.recent_max + 20)
     assert len(everything) == memory.settings.recent_max + 20
     page = await memory.get_recent_shared(alice, limit=5, since_seq=everything[-1].seq)

@@ -175,24 +175,30 @@ class Embedder(ABC):
     async def _process(self, requests: list[_Request]) -> None:
         unique = list(dict.fromkeys(r.text for r in requests))
         try:
-            matrix = await self._embed_batch(unique)
-            vectors = self._check(matrix, len(unique))
-        except SharedMemoryError as exc:
-            logger.warning("embedding batch of %d failed: %s", len(unique), exc.message)
-            for request in requests:
-                _fail(request.future, type(exc)(exc.message))
-            return
+            vectors = self._check(await self._embed_batch(unique), len(unique))
         except Exception as exc:
-            # The original exception may carry URLs or payloads: log it, hand callers a generic message.
-            logger.warning("embedding batch of %d failed", len(unique), exc_info=True)
-            message = f"The embedding model failed ({type(exc).__name__}); retry later."
+            if len(unique) > 1:
+                # One caller's bad input must not fail the others batched with it: retry one by one.
+                for text in unique:
+                    await self._process([r for r in requests if r.text == text])
+                return
+            failure = self._failure(exc, len(unique))
             for request in requests:
-                _fail(request.future, EmbeddingUnavailable(message))
+                _fail(request.future, failure)
             return
         row = {text: i for i, text in enumerate(unique)}
         for request in requests:
             if not request.future.done():
                 request.future.set_result(vectors[row[request.text]].copy())
+
+    @staticmethod
+    def _failure(exc: Exception, size: int) -> SharedMemoryError:
+        if isinstance(exc, SharedMemoryError):
+            logger.warning("embedding batch of %d failed: %s", size, exc.message)
+            return type(exc)(exc.message)
+        # The original exception may carry URLs or payloads: log it, hand callers a generic message.
+        logger.warning("embedding batch of %d failed", size, exc_info=True)
+        return EmbeddingUnavailable(f"The embedding model failed ({type(exc).__name__}); retry later.")
 
     def _check(self, matrix: npt.NDArray[np.floating], n: int) -> npt.NDArray[np.float32]:
         vectors = np.asarray(matrix, dtype=np.float32)

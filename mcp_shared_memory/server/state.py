@@ -20,7 +20,8 @@ from ..stores.tokens import PostgresTokenStore
 from .notifications import NotificationHub, TenantBus
 
 CLAIM_PRINCIPAL = "msm_principal"
-EMBED_MISSING_INTERVAL = 30.0
+REPUBLISH_INTERVAL = 5.0
+EMBED_MISSING_EVERY = 6  # passes: every 30 s
 log = logging.getLogger(__name__)
 
 
@@ -38,15 +39,20 @@ async def consolidate_periodically(memory: SharedMemory, interval: float) -> Non
             log.warning("consolidation skipped: %s", exc.message)
 
 
-async def embed_missing_periodically(memory: SharedMemory, interval: float) -> None:
-    """Events written while the embedder was failing get their vectors once it works again."""
+async def repair_periodically(memory: SharedMemory) -> None:
+    """Catch up what a failing dependency left behind: Redis updates of committed events (every few
+    seconds) and vectors of events written while the embedder was failing."""
+    passes = 0
     while True:
-        await anyio.sleep(interval)
+        await anyio.sleep(REPUBLISH_INTERVAL)
+        passes += 1
         try:
-            if done := await memory.embed_missing():
+            if done := await memory.republish_pending():
+                log.info("published %d events whose Redis update had failed", done)
+            if passes % EMBED_MISSING_EVERY == 0 and (done := await memory.embed_missing()):
                 log.info("embedded %d events stored without a vector", done)
         except SharedMemoryError as exc:
-            log.warning("embedding back-fill skipped: %s", exc.message)
+            log.warning("repair pass skipped: %s", exc.message)
 
 
 def stdio_principal(settings: Settings) -> Principal:
@@ -96,7 +102,7 @@ class ServerRuntime:
         async with open_memory(self.settings) as memory, anyio.create_task_group() as tg:
             hub = NotificationHub(memory.cache.redis, memory.cache.keys, self.bus)
             await tg.start(hub.run)
-            tg.start_soon(embed_missing_periodically, memory, EMBED_MISSING_INTERVAL)
+            tg.start_soon(repair_periodically, memory)
             if self.settings.consolidation_interval > 0:
                 tg.start_soon(consolidate_periodically, memory, self.settings.consolidation_interval)
             self.state = AppState(

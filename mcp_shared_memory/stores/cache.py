@@ -78,6 +78,18 @@ return floor
 """
 
 
+# KEYS: workspace key. ARGV: version (updated_at in microseconds), workspace json, ttl.
+PUT_WORKSPACE_IF_NEWER = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local sep = string.find(current, '|', 1, true)
+  if sep and tonumber(string.sub(current, 1, sep - 1)) >= tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+
+
 def connect_redis(url: str, *, timeout: float) -> aioredis.Redis:
     """A client with timeouts we chose: one quick retry, no multi-second backoff on a dead server."""
     return aioredis.Redis.from_url(
@@ -140,6 +152,7 @@ class RedisCache:
         self.recent_ttl = recent_ttl
         self._record = client.register_script(RECORD_EVENT)
         self._refill = client.register_script(REFILL)
+        self._put_workspace = client.register_script(PUT_WORKSPACE_IF_NEWER)
         self._down_until = 0.0
         # Scopes whose cache missed a write while Redis failed: invalidated on the next success.
         self._stale: set[tuple[str, Scope]] = set()
@@ -190,11 +203,13 @@ class RedisCache:
 
     # recent events
 
-    async def record_event(self, tenant: str, event: Event, *, dedup_hash: str | None) -> None:
-        """Cache and publish a committed event. Never raises: the write is already durable."""
-        # Tried even while the breaker is open: a skipped update would leave other processes' caches
-        # claiming completeness without this event. A dead Redis fails fast (connection refused).
+    async def record_event(self, tenant: str, event: Event, *, dedup_hash: str | None) -> bool:
+        """Cache and publish a committed event. Never raises (the write is already durable); False when
+        Redis is failing, so the caller queues the event for ``republish``."""
         scope = event.scope
+        if not self.available:
+            self._stale.add((tenant, scope))
+            return False
         keys = [self.keys.recent(tenant, scope), self.keys.dedup(tenant, scope, dedup_hash) if dedup_hash else ""]
         args = [
             event.seq, event.model_dump_json(), self.recent_max, self.recent_ttl,
@@ -206,6 +221,12 @@ class RedisCache:
         except REDIS_ERRORS as exc:
             self._stale.add((tenant, scope))
             self._failed("event publish", exc)
+            return False
+        return True
+
+    async def republish(self, tenant: str, event: Event) -> bool:
+        """A late cache update and notification for an event whose first attempt failed."""
+        return await self.record_event(tenant, event, dedup_hash=None)
 
     async def recent(
         self, tenant: str, scope: Scope, *, limit: int, min_importance: float, since_seq: int | None
@@ -262,18 +283,21 @@ class RedisCache:
         except REDIS_ERRORS as exc:
             self._failed("workspace read", exc)
             return None
-        return Workspace.model_validate_json(raw) if raw else None
+        return Workspace.model_validate_json(raw.partition("|")[2]) if raw else None
 
-    async def put_workspace(self, tenant: str, workspace: Workspace, *, ttl: int, created: bool) -> None:
-        if not self.available:
+    async def put_workspace(self, tenant: str, workspace: Workspace, *, ttl: int, changed: bool = False) -> None:
+        """Cache a workspace read from PostgreSQL, unless a newer version is cached (writers and
+        read-through fills race). ``changed``: it was just created or updated, so tell subscribers."""
+        if not self.available and not changed:
             return
+        version = int(workspace.updated_at.timestamp() * 1_000_000)
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.set(self.keys.workspace(tenant, workspace.id), workspace.model_dump_json(), ex=ttl)
-                pipe.publish(
-                    self.keys.workspaces_channel(tenant),
-                    json.dumps({"workspace_id": workspace.id, "created": created}),
-                )
-                await pipe.execute()
+            await self._put_workspace(
+                keys=[self.keys.workspace(tenant, workspace.id)], args=[version, workspace.model_dump_json(), ttl]
+            )
+            if changed:
+                created = workspace.created_at == workspace.updated_at
+                message = json.dumps({"workspace_id": workspace.id, "created": created})
+                await self.redis.publish(self.keys.workspaces_channel(tenant), message)
         except REDIS_ERRORS as exc:
             self._failed("workspace cache", exc)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -13,7 +14,6 @@ import numpy as np
 
 from ..errors import ConfigError, NotFound
 from ..models import Event, Scope, Workspace
-from .facts import Embed
 from .postgres import DRIVER_ERRORS, PostgresPool
 
 EVENT_COLUMNS = (
@@ -28,6 +28,14 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 ON CONFLICT ON CONSTRAINT shared_ep_idempotency DO NOTHING
 RETURNING {EVENT_COLUMNS}
 """
+
+QUEUE_FOR_CACHE = "INSERT INTO msm_cache_outbox (event_id) VALUES ($1) ON CONFLICT DO NOTHING"
+CLAIM_OUTBOX = f"""
+SELECT m.tenant_id, {", ".join(f"m.{c.strip()}" for c in EVENT_COLUMNS.split(","))}
+FROM msm_cache_outbox o JOIN shared_episodic_memories m ON m.id = o.event_id
+ORDER BY m.seq LIMIT $1 FOR UPDATE OF o SKIP LOCKED
+"""
+DEQUEUE_OUTBOX = "DELETE FROM msm_cache_outbox WHERE event_id = ANY($1::uuid[])"
 
 LOCK_SCOPE_WRITES = "SELECT pg_advisory_lock(hashtextextended($1, 7340004))"
 UNLOCK_SCOPE_WRITES = "SELECT pg_advisory_unlock(hashtextextended($1, 7340004))"
@@ -81,11 +89,13 @@ SELECT count(*) FROM shared_episodic_memories WHERE tenant_id = $1 AND scope_typ
 # SKIP LOCKED: several processes back-filling at once each take different rows.
 CLAIM_UNEMBEDDED = """
 SELECT id, content FROM shared_episodic_memories
-WHERE embedding IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
+WHERE embedding IS NULL AND (embedding_failed_at IS NULL OR embedding_failed_at < now() - interval '1 hour')
+ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
 """
+MARK_EMBEDDING_FAILED = "UPDATE shared_episodic_memories SET embedding_failed_at = now() WHERE id = $1"
 
 SET_EMBEDDING = """
-UPDATE shared_episodic_memories SET embedding = $2, embedding_model = $3 WHERE id = $1
+UPDATE shared_episodic_memories SET embedding = $2, embedding_model = $3, embedding_failed_at = NULL WHERE id = $1
 """
 
 WORKSPACE_COLUMNS = "id, task, agents, status, context, created_by, created_at, updated_at"
@@ -121,8 +131,18 @@ ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
 """
 
 
-def row_to_event(row: asyncpg.Record) -> Event:
-    return Event(**dict(row))
+# Embeds each text, giving None where it cannot.
+EmbedEach = Callable[[list[str]], Awaitable[list[np.ndarray | None]]]
+
+
+class _LocalLock:
+    def __init__(self) -> None:
+        self.lock = anyio.Lock()
+        self.users = 0
+
+
+def row_to_event(row: asyncpg.Record, *, skip: tuple[str, ...] = ()) -> Event:
+    return Event(**{k: v for k, v in dict(row).items() if k not in skip})
 
 
 def row_to_workspace(row: asyncpg.Record) -> Workspace:
@@ -134,6 +154,7 @@ class PostgresEpisodicStore:
 
     def __init__(self, db: PostgresPool) -> None:
         self.db = db
+        self._local_locks: dict[tuple[str, Scope], _LocalLock] = {}
 
     async def ensure_embedding_model(self, model_id: str, dimension: int) -> None:
         """Record the model on first use; refuse to mix vectors of another model or dimension."""
@@ -158,15 +179,38 @@ class PostgresEpisodicStore:
     async def scope_writes(self, tenant: str, scope: Scope) -> AsyncIterator[asyncpg.Connection]:
         """Serialise a scope's writers from INSERT to after their cache update, so seq order is commit
         order and cache order within the scope: a reader paging by ``since_seq`` never skips an event
-        that commits late with a lower seq. Other scopes are not blocked."""
-        key = f"{tenant}:{scope}"
-        async with self.db.connection() as conn:
-            await conn.execute(LOCK_SCOPE_WRITES, key)
-            try:
-                yield conn
-            finally:
-                with anyio.CancelScope(shield=True), contextlib.suppress(*DRIVER_ERRORS):
-                    await conn.execute(UNLOCK_SCOPE_WRITES, key)
+        that commits late with a lower seq. Other scopes are not blocked. Writers of this process queue
+        on a local lock first, so a busy scope holds at most one pooled connection here."""
+        local = self._local_locks.setdefault((tenant, scope), _LocalLock())
+        local.users += 1
+        try:
+            async with local.lock, self.db.connection() as conn:
+                key = f"{tenant}:{scope}"
+                await conn.execute(LOCK_SCOPE_WRITES, key)
+                try:
+                    yield conn
+                finally:
+                    with anyio.CancelScope(shield=True), contextlib.suppress(*DRIVER_ERRORS):
+                        await conn.execute(UNLOCK_SCOPE_WRITES, key)
+        finally:
+            local.users -= 1
+            if local.users == 0:
+                self._local_locks.pop((tenant, scope), None)
+
+    async def queue_for_cache(self, conn: asyncpg.Connection, event_id: uuid.UUID) -> None:
+        """Remember a committed event whose Redis update failed, for ``republish``."""
+        await conn.execute(QUEUE_FOR_CACHE, event_id)
+
+    async def republish(self, publish: Callable[[str, Event], Awaitable[bool]], *, limit: int = 100) -> int:
+        """Hand queued events to ``publish`` (oldest first); those it accepts leave the queue."""
+        async with self.db.connection() as conn, conn.transaction():
+            rows = await conn.fetch(CLAIM_OUTBOX, limit)
+            done = [
+                row["id"] for row in rows if await publish(row["tenant_id"], row_to_event(row, skip=("tenant_id",)))
+            ]
+            if done:
+                await conn.execute(DEQUEUE_OUTBOX, done)
+        return len(done)
 
     async def insert_event(
         self,
@@ -225,15 +269,19 @@ class PostgresEpisodicStore:
     async def count(self, tenant: str, scope: Scope) -> int:
         return int(await self.db.fetchval(COUNT_EVENTS, tenant, scope.type, scope.id))
 
-    async def embed_pending(self, embed: Embed, *, model_id: str, limit: int) -> int:
-        """Embed up to ``limit`` events stored without a vector; returns how many were embedded."""
+    async def embed_pending(self, embed: EmbedEach, *, model_id: str, limit: int) -> int:
+        """Embed up to ``limit`` events stored without a vector; returns how many rows were processed.
+        ``embed`` gives None for a text it could not embed: that event is retried an hour later."""
         async with self.db.connection() as conn, conn.transaction():
             rows = await conn.fetch(CLAIM_UNEMBEDDED, limit)
             if rows:
                 vectors = await embed([r["content"] for r in rows])
-                await conn.executemany(
-                    SET_EMBEDDING, [(r["id"], v, model_id) for r, v in zip(rows, vectors, strict=True)]
-                )
+                done = [(r["id"], v, model_id) for r, v in zip(rows, vectors, strict=True) if v is not None]
+                failed = [(r["id"],) for r, v in zip(rows, vectors, strict=True) if v is None]
+                if done:
+                    await conn.executemany(SET_EMBEDDING, done)
+                if failed:
+                    await conn.executemany(MARK_EMBEDDING_FAILED, failed)
         return len(rows)
 
     async def clear_embeddings(self) -> int:

@@ -203,13 +203,27 @@ async def test_batch_failure_reaches_every_caller_with_a_safe_message() -> None:
     e = FakeEmbedder(fail_with=RuntimeError("boom at https://user:sk-secret@example.com"))
     async with e:
         results = await asyncio.gather(*(e.embed(f"t{i}") for i in range(5)), return_exceptions=True)
-        assert len(e.batches) == 1
+        assert len(e.batches) == 1 + 5  # the failed batch, then each text alone (isolating a bad input)
         for result in results:
             assert isinstance(result, EmbeddingUnavailable)
             assert "sk-secret" not in result.message and "example.com" not in result.message
         # the worker survives and serves the next batch
         e.fail_with = None
         assert (await e.embed("ok")).shape == (8,)
+
+
+async def test_one_bad_input_fails_only_its_own_caller() -> None:
+    class PickyEmbedder(FakeEmbedder):
+        async def _embed_batch(self, texts: list[str]) -> npt.NDArray[np.floating]:
+            if "poison" in texts:
+                raise RuntimeError("the model rejects one input")
+            return await super()._embed_batch(texts)
+
+    async with PickyEmbedder() as e:
+        results = await asyncio.gather(*(e.embed(t) for t in ["a", "poison", "b"]), return_exceptions=True)
+
+    assert isinstance(results[1], EmbeddingUnavailable)
+    assert all(isinstance(r, np.ndarray) and r.shape == (8,) for r in (results[0], results[2]))
 
 
 async def test_provider_errors_pass_through_unchanged() -> None:
