@@ -5,6 +5,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY mcp_shared_memory ./mcp_shared_memory
+COPY sql ./sql
 RUN pip install . && useradd --system --uid 10001 --no-create-home msm
 
 USER msm

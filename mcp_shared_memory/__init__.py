@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .context import format_shared_context
 from .errors import (
     AccessDenied,
     ConfigError,
@@ -13,9 +14,9 @@ from .errors import (
     SharedMemoryError,
     StoreUnavailable,
 )
-from .memory import SharedMemory, format_shared_context
+from .memory import SharedMemory
 from .models import Event, Fact, Principal, Scope, Workspace, WriteResult
-from .runtime import open_memory
+from .runtime import open_memory, open_runtime
 from .settings import Settings
 
 __all__ = [
@@ -37,4 +38,5 @@ __all__ = [
     "__version__",
     "format_shared_context",
     "open_memory",
+    "open_runtime",
 ]

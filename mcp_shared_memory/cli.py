@@ -59,7 +59,18 @@ def run(coro_fn: Any, *args: Any) -> Any:
 
 
 DataDir = Annotated[Path | None, typer.Option(help="embedded backends' data dir [env: MSM_DATA_DIR]")]
-LogLevel = Annotated[str, typer.Option(envvar="MSM_LOG_LEVEL", help="DEBUG, INFO, WARNING, ERROR")]
+LogLevel = Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING, ERROR [env: MSM_LOG_LEVEL; default WARNING]")]
+
+
+def start(**overrides: Any) -> Settings:
+    """Settings for a command, with logging configured and, since this is a program's entry point,
+    SIGTERM/SIGHUP mapped to a clean exit so embedded backends are released."""
+    settings = load_settings(**overrides)
+    configure_logging(settings.log_level)
+    from .embedded import install_exit_signal_handlers
+
+    install_exit_signal_handlers()
+    return settings
 
 
 @app.command()
@@ -67,10 +78,10 @@ def serve(
     transport: Annotated[Transport, typer.Option(help="stdio for local clients, http for remote agents")] = (
         Transport.stdio
     ),
-    host: Annotated[str, typer.Option(envvar="MSM_HOST")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="MSM_PORT")] = 8765,
+    host: Annotated[str | None, typer.Option(help="HTTP bind address [env: MSM_HOST; default 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port [env: MSM_PORT; default 8765]")] = None,
     public_url: Annotated[
-        str | None, typer.Option(envvar="MSM_PUBLIC_URL", help="external URL of the HTTP server (OAuth metadata)")
+        str | None, typer.Option(help="external URL of the HTTP server (OAuth metadata) [env: MSM_PUBLIC_URL]")
     ] = None,
     tenant: Annotated[str | None, typer.Option(help="stdio binding [env: MSM_TENANT]")] = None,
     agent_id: Annotated[str | None, typer.Option(help="stdio binding [env: MSM_AGENT_ID]")] = None,
@@ -81,57 +92,46 @@ def serve(
         typer.Option(help="comma-separated patterns, e.g. 'user:alice,workspace:*' [env: MSM_ALLOWED_SCOPES]"),
     ] = None,
     data_dir: DataDir = None,
-    log_level: LogLevel = "WARNING",
+    log_level: LogLevel = None,
 ) -> None:
     """Run the MCP server (stdio by default; zero-config with embedded backends)."""
-    configure_logging(log_level)
-    settings = load_settings(
-        tenant=tenant, agent_id=agent_id, agent_type=agent_type, scope=scope, allowed_scopes=allowed_scopes,
-        data_dir=data_dir,
+    settings = start(
+        host=host, port=port, public_url=public_url, tenant=tenant, agent_id=agent_id, agent_type=agent_type,
+        scope=scope, allowed_scopes=allowed_scopes, data_dir=data_dir, log_level=log_level,
     )  # fmt: skip
-    from .embedded import install_exit_signal_handlers
-
-    install_exit_signal_handlers()  # SIGTERM runs atexit, so embedded backends are released
     try:
         if transport is Transport.stdio:
             from .server.app import build_server
-            from .server.state import ServerRuntime, stdio_principal
+            from .server.state import ServerLifespan, stdio_principal
 
             if settings.embedding_threads is None:
                 # One stdio process per agent: a single ONNX thread per process keeps p99 down when
                 # several agents embed at once, at the same single-call latency.
                 settings = settings.model_copy(update={"embedding_threads": 1})
-            runtime = ServerRuntime(settings, local_principal=stdio_principal(settings))
-            build_server(runtime).run("stdio")
+            build_server(ServerLifespan(settings, local_principal=stdio_principal(settings))).run("stdio")
         else:
             import uvicorn
 
             from .server.http import create_http_app
 
-            http_app = create_http_app(settings, host=host, port=port, public_url=public_url)
-            uvicorn.run(http_app, host=host, port=port, log_level=log_level.lower(), access_log=False)
+            uvicorn.run(
+                create_http_app(settings), host=settings.host, port=settings.port,
+                log_level=settings.log_level.lower(), access_log=False,
+            )  # fmt: skip
     except SharedMemoryError as exc:
         fail(exc.message)
 
 
 @app.command()
-def migrate(data_dir: DataDir = None, log_level: LogLevel = "WARNING") -> None:
+def migrate(data_dir: DataDir = None, log_level: LogLevel = None) -> None:
     """Apply the database migrations (the server also applies them at start-up)."""
-    configure_logging(log_level)
-    settings = load_settings(data_dir=data_dir)
+    settings = start(data_dir=data_dir, log_level=log_level)
 
     async def main() -> None:
-        import asyncpg
+        from .runtime import open_admin
 
-        from .runtime import backend_urls
-        from .stores.migrations import apply_migrations
-
-        async with backend_urls(settings) as urls:
-            conn = await asyncpg.connect(urls.database_url)
-            try:
-                applied = await apply_migrations(conn)
-            finally:
-                await conn.close()
+        async with open_admin(settings) as admin:
+            applied = admin.applied_migrations
         typer.echo("applied: " + ", ".join(applied) if applied else "database is up to date")
 
     run(main)
@@ -151,17 +151,16 @@ def token_create(
     data_dir: DataDir = None,
 ) -> None:
     """Create a token. It is printed once and only its hash is stored."""
-    settings = load_settings(data_dir=data_dir)
+    settings = start(data_dir=data_dir)
     expires = datetime.now(UTC) + timedelta(days=expires_days) if expires_days else None
     if default_scope is None and len(scope) == 1 and "*" not in scope[0]:
         default_scope = scope[0]
 
     async def main() -> None:
-        from .runtime import open_database
-        from .stores.tokens import PostgresTokenStore
+        from .runtime import open_admin
 
-        async with open_database(settings) as db:
-            token, record = await PostgresTokenStore(db).create(
+        async with open_admin(settings) as admin:
+            token, record = await admin.tokens.create(
                 tenant=tenant, agent_id=agent_id, agent_type=agent_type, allowed_scopes=scope,
                 default_scope=default_scope, description=description, expires_at=expires,
             )  # fmt: skip
@@ -179,14 +178,13 @@ def token_list(
     data_dir: DataDir = None,
 ) -> None:
     """List tokens (never the secrets)."""
-    settings = load_settings(data_dir=data_dir)
+    settings = start(data_dir=data_dir)
 
     async def main() -> None:
-        from .runtime import open_database
-        from .stores.tokens import PostgresTokenStore
+        from .runtime import open_admin
 
-        async with open_database(settings) as db:
-            records = await PostgresTokenStore(db).list(tenant=tenant)
+        async with open_admin(settings) as admin:
+            records = await admin.tokens.list(tenant=tenant)
         if as_json:
             typer.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
             return
@@ -210,34 +208,29 @@ def token_list(
 @token_app.command("revoke")
 def token_revoke(token_id: str, data_dir: DataDir = None) -> None:
     """Revoke a token by id (takes effect on every server within seconds)."""
-    settings = load_settings(data_dir=data_dir)
+    settings = start(data_dir=data_dir)
 
     async def main() -> None:
-        from .runtime import open_database
-        from .stores.tokens import PostgresTokenStore
+        from .runtime import open_admin
 
-        async with open_database(settings) as db:
-            await PostgresTokenStore(db).revoke(token_id)
+        async with open_admin(settings) as admin:
+            await admin.tokens.revoke(token_id)
         typer.echo(f"revoked {token_id}")
 
     run(main)
 
 
 @app.command()
-def reembed(data_dir: DataDir = None, log_level: LogLevel = "INFO") -> None:
+def reembed(data_dir: DataDir = None, log_level: LogLevel = None) -> None:
     """Re-embed every event and fact with the configured model (after changing models; stop servers first)."""
-    configure_logging(log_level)
-    settings = load_settings(data_dir=data_dir)
+    settings = start(data_dir=data_dir, log_level=log_level)
 
     async def main() -> None:
-        from .runtime import open_memory
+        from .runtime import open_runtime
 
-        async with open_memory(settings, check_model=False) as memory:
-            cleared = await memory.episodic.clear_embeddings()
-            await memory.episodic.set_embedding_model(memory.embedder.model_id, memory.embedder.dimension)
-            done = await memory.embed_missing()
-            facts = await memory.reembed_facts()
-        typer.echo(f"re-embedded {done} of {cleared} events and {facts} facts with {memory.embedder.model_id}")
+        async with open_runtime(settings, check_model=False) as runtime:
+            cleared, done, facts = await runtime.reembed()
+        typer.echo(f"re-embedded {done} of {cleared} events and {facts} facts with {settings.embedding_model_id}")
 
     run(main)
 
@@ -246,18 +239,16 @@ def reembed(data_dir: DataDir = None, log_level: LogLevel = "INFO") -> None:
 def consolidate(
     tenant: Annotated[str | None, typer.Option(help="only this tenant")] = None,
     data_dir: DataDir = None,
-    log_level: LogLevel = "WARNING",
+    log_level: LogLevel = None,
 ) -> None:
     """Turn unconsolidated events into shared facts (the server also does this periodically)."""
-    configure_logging(log_level)
-    settings = load_settings(data_dir=data_dir)
+    settings = start(data_dir=data_dir, log_level=log_level)
 
     async def main() -> None:
-        from .consolidation import Consolidator
-        from .runtime import open_memory
+        from .runtime import open_runtime
 
-        async with open_memory(settings) as memory:
-            report = await Consolidator.from_memory(memory).run(tenant=tenant)
+        async with open_runtime(settings) as runtime:
+            report = await runtime.maintenance.consolidator.run(tenant=tenant)
         typer.echo(
             f"consolidated {report.events} events in {report.scopes} scopes: {report.stored} facts stored, "
             f"{report.confirmed} confirmed, {report.skipped_busy} scopes busy in another process"

@@ -13,46 +13,21 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .memory import SharedMemory
-from .models import Scope
+from .embeddings import Embedder
+from .models import Scope, UnconsolidatedEvent
+from .settings import Settings
+from .stores.episodic import PostgresEpisodicStore
+from .stores.facts import FactsStore
 from .validation import MAX_FACT_CHARS
 
 log = logging.getLogger(__name__)
 
-PENDING_SCOPES = """
-SELECT DISTINCT tenant_id, scope_type, scope_id FROM shared_episodic_memories
-WHERE consolidated = false AND ($1::text IS NULL OR tenant_id = $1)
-LIMIT $2
-"""
-PENDING_EVENTS = """
-SELECT id, seq, agent_id, event_type, content, importance, embedding, embedding_model
-FROM shared_episodic_memories
-WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3 AND consolidated = false
-ORDER BY seq LIMIT $4
-"""
-MARK_CONSOLIDATED = """
-UPDATE shared_episodic_memories SET consolidated = true, consolidated_at = now()
-WHERE id = ANY($1::uuid[]) AND consolidated = false
-"""
-TRY_LOCK = "SELECT pg_try_advisory_lock(hashtextextended($1, 7340003))"
-UNLOCK = "SELECT pg_advisory_unlock(hashtextextended($1, 7340003))"
-
-
-@dataclass
-class PendingEvent:
-    id: uuid.UUID
-    seq: int
-    agent_id: str
-    event_type: str
-    content: str
-    importance: float
-    embedding: np.ndarray | None
+PendingEvent = UnconsolidatedEvent
 
 
 @dataclass
@@ -144,18 +119,28 @@ class ChatExtractor:
 
 
 class Consolidator:
-    def __init__(self, memory: SharedMemory, extractor: RuleExtractor | ChatExtractor) -> None:
-        self.memory = memory
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        episodic: PostgresEpisodicStore,
+        facts: FactsStore,
+        embedder: Embedder,
+        extractor: RuleExtractor | ChatExtractor,
+    ) -> None:
+        self._settings = settings
+        self._episodic = episodic
+        self._facts = facts
+        self._embedder = embedder
         self.extractor = extractor
 
-    @classmethod
-    def from_memory(cls, memory: SharedMemory) -> Consolidator:
-        settings = memory.settings
+    @staticmethod
+    def extractor_for(settings: Settings) -> RuleExtractor | ChatExtractor:
         rules = RuleExtractor(
             min_importance=settings.consolidation_min_importance, event_types=settings.fact_event_types()
         )
         if not settings.consolidation_model:
-            return cls(memory, rules)
+            return rules
         import openai
 
         client = openai.AsyncOpenAI(
@@ -164,47 +149,36 @@ class Consolidator:
             timeout=60,
             max_retries=1,
         )
-        return cls(memory, ChatExtractor(client, model=settings.consolidation_model, fallback=rules))
+        return ChatExtractor(client, model=settings.consolidation_model, fallback=rules)
+
+    def using(self, extractor: RuleExtractor | ChatExtractor) -> Consolidator:
+        """The same consolidator with another extractor."""
+        return Consolidator(
+            settings=self._settings, episodic=self._episodic, facts=self._facts, embedder=self._embedder,
+            extractor=extractor,
+        )  # fmt: skip
 
     async def run(self, *, tenant: str | None = None, max_scopes: int = 1000) -> ConsolidationReport:
         """Consolidate every scope with pending events (of one tenant, if given)."""
         report = ConsolidationReport()
-        rows = await self.memory.episodic.db.fetch(PENDING_SCOPES, tenant, max_scopes)
-        for row in rows:
-            scope = Scope(row["scope_type"], row["scope_id"])
-            report.add(await self.consolidate_scope(row["tenant_id"], scope))
+        for scope_tenant, scope in await self._episodic.unconsolidated_scopes(tenant=tenant, limit=max_scopes):
+            report.add(await self.consolidate_scope(scope_tenant, scope))
         return report
 
     async def consolidate_scope(self, tenant: str, scope: Scope) -> ConsolidationReport:
         report = ConsolidationReport()
-        lock_key = f"{tenant}:{scope}"
-        async with self.memory.episodic.db.connection() as conn:
-            if not await conn.fetchval(TRY_LOCK, lock_key):
+        async with self._episodic.consolidation_turn(tenant, scope) as ours:
+            if not ours:
                 report.skipped_busy = 1
                 return report
-            try:
-                report.scopes = 1
-                while True:
-                    rows = await conn.fetch(
-                        PENDING_EVENTS, tenant, scope.type, scope.id, self.memory.settings.consolidation_batch
-                    )
-                    if not rows:
-                        break
-                    events = [self._pending(r) for r in rows]
-                    await self._consolidate_batch(tenant, scope, events, report)
-                    await conn.execute(MARK_CONSOLIDATED, [e.id for e in events])
-                    report.events += len(events)
-            finally:
-                await conn.execute(UNLOCK, lock_key)
+            report.scopes = 1
+            while events := await self._episodic.unconsolidated(
+                tenant, scope, limit=self._settings.consolidation_batch, model_id=self._embedder.model_id
+            ):
+                await self._consolidate_batch(tenant, scope, events, report)
+                await self._episodic.mark_consolidated([e.id for e in events])
+                report.events += len(events)
         return report
-
-    def _pending(self, row: object) -> PendingEvent:
-        model = row["embedding_model"]  # type: ignore[index]
-        vector = row["embedding"] if model == self.memory.embedder.model_id else None  # type: ignore[index]
-        return PendingEvent(
-            id=row["id"], seq=row["seq"], agent_id=row["agent_id"], event_type=row["event_type"],  # type: ignore[index]
-            content=row["content"], importance=row["importance"], embedding=vector,  # type: ignore[index]
-        )  # fmt: skip
 
     async def _consolidate_batch(
         self, tenant: str, scope: Scope, events: list[PendingEvent], report: ConsolidationReport
@@ -212,16 +186,16 @@ class Consolidator:
         candidates = await self.extractor.extract(events)
         missing = [c for c in candidates if c.vector is None]
         if missing:
-            vectors = await self.memory.embedder.embed_many([c.text for c in missing])
+            vectors = await self._embedder.embed_many([c.text for c in missing])
             for candidate, vector in zip(missing, vectors, strict=True):
                 candidate.vector = vector
         for candidate in candidates:
             assert candidate.vector is not None
-            written = await self.memory.facts.upsert(
+            written = await self._facts.upsert(
                 tenant, scope, candidate.text, candidate.vector,
                 source_event_ids=[e.id for e in candidate.events],
                 source_agents=sorted({e.agent_id for e in candidate.events}),
-                duplicate_floor=self.memory.settings.duplicate_floor,
+                duplicate_floor=self._settings.duplicate_floor,
             )  # fmt: skip
             if written.status == "stored":
                 report.stored += 1

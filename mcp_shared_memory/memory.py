@@ -13,13 +13,17 @@ import anyio
 import numpy as np
 from pydantic import BaseModel
 
+from . import recent
 from . import validation as check
+from .announcer import Announcer
+from .context import format_shared_context, task_context
 from .embeddings import Embedder
 from .errors import AccessDenied, EmbeddingUnavailable, InvalidInput, NotFound
 from .models import (
     Event,
     Fact,
     FactWrite,
+    NewEvent,
     Principal,
     Scope,
     Workspace,
@@ -28,13 +32,14 @@ from .models import (
     validate_identifier,
 )
 from .settings import Settings
-from .stores.cache import RedisCache, select_recent
+from .stores.cache import CachedRecent, CacheMiss, RedisCache
 from .stores.episodic import PostgresEpisodicStore
 from .stores.facts import FactsStore
+from .stores.workspaces import PostgresWorkspaceStore
 
 log = logging.getLogger(__name__)
 
-MAX_LIMIT = 1000
+MAX_LIMIT = check.MAX_LIMIT
 SHARED_CONTEXT_MAX_EVENTS = 20
 SHARED_CONTEXT_MAX_FACTS = 10
 
@@ -49,17 +54,6 @@ def content_hash(content: str) -> str:
     return hashlib.sha256(content.encode()).hexdigest()[:32]
 
 
-def format_shared_context(events: list[Event], *, max_events: int = 15) -> str:
-    """The article's shared-context block: one line per event, attributed to the agent that wrote it."""
-    if not events:
-        return ""
-    lines = ["--- Shared memory from collaborating agents ---"]
-    for event in events[:max_events]:
-        lines.append(f"[{event.agent_id} ({event.agent_type}), {event.event_type}]: {event.content}")
-    lines.append("--- End of shared memory ---")
-    return "\n".join(lines)
-
-
 class SharedMemory:
     """Shared memory of a tenant's agents. Every call takes the caller's ``Principal``."""
 
@@ -68,15 +62,23 @@ class SharedMemory:
         *,
         settings: Settings,
         episodic: PostgresEpisodicStore,
+        workspaces: PostgresWorkspaceStore,
         cache: RedisCache,
+        announcer: Announcer,
         embedder: Embedder,
         facts: FactsStore,
     ) -> None:
         self.settings = settings
-        self.episodic = episodic
-        self.cache = cache
-        self.embedder = embedder
-        self.facts = facts
+        self._episodic = episodic
+        self._workspaces = workspaces
+        self._cache = cache
+        self._announcer = announcer
+        self._embedder = embedder
+        self._facts = facts
+
+    @property
+    def model_id(self) -> str:
+        return self._embedder.model_id
 
     # events
 
@@ -115,42 +117,42 @@ class SharedMemory:
         embedding = asyncio.ensure_future(self._embed_or_none(content))
         try:
             if idempotency_key is None and dedup and self.settings.dedup_window > 0:
-                earlier = await self.cache.claim_dedup(tenant, target, digest, self.settings.dedup_window)
+                earlier = await self._cache.claim_dedup(tenant, target, digest, self.settings.dedup_window)
                 if earlier is not None:
                     embedding.cancel()
-                    return WriteResult(status="deduplicated", event_id=_as_uuid(earlier))
+                    return WriteResult(status="deduplicated", event_id=as_uuid(earlier))
                 claimed = True
             vector = await embedding
-            async with self.episodic.scope_writes(tenant, target) as conn:
+            new = NewEvent(
+                agent_id=principal.agent_id, agent_type=principal.agent_type, event_type=event_type, role=role,
+                content=content, content_hash=digest, embedding=vector, embedding_model=self._embedder.model_id,
+                importance=importance, metadata=metadata, idempotency_key=idempotency_key,
+            )  # fmt: skip
+            async with self._episodic.writer(tenant, target) as writer:
+                assert writer is not None
                 # Shielded from cancellation: once the INSERT is sent it may commit, and a committed event
                 # must reach the cache and the subscribers. Bounded by the database and Redis timeouts.
                 with anyio.CancelScope(shield=True):
-                    event, inserted = await self.episodic.insert_event(
-                        tenant, target, conn=conn,
-                        agent_id=principal.agent_id, agent_type=principal.agent_type, event_type=event_type,
-                        role=role, content=content, content_hash=digest, embedding=vector,
-                        embedding_model=self.embedder.model_id, importance=importance, metadata=metadata,
-                        idempotency_key=idempotency_key,
-                    )  # fmt: skip
-                    committed = inserted
-                    if inserted and not await self.cache.record_event(
-                        tenant, event, dedup_hash=digest if claimed else None
-                    ):
-                        await self.episodic.queue_for_cache(conn, event.id)
+                    appended = await writer.append(new)
+                    committed = appended.inserted
+                    fresh = [appended.event] if appended.inserted else []
+                    await self._announcer.events(
+                        writer, appended.backlog + fresh, dedup=(appended.event.id, digest) if claimed else None
+                    )
         except BaseException:
             embedding.cancel()
             if claimed and not committed:
                 # Shielded: a cancelled request must still free its claim, or the retry is "deduplicated".
                 with anyio.CancelScope(shield=True):
-                    await self.cache.release_dedup(tenant, target, digest)
+                    await self._cache.release_dedup(tenant, target, digest)
             raise
-        if not inserted:
-            return WriteResult(status="replayed", event=event, event_id=event.id)
-        return WriteResult(status="written", event=event, event_id=event.id)
+        if not appended.inserted:
+            return WriteResult(status="replayed", event=appended.event, event_id=appended.event.id)
+        return WriteResult(status="written", event=appended.event, event_id=appended.event.id)
 
     async def _embed_or_none(self, content: str) -> np.ndarray | None:
         try:
-            return await self.embedder.embed(content)
+            return await self._embedder.embed(content)
         except EmbeddingUnavailable as exc:
             # The event is stored without a vector and embedded later (embed_missing); losing the
             # write because the embedder hiccuped would be worse than a late search hit.
@@ -173,24 +175,26 @@ class SharedMemory:
         min_importance = check.unit_interval(min_importance, "min_importance")
         if since_seq is not None:
             check.bounded_int(since_seq, "since_seq", low=0, high=2**62)
-        tenant = principal.tenant
-        cached, warm = await self.cache.recent(
-            tenant, target, limit=limit, min_importance=min_importance, since_seq=since_seq
-        )
-        if cached is not None:
-            return cached
-        if not warm:
-            recent_max = self.settings.recent_max
-            newest = await self.episodic.recent(tenant, target, limit=recent_max)
-            complete = len(newest) < recent_max
-            await self.cache.refill(tenant, target, newest, complete=complete)
-            floor = 0 if complete or not newest else newest[-1].seq - 1
-            answer = select_recent(newest, floor, limit=limit, min_importance=min_importance, since_seq=since_seq)
+        query = recent.RecentQuery(limit=limit, min_importance=min_importance, since_seq=since_seq)
+        if recent.cacheable(query, recent_max=self.settings.recent_max):
+            answer = await self._recent_from_cache(principal.tenant, target, query)
             if answer is not None:
                 return answer
-        return await self.episodic.recent(
-            tenant, target, limit=limit, min_importance=min_importance, since_seq=since_seq
+        return await self._episodic.recent(
+            principal.tenant, target, limit=limit, min_importance=min_importance, since_seq=since_seq
         )
+
+    async def _recent_from_cache(self, tenant: str, scope: Scope, query: recent.RecentQuery) -> list[Event] | None:
+        """The answer when the cache provably holds it (refilling a cold cache first); None: ask PostgreSQL."""
+        cached = await self._cache.read_recent(tenant, scope, recent.member_range(query))
+        if isinstance(cached, CachedRecent):
+            return recent.answer(cached.events, cached.floor, query)
+        if cached is CacheMiss.UNAVAILABLE:
+            return None
+        newest = await self._episodic.recent(tenant, scope, limit=self.settings.recent_max)
+        floor = recent.refill_floor(newest, recent_max=self.settings.recent_max)
+        await self._cache.refill(tenant, scope, newest, floor=floor)
+        return recent.answer(newest, floor, query)
 
     async def search_shared(
         self,
@@ -205,8 +209,8 @@ class SharedMemory:
         target = principal.resolve_scope(scope)
         check.bounded_int(limit, "limit", low=1, high=MAX_LIMIT)
         vector, floor = await self._query(query, min_similarity)
-        return await self.episodic.search(
-            principal.tenant, target, vector, model_id=self.embedder.model_id, limit=limit, min_similarity=floor
+        return await self._episodic.search(
+            principal.tenant, target, vector, model_id=self._embedder.model_id, limit=limit, min_similarity=floor
         )
 
     async def _query(self, query: str, min_similarity: float | None) -> tuple[np.ndarray, float]:
@@ -215,7 +219,7 @@ class SharedMemory:
         floor = self.settings.search_floor
         if min_similarity is not None:
             floor = check.similarity(min_similarity, "min_similarity")
-        return await self.embedder.embed(query), floor
+        return await self._embedder.embed(query), floor
 
     async def get_agent_history(
         self, principal: Principal, agent_id: str, *, scope: str | Scope | None = None, limit: int = 30
@@ -224,7 +228,7 @@ class SharedMemory:
         target = principal.resolve_scope(scope)
         validate_identifier(agent_id, "agent_id")
         check.bounded_int(limit, "limit", low=1, high=MAX_LIMIT)
-        return await self.episodic.agent_history(principal.tenant, target, agent_id, limit=limit)
+        return await self._episodic.agent_history(principal.tenant, target, agent_id, limit=limit)
 
     async def shared_context_events(
         self, principal: Principal, *, scope: str | Scope | None = None, max_events: int = SHARED_CONTEXT_MAX_EVENTS
@@ -250,23 +254,16 @@ class SharedMemory:
         check.bounded_int(max_facts, "max_facts", low=0, high=100)
         if query is not None:
             check.text(query, "query", max_chars=check.MAX_QUERY_CHARS)
-        if target.type == "workspace":
-            workspace = await self.get_workspace(principal, target.id)
-            lines = [f"Workspace task: {workspace.task}", f"Workspace status: {workspace.status}"]
-            if workspace.agents:
-                lines.append(f"Agents: {', '.join(workspace.agents)}")
-            query = query or workspace.task
-        else:
-            lines = [f"Shared memory of user {target.id}"]
+        workspace = await self.get_workspace(principal, target.id) if target.type == "workspace" else None
         events = await self.shared_context_events(principal, scope=target, max_events=max_events)
-        lines.append(format_shared_context(events, max_events=max_events) or "(no shared events yet)")
-        query = query or " ".join(e.content for e in events[:5])[: check.MAX_QUERY_CHARS]
-        if max_facts and query.strip():
-            facts = await self.search_facts(principal, query, scope=target, top_k=max_facts)
-            if facts:
-                lines.append("--- Shared facts ---")
-                lines += [f"- {f.fact} (confirmed {f.confirmations}x)" for f in facts]
-        return "\n".join(lines)
+        query = query or (workspace.task if workspace else " ".join(e.content for e in events[:5]))
+        query = query[: check.MAX_QUERY_CHARS]
+        facts = (
+            await self.search_facts(principal, query, scope=target, top_k=max_facts)
+            if max_facts and query.strip()
+            else []
+        )
+        return task_context(workspace=workspace, user_id=target.id, events=events, facts=facts, max_events=max_events)
 
     async def publish_result(
         self, principal: Principal, result: str, *, scope: str | Scope | None = None, importance: float = 0.8
@@ -296,11 +293,11 @@ class SharedMemory:
         scope = Scope("workspace", workspace_id)
         if not principal.may_use(scope):
             raise AccessDenied("this connection may not create workspaces (its allowed scopes exclude them)")
-        workspace = await self.episodic.create_workspace(
+        workspace = await self._workspaces.create(
             principal.tenant, workspace_id, task=task, agents=roster, context=context,
             created_by=principal.agent_id,
         )  # fmt: skip
-        await self.cache.put_workspace(principal.tenant, workspace, ttl=self.settings.workspace_cache_ttl, changed=True)
+        await self._announcer.workspace(principal.tenant, workspace, created=True)
         roster_text = f" Agents: {', '.join(roster)}." if roster else ""
         await self.write_event(
             principal, f"Workspace created for task: {task}.{roster_text}", event_type="workspace_created",
@@ -311,13 +308,13 @@ class SharedMemory:
     async def get_workspace(self, principal: Principal, workspace_id: str) -> Workspace:
         validate_identifier(workspace_id, "workspace_id")
         principal.resolve_scope(Scope("workspace", workspace_id))
-        cached = await self.cache.get_workspace(principal.tenant, workspace_id)
+        cached = await self._cache.get_workspace(principal.tenant, workspace_id)
         if cached is not None:
             return cached
-        workspace = await self.episodic.get_workspace(principal.tenant, workspace_id)
+        workspace = await self._workspaces.get(principal.tenant, workspace_id)
         if workspace is None:
             raise NotFound(f"workspace {workspace_id} does not exist in this tenant")
-        await self.cache.put_workspace(principal.tenant, workspace, ttl=self.settings.workspace_cache_ttl)
+        await self._cache.put_workspace(principal.tenant, workspace, ttl=self.settings.workspace_cache_ttl)
         return workspace
 
     async def get_workspace_summary(
@@ -326,7 +323,7 @@ class SharedMemory:
         workspace = await self.get_workspace(principal, workspace_id)
         scope = Scope("workspace", workspace_id)
         recent = await self.get_recent_shared(principal, scope=scope, limit=limit)
-        count = await self.episodic.count(principal.tenant, scope)
+        count = await self._episodic.count(principal.tenant, scope)
         return WorkspaceSummary(workspace=workspace, recent_events=recent, event_count=count)
 
     async def update_workspace(
@@ -350,12 +347,12 @@ class SharedMemory:
         if agents is not None:
             for agent in agents:
                 validate_identifier(agent, "agent id in agents")
-        workspace = await self.episodic.update_workspace(
+        workspace = await self._workspaces.update(
             principal.tenant, workspace_id, status=status, context_patch=context, agents=agents
         )
         if workspace is None:
             raise NotFound(f"workspace {workspace_id} does not exist in this tenant")
-        await self.cache.put_workspace(principal.tenant, workspace, ttl=self.settings.workspace_cache_ttl, changed=True)
+        await self._announcer.workspace(principal.tenant, workspace, created=False)
         return workspace
 
     async def list_workspaces(
@@ -364,7 +361,7 @@ class SharedMemory:
         if status is not None:
             check.status(status)
         check.bounded_int(limit, "limit", low=1, high=MAX_LIMIT)
-        found = await self.episodic.list_workspaces(principal.tenant, status=status, limit=limit)
+        found = await self._workspaces.list(principal.tenant, status=status, limit=limit)
         return [w for w in found if principal.may_use(Scope("workspace", w.id))]
 
     # facts
@@ -380,8 +377,8 @@ class SharedMemory:
         """Store a shared fact; a near-duplicate of an existing fact confirms it instead."""
         target = principal.resolve_scope(scope)
         check.text(fact, "fact", max_chars=check.MAX_FACT_CHARS)
-        vector = await self.embedder.embed(fact)
-        return await self.facts.upsert(
+        vector = await self._embedder.embed(fact)
+        return await self._facts.upsert(
             principal.tenant, target, fact, vector, source_event_ids=source_event_ids or [],
             source_agents=[principal.agent_id], duplicate_floor=self.settings.duplicate_floor,
         )  # fmt: skip
@@ -398,45 +395,22 @@ class SharedMemory:
         target = principal.resolve_scope(scope)
         check.bounded_int(top_k, "top_k", low=1, high=MAX_LIMIT)
         vector, floor = await self._query(query, min_similarity)
-        return await self.facts.search(principal.tenant, target, vector, top_k=top_k, min_similarity=floor)
+        return await self._facts.search(principal.tenant, target, vector, top_k=top_k, min_similarity=floor)
 
     async def forget_fact(self, principal: Principal, fact_id: str, *, scope: str | Scope | None = None) -> None:
         target = principal.resolve_scope(scope)
-        parsed = _as_uuid(fact_id)
+        parsed = as_uuid(fact_id)
         if parsed is None:
             raise InvalidInput(f"invalid fact id {fact_id!r}: expected a UUID")
-        if not await self.facts.forget(principal.tenant, target, parsed):
+        if not await self._facts.forget(principal.tenant, target, parsed):
             raise NotFound(f"fact {fact_id} does not exist in scope {target}")
 
-    # maintenance
 
-    async def embed_missing(self, *, batch: int = 64) -> int:
-        """Embed events stored without a vector (embedder outage, or after a model change); an event
-        the model rejects is skipped for an hour rather than blocking the rest."""
-
-        async def embed_each(texts: list[str]) -> list[np.ndarray | None]:
-            results = await asyncio.gather(*(self.embedder.embed(t) for t in texts), return_exceptions=True)
-            return [r if isinstance(r, np.ndarray) else None for r in results]
-
-        total = 0
-        model = self.embedder.model_id
-        while processed := await self.episodic.embed_pending(embed_each, model_id=model, limit=batch):
-            total += processed
-        return total
-
-    async def republish_pending(self) -> int:
-        """Publish events whose Redis update failed at write time (cache and subscribers catch up)."""
-        return await self.episodic.republish(self.cache.republish)
-
-    async def reembed_facts(self) -> int:
-        return await self.facts.reembed(self.embedder.embed_many)
-
-
-def _as_uuid(value: str) -> uuid.UUID | None:
+def as_uuid(value: str) -> uuid.UUID | None:
     try:
         return uuid.UUID(str(value))
     except ValueError:
         return None
 
 
-__all__ = ["Fact", "SharedMemory", "WorkspaceSummary", "format_shared_context"]
+__all__ = ["SharedMemory", "WorkspaceSummary", "format_shared_context"]

@@ -9,22 +9,24 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import AccessDenied, InvalidInput
+from .validation import MAX_EVENT_TYPE_CHARS, MAX_IDENTIFIER_CHARS
 
 ScopeType = Literal["user", "workspace"]
 SCOPE_TYPES: tuple[str, ...] = ("user", "workspace")
 
 # No ':' (it separates Redis key parts), no whitespace or control characters, bounded length.
-IDENTIFIER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,127}$")
-EVENT_TYPE = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
+IDENTIFIER = re.compile(rf"^[A-Za-z0-9][A-Za-z0-9._@+-]{{0,{MAX_IDENTIFIER_CHARS - 1}}}$")
+EVENT_TYPE = re.compile(rf"^[a-z][a-z0-9_.-]{{0,{MAX_EVENT_TYPE_CHARS - 1}}}$")
 
 
 def validate_identifier(value: str, what: str) -> str:
     if not isinstance(value, str) or not IDENTIFIER.fullmatch(value):
         raise InvalidInput(
-            f"invalid {what} {value!r}: use 1-128 characters from letters, digits and . _ @ + -, "
+            f"invalid {what} {value!r}: use 1-{MAX_IDENTIFIER_CHARS} characters from letters, digits and . _ @ + -, "
             "starting with a letter or digit (no ':' or spaces)"
         )
     return value
@@ -117,6 +119,36 @@ class Event(BaseModel):
     @property
     def scope(self) -> Scope:
         return Scope(self.scope_type, self.scope_id)
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event about to be appended to a scope's log (validated by ``SharedMemory``)."""
+
+    agent_id: str
+    agent_type: str
+    event_type: str
+    role: str | None
+    content: str
+    content_hash: str
+    embedding: np.ndarray | None
+    embedding_model: str | None
+    importance: float
+    metadata: dict[str, Any]
+    idempotency_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class UnconsolidatedEvent:
+    """An event waiting to be consolidated into facts, with its vector when of the current model."""
+
+    id: uuid.UUID
+    seq: int
+    agent_id: str
+    event_type: str
+    content: str
+    importance: float
+    embedding: np.ndarray | None
 
 
 class WriteResult(BaseModel):

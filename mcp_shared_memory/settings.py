@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(default=4, ge=2)
     redis_prefix: str = Field(default="msm", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     redis_timeout: float = Field(default=1.0, gt=0)
+    # After a Redis failure, Redis is skipped this long (reads and writes go to PostgreSQL at once).
+    redis_breaker_seconds: float = Field(default=2.0, ge=0)
     db_timeout: float = Field(default=10.0, gt=0)
 
     # embeddings
@@ -71,6 +73,12 @@ class Settings(BaseSettings):
     )
     embedding_batch_size: int = Field(default=32, ge=1, le=2048)
     embedding_threads: int | None = Field(default=None, ge=1)
+
+    # serving (CLI flags override)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=1, le=65535)
+    public_url: str | None = None  # external URL of the HTTP server, for OAuth metadata behind a proxy
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
 
     # stdio binding
     tenant: str = "default"
@@ -96,10 +104,15 @@ class Settings(BaseSettings):
     consolidation_batch: int = Field(default=200, ge=1, le=10_000)
     consolidation_model: str | None = None
 
-    @field_validator("database_url", "redis_url", "qdrant_api_key", "openai_api_key", mode="before")
+    @field_validator("database_url", "redis_url", "qdrant_api_key", "openai_api_key", "public_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @property
     def embedding_model_id(self) -> str:

@@ -1,4 +1,5 @@
-"""Input rules shared by the Python API and the MCP tools (the MCP layer adds no rules of its own)."""
+"""Input rules and limits, in one place: ``SharedMemory`` enforces them and the MCP tool schemas are
+derived from them (and from ``Settings`` for the configurable ones), so the two can never disagree."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ from typing import Any
 
 from .errors import InvalidInput
 
+MAX_LIMIT = 1000
+MAX_WORKSPACE_EVENTS = 200
+MAX_IDENTIFIER_CHARS = 128
+MAX_EVENT_TYPE_CHARS = 64
+MAX_SCOPE_CHARS = 10 + MAX_IDENTIFIER_CHARS  # "workspace:" + id
+MAX_FACT_ID_CHARS = 64
 MAX_METADATA_BYTES = 16_384
 MAX_ROLE_CHARS = 64
 MAX_TASK_CHARS = 8_000

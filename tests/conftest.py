@@ -1,5 +1,8 @@
 """Real backends for the whole suite: embedded PostgreSQL+pgvector and Valkey by default, or external
-servers via MSM_TEST_DATABASE_URL / MSM_TEST_REDIS_URL. Tests isolate by fresh tenant ids."""
+servers via MSM_TEST_DATABASE_URL / MSM_TEST_REDIS_URL.
+
+The expensive part (backends, pool, Redis client, the model) is opened once per session; every test
+gets its own runtime on top of it, with its own Redis key prefix, and fresh tenant ids."""
 
 from __future__ import annotations
 
@@ -8,14 +11,21 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
+from mcp_shared_memory.embeddings import Embedder
 from mcp_shared_memory.memory import SharedMemory
-from mcp_shared_memory.models import Principal, Scope
-from mcp_shared_memory.runtime import open_memory
+from mcp_shared_memory.models import Event, NewEvent, Principal, Scope
+from mcp_shared_memory.runtime import Connections, Runtime, open_connections, open_runtime
 from mcp_shared_memory.settings import Settings
+from mcp_shared_memory.stores.cache import RedisKeys
+from mcp_shared_memory.stores.episodic import PostgresEpisodicStore
+from mcp_shared_memory.stores.postgres import PostgresPool
+from mcp_shared_memory.stores.workspaces import PostgresWorkspaceStore
 
 
 @pytest.fixture(scope="session")
@@ -37,8 +47,9 @@ def backend_env(data_dir: Path) -> Iterator[dict[str, str]]:
     redis_url = os.environ.get("MSM_TEST_REDIS_URL")
     backends = None
     if not (database_url and redis_url):
-        from mcp_shared_memory.embedded import start_embedded
+        from mcp_shared_memory.embedded import install_exit_signal_handlers, start_embedded
 
+        install_exit_signal_handlers()  # a terminated test run still releases the embedded servers
         backends = start_embedded(data_dir, postgres=database_url is None, redis=redis_url is None)
         database_url = database_url or backends.database_url
         redis_url = redis_url or backends.redis_url
@@ -62,13 +73,68 @@ def settings(backend_env: dict[str, str]) -> Settings:
 
 
 @pytest.fixture(scope="session")
-async def memory(settings: Settings) -> AsyncIterator[SharedMemory]:
-    async with open_memory(settings) as opened:
+async def connections(settings: Settings) -> AsyncIterator[Connections]:
+    async with open_connections(settings) as opened:
         yield opened
 
 
 def fresh_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def isolated(settings: Settings, **changes: object) -> Settings:
+    """The session's settings with a Redis key prefix of its own (and any other changes)."""
+    return settings.model_copy(update={"redis_prefix": fresh_id("t"), **changes})
+
+
+@pytest.fixture
+async def runtime(settings: Settings, connections: Connections) -> AsyncIterator[Runtime]:
+    async with open_runtime(isolated(settings), connections=connections) as opened:
+        yield opened
+
+
+@pytest.fixture
+def memory(runtime: Runtime) -> SharedMemory:
+    return runtime.memory
+
+
+@dataclass
+class Backdoor:
+    """Direct access to the real stores under a test's runtime, to set up faults (an evicted key) and
+    check what is durable. Never used by the package itself."""
+
+    db: PostgresPool
+    redis: aioredis.Redis
+    keys: RedisKeys
+    episodic: PostgresEpisodicStore
+    workspaces: PostgresWorkspaceStore
+    embedder: Embedder
+
+    async def bulk_append(self, tenant: str, scope: Scope, texts: list[str], *, importance: float = 0.5) -> list[Event]:
+        """Events appended straight to the log, as if announced long ago (no cache, no bus)."""
+        vectors = await self.embedder.embed_many(texts)
+        events = []
+        async with self.episodic.writer(tenant, scope) as writer:
+            assert writer is not None
+            for i, (text, vector) in enumerate(zip(texts, vectors, strict=True)):
+                new = NewEvent(
+                    agent_id="bulk", agent_type="agent", event_type="observation", role=None, content=text,
+                    content_hash=f"bulk-{i}", embedding=vector, embedding_model=self.embedder.model_id,
+                    importance=importance, metadata={}, idempotency_key=None,
+                )  # fmt: skip
+                appended = await writer.append(new)
+                events.append(appended.event)
+            writer.published(events)
+        return events
+
+
+@pytest.fixture
+def backdoor(runtime: Runtime, connections: Connections) -> Backdoor:
+    return Backdoor(
+        db=connections.db, redis=connections.redis, keys=RedisKeys(runtime.settings.redis_prefix),
+        episodic=PostgresEpisodicStore(connections.db), workspaces=PostgresWorkspaceStore(connections.db),
+        embedder=connections.embedder,
+    )  # fmt: skip
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 
     python embedded_child.py DATA_DIR
 
-prints ``loaded`` once imported, then answers each command with one line:
+installs the exit signal handlers (as every program holding the servers must: SIGTERM then releases
+them), prints ``loaded``, then answers each command with one line:
 ``go`` (start_embedded from the main thread) → JSON with the URLs and server pids;
 ``write NAME`` → ``ok``; ``read`` → JSON rows/keys; ``release`` → ``released``. EOF exits.
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 import asyncpg
 import redis
 
-from mcp_shared_memory.embedded import EmbeddedBackends, start_embedded
+from mcp_shared_memory.embedded import EmbeddedBackends, install_exit_signal_handlers, start_embedded
 
 
 async def _write(dsn: str, name: str) -> None:
@@ -41,6 +42,7 @@ async def _read(dsn: str) -> list[str]:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=f"[child {os.getpid()}] %(message)s")
+    install_exit_signal_handlers()
     data_dir = Path(sys.argv[1])
     backends: EmbeddedBackends | None = None
     client: redis.Redis | None = None

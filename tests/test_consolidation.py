@@ -16,11 +16,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from mcp_shared_memory.consolidation import ChatExtractor, Consolidator, RuleExtractor
+from mcp_shared_memory.consolidation import ChatExtractor, RuleExtractor
 from mcp_shared_memory.memory import SharedMemory
 from mcp_shared_memory.models import Principal, Scope
+from mcp_shared_memory.runtime import Runtime
 
-from .conftest import fresh_id
+from .conftest import Backdoor, fresh_id
 from .local_http import serve_app
 
 pytestmark = pytest.mark.anyio
@@ -28,8 +29,8 @@ pytestmark = pytest.mark.anyio
 ALICE = Scope("user", "alice")
 
 
-async def facts_of(memory: SharedMemory, tenant: str, scope: Scope = ALICE) -> list[dict[str, Any]]:
-    rows = await memory.episodic.db.fetch(
+async def facts_of(backdoor: Backdoor, tenant: str, scope: Scope = ALICE) -> list[dict[str, Any]]:
+    rows = await backdoor.db.fetch(
         "SELECT fact, confirmations, source_agents, cardinality(source_event_ids) AS sources FROM semantic_facts "
         "WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3 ORDER BY fact",
         tenant, scope.type, scope.id,
@@ -37,14 +38,14 @@ async def facts_of(memory: SharedMemory, tenant: str, scope: Scope = ALICE) -> l
     return [dict(r) for r in rows]
 
 
-async def pending_count(memory: SharedMemory, tenant: str) -> int:
-    return await memory.episodic.db.fetchval(
+async def pending_count(backdoor: Backdoor, tenant: str) -> int:
+    return await backdoor.db.fetchval(
         "SELECT count(*) FROM shared_episodic_memories WHERE tenant_id = $1 AND NOT consolidated", tenant
     )
 
 
 async def test_important_fact_like_events_become_facts_and_all_are_marked(
-    memory: SharedMemory, alice: Principal, alice_coder: Principal
+    runtime: Runtime, memory: SharedMemory, alice: Principal, alice_coder: Principal, backdoor: Backdoor
 ) -> None:
     await memory.write_event(alice, "The billing API rejects requests without an idempotency header", importance=0.9)
     await memory.write_event(
@@ -54,61 +55,56 @@ async def test_important_fact_like_events_become_facts_and_all_are_marked(
     await memory.write_event(alice, "ran the linter", importance=0.2)
     await memory.write_event(alice, "Hello there", event_type="chat", importance=0.9)
 
-    report = await Consolidator.from_memory(memory).run(tenant=alice.tenant)
+    report = await runtime.maintenance.consolidator.run(tenant=alice.tenant)
 
     assert (report.events, report.stored, report.confirmed) == (5, 2, 1)
-    facts = await facts_of(memory, alice.tenant)
+    facts = await facts_of(backdoor, alice.tenant)
     assert [(f["fact"], f["confirmations"], sorted(f["source_agents"])) for f in facts] == [
         ("Staging runs PostgreSQL 16", 1, ["research-1"]),
         ("The billing API rejects requests without an idempotency header", 2, ["code-1", "research-1"]),
     ]
-    assert await pending_count(memory, alice.tenant) == 0
-    stamped = await memory.episodic.db.fetchval(
+    assert await pending_count(backdoor, alice.tenant) == 0
+    stamped = await backdoor.db.fetchval(
         "SELECT bool_and(consolidated_at IS NOT NULL) FROM shared_episodic_memories WHERE tenant_id = $1", alice.tenant
     )
     assert stamped
     hits = await memory.search_facts(alice, "what does billing require?")
     assert hits and "idempotency" in hits[0].fact
 
-    again = await Consolidator.from_memory(memory).run(tenant=alice.tenant)
+    again = await runtime.maintenance.consolidator.run(tenant=alice.tenant)
     assert again.events == 0
-    assert await facts_of(memory, alice.tenant) == facts
+    assert await facts_of(backdoor, alice.tenant) == facts
 
 
-async def test_a_scope_locked_by_another_process_is_skipped(memory: SharedMemory, alice: Principal) -> None:
+async def test_a_scope_locked_by_another_process_is_skipped(
+    runtime: Runtime, memory: SharedMemory, alice: Principal, backdoor: Backdoor
+) -> None:
     await memory.write_event(alice, "The cache TTL is one hour", importance=0.9)
     lock_key = f"{alice.tenant}:{ALICE}"
-    async with memory.episodic.db.connection() as other:
+    async with backdoor.db.connection() as other:
         assert await other.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 7340003))", lock_key)
-        busy = await Consolidator.from_memory(memory).consolidate_scope(alice.tenant, ALICE)
+        busy = await runtime.maintenance.consolidator.consolidate_scope(alice.tenant, ALICE)
         await other.execute("SELECT pg_advisory_unlock(hashtextextended($1, 7340003))", lock_key)
 
     assert busy.skipped_busy == 1 and busy.events == 0
-    assert await pending_count(memory, alice.tenant) == 1
-    done = await Consolidator.from_memory(memory).consolidate_scope(alice.tenant, ALICE)
+    assert await pending_count(backdoor, alice.tenant) == 1
+    done = await runtime.maintenance.consolidator.consolidate_scope(alice.tenant, ALICE)
     assert done.events == 1 and done.stored == 1
 
 
-async def seed_identical_events(memory: SharedMemory, tenants: list[str], *, distinct: int, repeats: int) -> None:
+async def seed_identical_events(backdoor: Backdoor, tenants: list[str], *, distinct: int, repeats: int) -> None:
     texts = [f"Service {i} listens on port {8000 + i} and is owned by team {i % 7}" for i in range(distinct)]
-    vectors = await memory.embedder.embed_many(texts)
     for tenant in tenants:
-        for r in range(repeats):
-            for i, (text, vector) in enumerate(zip(texts, vectors, strict=True)):
-                await memory.episodic.insert_event(
-                    tenant, ALICE, agent_id=f"agent-{r % 3}", agent_type="agent", event_type="observation",
-                    role=None, content=text, content_hash=f"{i}-{r}", embedding=vector,
-                    embedding_model=memory.embedder.model_id, importance=0.9, metadata={}, idempotency_key=None,
-                )  # fmt: skip
+        await backdoor.bulk_append(tenant, ALICE, texts * repeats, importance=0.9)
 
 
 async def test_killed_midway_then_rerun_equals_an_uninterrupted_run(
-    memory: SharedMemory, backend_env: dict[str, str]
+    runtime: Runtime, backdoor: Backdoor, backend_env: dict[str, str]
 ) -> None:
     crashed, reference = fresh_id("crash"), fresh_id("reference")
-    await seed_identical_events(memory, [crashed, reference], distinct=40, repeats=40)
+    await seed_identical_events(backdoor, [crashed, reference], distinct=40, repeats=40)
     total = 1600  # per tenant
-    await Consolidator.from_memory(memory).run(tenant=reference)
+    await runtime.maintenance.consolidator.run(tenant=reference)
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MSM_")}
     env.update(backend_env, MSM_CONSOLIDATION_BATCH="10")
@@ -116,26 +112,28 @@ async def test_killed_midway_then_rerun_equals_an_uninterrupted_run(
     async with await anyio.open_process(command, env=env, stdout=None, stderr=None) as child:
         deadline = time.monotonic() + 60
         # Polling PostgreSQL: the child's progress is visible nowhere else.
-        while await pending_count(memory, crashed) == total and time.monotonic() < deadline:  # noqa: ASYNC110
+        while await pending_count(backdoor, crashed) == total and time.monotonic() < deadline:  # noqa: ASYNC110
             await anyio.sleep(0.01)
         await anyio.sleep(0.2)
         child.send_signal(signal.SIGKILL)
         await child.wait()
-    left = await pending_count(memory, crashed)
+    left = await pending_count(backdoor, crashed)
     assert 0 < left < total, "the consolidation was not interrupted midway"
 
-    await Consolidator.from_memory(memory).run(tenant=crashed)
+    await runtime.maintenance.consolidator.run(tenant=crashed)
 
-    assert await pending_count(memory, crashed) == 0
-    expected = await facts_of(memory, reference)
+    assert await pending_count(backdoor, crashed) == 0
+    expected = await facts_of(backdoor, reference)
     assert len(expected) >= 10 and sum(f["sources"] for f in expected) == total
-    got = await facts_of(memory, crashed)
+    got = await facts_of(backdoor, crashed)
     assert [(f["fact"], f["confirmations"], f["sources"]) for f in got] == [
         (f["fact"], f["confirmations"], f["sources"]) for f in expected
     ]
 
 
-async def test_a_chat_model_extracts_facts_with_provenance(memory: SharedMemory, alice: Principal) -> None:
+async def test_a_chat_model_extracts_facts_with_provenance(
+    runtime: Runtime, memory: SharedMemory, alice: Principal
+) -> None:
     requests: list[dict[str, Any]] = []
 
     async def completions(request: Request) -> JSONResponse:
@@ -158,7 +156,7 @@ async def test_a_chat_model_extracts_facts_with_provenance(memory: SharedMemory,
         client = openai.AsyncOpenAI(api_key="local", base_url=f"{base}/v1", max_retries=0)
         rules = RuleExtractor(min_importance=0.7, event_types=frozenset({"observation"}))
         extractor = ChatExtractor(client, model="local-llm", fallback=rules)
-        report = await Consolidator(memory, extractor).run(tenant=alice.tenant)
+        report = await runtime.maintenance.consolidator.using(extractor).run(tenant=alice.tenant)
 
     assert requests and requests[0]["model"] == "local-llm"
     assert (report.events, report.stored) == (2, 1)
@@ -167,12 +165,15 @@ async def test_a_chat_model_extracts_facts_with_provenance(memory: SharedMemory,
     assert set(fact.source_event_ids) == {first.event_id, second.event_id}
 
 
-async def test_chat_model_failure_falls_back_to_the_rules(memory: SharedMemory, alice: Principal) -> None:
+async def test_chat_model_failure_falls_back_to_the_rules(
+    runtime: Runtime, memory: SharedMemory, alice: Principal
+) -> None:
     await memory.write_event(alice, "The queue is RabbitMQ 3.13", importance=0.9)
     import openai
 
     client = openai.AsyncOpenAI(api_key="x", base_url="http://127.0.0.1:9/v1", max_retries=0, timeout=2)
     rules = RuleExtractor(min_importance=0.7, event_types=frozenset({"observation"}))
-    report = await Consolidator(memory, ChatExtractor(client, model="m", fallback=rules)).run(tenant=alice.tenant)
+    chat = ChatExtractor(client, model="m", fallback=rules)
+    report = await runtime.maintenance.consolidator.using(chat).run(tenant=alice.tenant)
 
     assert (report.events, report.stored) == (1, 1)

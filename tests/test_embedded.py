@@ -49,6 +49,16 @@ def data_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def wait_until(condition: Callable[[], bool], timeout: float = 10) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` seconds have passed; return its last value."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return condition()
+        time.sleep(0.02)
+    return True
+
+
 def postgres_pids(data_dir: Path) -> list[int]:
     """Live (non-zombie) postgres processes working in this PGDATA: the postmaster and its children."""
     pgdata = (data_dir / "pg").resolve()
@@ -75,12 +85,10 @@ def valkey_running(valkey: EmbeddedValkey) -> bool:
 
 
 def assert_stopped(data_dir: Path) -> None:
-    deadline = time.monotonic() + 5
-    while postgres_pids(data_dir) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert postgres_pids(data_dir) == []
-    assert not (data_dir / "pg" / "postmaster.pid").exists()
-    assert not valkey_running(EmbeddedValkey(data_dir))
+    valkey = EmbeddedValkey(data_dir)
+    assert wait_until(lambda: not postgres_pids(data_dir)), postgres_pids(data_dir)
+    assert wait_until(lambda: not (data_dir / "pg" / "postmaster.pid").exists())
+    assert wait_until(lambda: not valkey_running(valkey))
 
 
 class Child:
@@ -122,7 +130,8 @@ class Child:
         return self.readline()
 
     def ask_json(self, command: str) -> dict[str, Any]:
-        return json.loads(self.ask(command))
+        answer: dict[str, Any] = json.loads(self.ask(command))
+        return answer
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -188,7 +197,19 @@ def test_sigkilled_holder_does_not_keep_the_servers_alive(data_dir: Path, childr
     assert_stopped(data_dir)
 
 
+def test_starting_installs_no_signal_handlers(data_dir: Path) -> None:
+    signals = (signal.SIGTERM, signal.SIGHUP)
+    before = [signal.getsignal(sig) for sig in signals]
+    backends = start_embedded(data_dir, postgres=True, redis=True)  # from the main thread, on purpose
+    try:
+        assert [signal.getsignal(sig) for sig in signals] == before  # handlers belong to the program
+    finally:
+        backends.release()
+    assert_stopped(data_dir)
+
+
 def test_sigterm_runs_the_holders_release(data_dir: Path, children: list[Child]) -> None:
+    # The child installed the exit signal handlers, as every program holding the servers does.
     a = Child(data_dir)
     children.append(a)
     a.ask_json("go")
@@ -223,10 +244,7 @@ def test_killed_postmaster_recovers_with_its_data(data_dir: Path) -> None:
     postmaster = int((data_dir / "pg" / "postmaster.pid").read_text().split()[0])
 
     os.kill(postmaster, signal.SIGKILL)  # the postmaster may stay a zombie: PID 1 here does not reap
-    deadline = time.monotonic() + 5
-    while postgres_pids(data_dir) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert postgres_pids(data_dir) == []
+    assert wait_until(lambda: not postgres_pids(data_dir)), postgres_pids(data_dir)
 
     second = EmbeddedPostgres(data_dir)
     assert in_thread(second.start) == dsn

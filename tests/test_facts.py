@@ -8,6 +8,7 @@ import asyncio
 import random
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +16,18 @@ import numpy as np
 import pytest
 from qdrant_client import AsyncQdrantClient, models
 
+from mcp_shared_memory.embeddings import Embedder
 from mcp_shared_memory.errors import ConfigError, NotFound, StoreUnavailable
 from mcp_shared_memory.memory import SharedMemory
 from mcp_shared_memory.models import Principal, Scope
-from mcp_shared_memory.runtime import create_facts_store
+from mcp_shared_memory.runtime import Connections, Runtime, create_facts_store, open_runtime
 from mcp_shared_memory.settings import Settings
 from mcp_shared_memory.stores.facts import FactsStore
 from mcp_shared_memory.stores.facts_pg import PgVectorFactsStore
 from mcp_shared_memory.stores.facts_qdrant import QdrantFactsStore, collection_name, fact_point_id
+from mcp_shared_memory.stores.postgres import PostgresPool
 
-from .conftest import fresh_id
+from .conftest import Backdoor, fresh_id
 
 pytestmark = [
     pytest.mark.anyio,
@@ -66,8 +69,22 @@ for _name in (
     setattr(YieldingQdrantClient, _name, _yielding(_name))
 
 
-def qdrant_store(memory: SharedMemory, client: AsyncQdrantClient | None = None, **kwargs: Any) -> QdrantFactsStore:
-    options: dict[str, Any] = {"model_id": memory.embedder.model_id, "dimension": memory.embedder.dimension}
+@dataclass(frozen=True)
+class Kit:
+    """What the facts stores are built from: the session's model and pool, the test's settings."""
+
+    settings: Settings
+    embedder: Embedder
+    db: PostgresPool
+
+
+@pytest.fixture
+def kit(runtime: Runtime, backdoor: Backdoor) -> Kit:
+    return Kit(settings=runtime.settings, embedder=backdoor.embedder, db=backdoor.db)
+
+
+def qdrant_store(kit: Kit, client: AsyncQdrantClient | None = None, **kwargs: Any) -> QdrantFactsStore:
+    options: dict[str, Any] = {"model_id": kit.embedder.model_id, "dimension": kit.embedder.dimension}
     options.update(kwargs)
     if client is None:
         return QdrantFactsStore(YieldingQdrantClient(location=":memory:"), owns_client=True, **options)
@@ -75,12 +92,12 @@ def qdrant_store(memory: SharedMemory, client: AsyncQdrantClient | None = None, 
 
 
 @pytest.fixture(params=["pgvector", "qdrant"])
-async def store(request: pytest.FixtureRequest, memory: SharedMemory) -> AsyncIterator[FactsStore]:
+async def store(request: pytest.FixtureRequest, kit: Kit) -> AsyncIterator[FactsStore]:
     facts: FactsStore
     if request.param == "pgvector":
-        facts = PgVectorFactsStore(memory.episodic.db, model_id=memory.embedder.model_id)
+        facts = PgVectorFactsStore(kit.db, model_id=kit.embedder.model_id)
     else:
-        facts = qdrant_store(memory)
+        facts = qdrant_store(kit)
     await facts.open()
     yield facts
     await facts.close()
@@ -88,7 +105,7 @@ async def store(request: pytest.FixtureRequest, memory: SharedMemory) -> AsyncIt
 
 async def put(
     store: FactsStore,
-    memory: SharedMemory,
+    kit: Kit,
     tenant: str,
     scope: Scope,
     fact: str,
@@ -97,41 +114,41 @@ async def put(
     events: list[uuid.UUID] | None = None,
 ) -> Any:
     return await store.upsert(
-        tenant, scope, fact, await memory.embedder.embed(fact), source_event_ids=events or [],
-        source_agents=[agent], duplicate_floor=memory.settings.duplicate_floor,
+        tenant, scope, fact, await kit.embedder.embed(fact), source_event_ids=events or [],
+        source_agents=[agent], duplicate_floor=kit.settings.duplicate_floor,
     )  # fmt: skip
 
 
 async def find(
-    store: FactsStore, memory: SharedMemory, tenant: str, scope: Scope, query: str, *,
+    store: FactsStore, kit: Kit, tenant: str, scope: Scope, query: str, *,
     top_k: int = 10, min_similarity: float | None = None,
 ) -> list[Any]:  # fmt: skip
-    floor = memory.settings.search_floor if min_similarity is None else min_similarity
-    return await store.search(tenant, scope, await memory.embedder.embed(query), top_k=top_k, min_similarity=floor)
+    floor = kit.settings.search_floor if min_similarity is None else min_similarity
+    return await store.search(tenant, scope, await kit.embedder.embed(query), top_k=top_k, min_similarity=floor)
 
 
 # behaviour shared by both backends ------------------------------------------------------------------
 
 
-async def test_stored_fact_is_found_by_a_paraphrase(store: FactsStore, memory: SharedMemory, tenant: str) -> None:
-    written = await put(store, memory, tenant, USER, RATE_LIMIT)
-    await put(store, memory, tenant, USER, "Deployments happen every Tuesday")
+async def test_stored_fact_is_found_by_a_paraphrase(store: FactsStore, kit: Kit, tenant: str) -> None:
+    written = await put(store, kit, tenant, USER, RATE_LIMIT)
+    await put(store, kit, tenant, USER, "Deployments happen every Tuesday")
 
-    hits = await find(store, memory, tenant, USER, "how many requests per minute are allowed?")
+    hits = await find(store, kit, tenant, USER, "how many requests per minute are allowed?")
 
     assert written.status == "stored" and written.fact.confirmations == 1
     assert hits[0].id == written.fact.id and hits[0].fact == RATE_LIMIT
-    assert hits[0].similarity is not None and hits[0].similarity >= memory.settings.search_floor
+    assert hits[0].similarity is not None and hits[0].similarity >= kit.settings.search_floor
     assert (hits[0].scope_type, hits[0].scope_id) == ("user", "alice")
     assert hits[0].first_seen.tzinfo is not None and hits[0].last_seen.tzinfo is not None
 
 
-async def test_near_duplicate_confirms_the_fact(store: FactsStore, memory: SharedMemory, tenant: str) -> None:
+async def test_near_duplicate_confirms_the_fact(store: FactsStore, kit: Kit, tenant: str) -> None:
     first_event, second_event = uuid.uuid4(), uuid.uuid4()
-    first = await put(store, memory, tenant, USER, RATE_LIMIT, agent="research-1", events=[first_event])
+    first = await put(store, kit, tenant, USER, RATE_LIMIT, agent="research-1", events=[first_event])
     await asyncio.sleep(0.01)
     second = await put(
-        store, memory, tenant, USER, "the API rate-limit is 100 requests per minute!", agent="code-1",
+        store, kit, tenant, USER, "the API rate-limit is 100 requests per minute!", agent="code-1",
         events=[second_event],
     )  # fmt: skip
 
@@ -142,59 +159,59 @@ async def test_near_duplicate_confirms_the_fact(store: FactsStore, memory: Share
     assert set(second.fact.source_event_ids) == {first_event, second_event}
     assert second.fact.first_seen == first.fact.first_seen
     assert second.fact.last_seen > first.fact.last_seen
-    [stored] = await find(store, memory, tenant, USER, "API rate limit", min_similarity=-1)
+    [stored] = await find(store, kit, tenant, USER, "API rate limit", min_similarity=-1)
     assert stored.confirmations == 2 and set(stored.source_event_ids) == {first_event, second_event}
 
     # Confirming again from events already recorded (a consolidation rerun) does not count twice.
-    again = await put(store, memory, tenant, USER, RATE_LIMIT + ".", agent="code-1", events=[second_event])
+    again = await put(store, kit, tenant, USER, RATE_LIMIT + ".", agent="code-1", events=[second_event])
     assert again.status == "confirmed" and again.fact.confirmations == 2
 
 
-async def test_a_different_fact_is_stored_separately(store: FactsStore, memory: SharedMemory, tenant: str) -> None:
-    first = await put(store, memory, tenant, USER, RATE_LIMIT)
-    other = await put(store, memory, tenant, USER, "Deployments happen every Tuesday")
+async def test_a_different_fact_is_stored_separately(store: FactsStore, kit: Kit, tenant: str) -> None:
+    first = await put(store, kit, tenant, USER, RATE_LIMIT)
+    other = await put(store, kit, tenant, USER, "Deployments happen every Tuesday")
 
     assert other.status == "stored" and other.fact.id != first.fact.id
-    found = await find(store, memory, tenant, USER, "anything", min_similarity=-1)
+    found = await find(store, kit, tenant, USER, "anything", min_similarity=-1)
     assert {f.id for f in found} == {first.fact.id, other.fact.id}
     assert all(f.confirmations == 1 for f in found)
 
 
-async def test_forget_removes_only_that_fact(store: FactsStore, memory: SharedMemory, tenant: str) -> None:
-    doomed = await put(store, memory, tenant, USER, RATE_LIMIT)
-    kept = await put(store, memory, tenant, USER, "Deployments happen every Tuesday")
+async def test_forget_removes_only_that_fact(store: FactsStore, kit: Kit, tenant: str) -> None:
+    doomed = await put(store, kit, tenant, USER, RATE_LIMIT)
+    kept = await put(store, kit, tenant, USER, "Deployments happen every Tuesday")
 
     assert await store.forget(tenant, USER, doomed.fact.id) is True
     assert await store.forget(tenant, USER, doomed.fact.id) is False
     assert await store.forget(tenant, USER, uuid.uuid4()) is False
-    assert [f.id for f in await find(store, memory, tenant, USER, "rate limit", min_similarity=-1)] == [kept.fact.id]
+    assert [f.id for f in await find(store, kit, tenant, USER, "rate limit", min_similarity=-1)] == [kept.fact.id]
 
     # Storing it again after forgetting it starts over.
-    again = await put(store, memory, tenant, USER, RATE_LIMIT)
+    again = await put(store, kit, tenant, USER, RATE_LIMIT)
     assert again.status == "stored" and again.fact.confirmations == 1
 
 
 async def test_tenants_and_scopes_never_see_each_others_facts(
-    store: FactsStore, memory: SharedMemory, tenant: str
+    store: FactsStore, kit: Kit, tenant: str
 ) -> None:
     tenant_b = fresh_id("tenant-b")
-    ours = await put(store, memory, tenant, WORKSPACE_X, RATE_LIMIT)
+    ours = await put(store, kit, tenant, WORKSPACE_X, RATE_LIMIT)
 
     for other_tenant, other_scope in ((tenant_b, WORKSPACE_X), (tenant, WORKSPACE_Y), (tenant, USER)):
-        assert await find(store, memory, other_tenant, other_scope, RATE_LIMIT, min_similarity=-1) == []
+        assert await find(store, kit, other_tenant, other_scope, RATE_LIMIT, min_similarity=-1) == []
         # The right id from the wrong tenant or scope deletes nothing.
         assert await store.forget(other_tenant, other_scope, ours.fact.id) is False
         # The same fact elsewhere is a new fact there, not a confirmation of ours.
-        theirs = await put(store, memory, other_tenant, other_scope, RATE_LIMIT, agent="intruder")
+        theirs = await put(store, kit, other_tenant, other_scope, RATE_LIMIT, agent="intruder")
         assert theirs.status == "stored" and theirs.fact.id != ours.fact.id
 
-    [still] = await find(store, memory, tenant, WORKSPACE_X, RATE_LIMIT, min_similarity=-1)
+    [still] = await find(store, kit, tenant, WORKSPACE_X, RATE_LIMIT, min_similarity=-1)
     assert still.id == ours.fact.id and still.confirmations == 1 and still.source_agents == ["research-1"]
-    [theirs_found] = await find(store, memory, tenant_b, WORKSPACE_X, RATE_LIMIT, min_similarity=-1)
+    [theirs_found] = await find(store, kit, tenant_b, WORKSPACE_X, RATE_LIMIT, min_similarity=-1)
     assert theirs_found.source_agents == ["intruder"]
 
 
-async def test_top_k_and_threshold_are_honoured(store: FactsStore, memory: SharedMemory, tenant: str) -> None:
+async def test_top_k_and_threshold_are_honoured(store: FactsStore, kit: Kit, tenant: str) -> None:
     facts = [
         RATE_LIMIT,
         "Deployments happen every Tuesday",
@@ -203,57 +220,57 @@ async def test_top_k_and_threshold_are_honoured(store: FactsStore, memory: Share
         "Quarterly revenue grew by twelve percent in the EMEA region",
     ]
     for fact in facts:
-        await put(store, memory, tenant, USER, fact)
+        await put(store, kit, tenant, USER, fact)
 
-    everything = await find(store, memory, tenant, USER, "what language does alice want replies in?", min_similarity=-1)
+    everything = await find(store, kit, tenant, USER, "what language does alice want replies in?", min_similarity=-1)
     assert len(everything) == 5 and everything[0].fact == "Alice prefers answers in French"
     scores = [f.similarity for f in everything]
     assert scores == sorted(scores, reverse=True)
 
-    top_two = await find(store, memory, tenant, USER, "what language does alice want replies in?", top_k=2)
-    assert [f.id for f in top_two] == [f.id for f in everything[:2] if f.similarity >= memory.settings.search_floor]
+    top_two = await find(store, kit, tenant, USER, "what language does alice want replies in?", top_k=2)
+    assert [f.id for f in top_two] == [f.id for f in everything[:2] if f.similarity >= kit.settings.search_floor]
 
     floor = (scores[0] + scores[1]) / 2
-    above = await find(store, memory, tenant, USER, "what language does alice want replies in?", min_similarity=floor)
+    above = await find(store, kit, tenant, USER, "what language does alice want replies in?", min_similarity=floor)
     assert [f.fact for f in above] == ["Alice prefers answers in French"]
-    assert await find(store, memory, tenant, USER, "completely unrelated gibberish", min_similarity=0.99) == []
+    assert await find(store, kit, tenant, USER, "completely unrelated gibberish", min_similarity=0.99) == []
 
 
 async def test_concurrent_upserts_of_a_new_fact_make_one_fact(
-    store: FactsStore, memory: SharedMemory, tenant: str
+    store: FactsStore, kit: Kit, tenant: str
 ) -> None:
     writers = 8
-    vector = await memory.embedder.embed(RATE_LIMIT)
+    vector = await kit.embedder.embed(RATE_LIMIT)
     events = [uuid.uuid4() for _ in range(writers)]
 
     results = await asyncio.gather(*(
         store.upsert(
             tenant, USER, RATE_LIMIT, vector, source_event_ids=[events[i]], source_agents=[f"agent-{i}"],
-            duplicate_floor=memory.settings.duplicate_floor,
+            duplicate_floor=kit.settings.duplicate_floor,
         )
         for i in range(writers)
     ))  # fmt: skip
 
     assert sorted(r.status for r in results) == ["confirmed"] * (writers - 1) + ["stored"]
-    [fact] = await find(store, memory, tenant, USER, RATE_LIMIT, min_similarity=-1)
+    [fact] = await find(store, kit, tenant, USER, RATE_LIMIT, min_similarity=-1)
     assert fact.confirmations == writers
     assert set(fact.source_agents) == {f"agent-{i}" for i in range(writers)}
     assert set(fact.source_event_ids) == set(events)
 
 
 async def test_reembed_returns_the_count_and_search_still_works(
-    store: FactsStore, memory: SharedMemory, tenant: str
+    store: FactsStore, kit: Kit, tenant: str
 ) -> None:
     for fact in (RATE_LIMIT, "Deployments happen every Tuesday", "Alice prefers answers in French"):
-        await put(store, memory, tenant, USER, fact)
+        await put(store, kit, tenant, USER, fact)
 
-    count = await store.reembed(memory.embedder.embed_many)
+    count = await store.reembed(kit.embedder.embed_many)
 
     # pgvector re-embeds the whole (shared test) table, a fresh Qdrant collection holds only these.
     assert count == 3 if isinstance(store, QdrantFactsStore) else count >= 3
-    hits = await find(store, memory, tenant, USER, "how many requests per minute are allowed?")
+    hits = await find(store, kit, tenant, USER, "how many requests per minute are allowed?")
     assert hits[0].fact == RATE_LIMIT
-    assert (await put(store, memory, tenant, USER, RATE_LIMIT + ".")).status == "confirmed"
+    assert (await put(store, kit, tenant, USER, RATE_LIMIT + ".")).status == "confirmed"
 
 
 # Qdrant specifics ----------------------------------------------------------------------------------
@@ -268,9 +285,9 @@ async def test_collection_name_and_point_ids() -> None:
     assert fact_point_id("t", WORKSPACE_X, RATE_LIMIT) != same
 
 
-async def test_collection_creation_is_idempotent_when_stores_open_at_once(memory: SharedMemory) -> None:
+async def test_collection_creation_is_idempotent_when_stores_open_at_once(kit: Kit) -> None:
     client = YieldingQdrantClient(location=":memory:")
-    stores = [qdrant_store(memory, client) for _ in range(4)]
+    stores = [qdrant_store(kit, client) for _ in range(4)]
 
     await asyncio.gather(*(s.open() for s in stores))
     await asyncio.gather(*(s.open() for s in stores))
@@ -278,59 +295,59 @@ async def test_collection_creation_is_idempotent_when_stores_open_at_once(memory
     names = [c.name for c in (await client.get_collections()).collections]
     assert names == ["msm_facts__all-minilm-l6-v2__384"]
     tenant = fresh_id("tenant")
-    written = await put(stores[0], memory, tenant, USER, RATE_LIMIT)
-    assert [f.id for f in await find(stores[3], memory, tenant, USER, RATE_LIMIT)] == [written.fact.id]
+    written = await put(stores[0], kit, tenant, USER, RATE_LIMIT)
+    assert [f.id for f in await find(stores[3], kit, tenant, USER, RATE_LIMIT)] == [written.fact.id]
     await client.close()
 
 
-async def test_concurrent_writers_in_separate_stores_make_one_fact(memory: SharedMemory) -> None:
+async def test_concurrent_writers_in_separate_stores_make_one_fact(kit: Kit) -> None:
     """Stores that share no lock stand in for separate processes: the insert-only point id and the
     compare-and-set confirmation still give exactly one fact carrying every confirmation."""
     client = YieldingQdrantClient(location=":memory:")
-    stores = [qdrant_store(memory, client) for _ in range(4)]
-    vector = await memory.embedder.embed(RATE_LIMIT)
+    stores = [qdrant_store(kit, client) for _ in range(4)]
+    vector = await kit.embedder.embed(RATE_LIMIT)
 
     for _ in range(5):  # the interleavings vary from round to round
         tenant = fresh_id("tenant")
         results = await asyncio.gather(*(
             s.upsert(
                 tenant, USER, RATE_LIMIT, vector, source_event_ids=[], source_agents=[f"agent-{i}-{j}"],
-                duplicate_floor=memory.settings.duplicate_floor,
+                duplicate_floor=kit.settings.duplicate_floor,
             )
             for i, s in enumerate(stores)
             for j in range(3)
         ))  # fmt: skip
 
         assert [r.status for r in results].count("stored") == 1
-        [fact] = await find(stores[0], memory, tenant, USER, RATE_LIMIT, min_similarity=-1)
+        [fact] = await find(stores[0], kit, tenant, USER, RATE_LIMIT, min_similarity=-1)
         assert fact.confirmations == 12 and len(fact.source_agents) == 12
     await client.close()
 
 
-async def test_existing_collection_of_another_dimension_is_a_config_error(memory: SharedMemory) -> None:
+async def test_existing_collection_of_another_dimension_is_a_config_error(kit: Kit) -> None:
     client = AsyncQdrantClient(location=":memory:")
     await client.create_collection(
         "msm_facts__all-minilm-l6-v2__384",
         vectors_config=models.VectorParams(size=8, distance=models.Distance.COSINE),
     )
     with pytest.raises(ConfigError, match="8-dim"):
-        await qdrant_store(memory, client).open()
+        await qdrant_store(kit, client).open()
     await client.close()
 
 
-async def test_reembed_moves_facts_of_the_previous_model_into_this_one(memory: SharedMemory) -> None:
+async def test_reembed_moves_facts_of_the_previous_model_into_this_one(kit: Kit) -> None:
     client = YieldingQdrantClient(location=":memory:")
-    old = qdrant_store(memory, client, model_id="old-model")
+    old = qdrant_store(kit, client, model_id="old-model")
     tenant = fresh_id("tenant")
-    stored = await put(old, memory, tenant, USER, RATE_LIMIT, events=[uuid.uuid4()])
-    await put(old, memory, tenant, USER, RATE_LIMIT + "!", agent="code-1")
-    new = qdrant_store(memory, client)
+    stored = await put(old, kit, tenant, USER, RATE_LIMIT, events=[uuid.uuid4()])
+    await put(old, kit, tenant, USER, RATE_LIMIT + "!", agent="code-1")
+    new = qdrant_store(kit, client)
     await new.open()
-    assert await find(new, memory, tenant, USER, RATE_LIMIT) == []
+    assert await find(new, kit, tenant, USER, RATE_LIMIT) == []
 
-    assert await new.reembed(memory.embedder.embed_many) == 1
+    assert await new.reembed(kit.embedder.embed_many) == 1
 
-    [moved] = await find(new, memory, tenant, USER, "how many requests per minute are allowed?")
+    [moved] = await find(new, kit, tenant, USER, "how many requests per minute are allowed?")
     assert moved.id == stored.fact.id and moved.confirmations == 2
     assert moved.source_event_ids == stored.fact.source_event_ids
     assert set(moved.source_agents) == {"research-1", "code-1"}
@@ -338,10 +355,10 @@ async def test_reembed_moves_facts_of_the_previous_model_into_this_one(memory: S
     await client.close()
 
 
-async def test_unreachable_qdrant_fails_with_a_safe_message(memory: SharedMemory, tmp_path: Path) -> None:
+async def test_unreachable_qdrant_fails_with_a_safe_message(kit: Kit, tmp_path: Path) -> None:
     secret = "sekret-api-key-123"
     settings = Settings(qdrant_url="http://127.0.0.1:9", qdrant_api_key=secret, data_dir=tmp_path)
-    store = create_facts_store(settings, memory.episodic.db, memory.embedder)
+    store = create_facts_store(settings, kit.db, kit.embedder)
     assert isinstance(store, QdrantFactsStore)
 
     await store.open()  # logged, not fatal: events keep working while Qdrant is down
@@ -357,15 +374,16 @@ async def test_unreachable_qdrant_fails_with_a_safe_message(memory: SharedMemory
 
 
 async def test_shared_memory_with_the_qdrant_store(
-    memory: SharedMemory, alice: Principal, alice_coder: Principal, other_tenant: Principal
+    kit: Kit, connections: Connections, alice: Principal, alice_coder: Principal, other_tenant: Principal
 ) -> None:
-    facts = qdrant_store(memory)
-    await facts.open()
-    shared = SharedMemory(
-        settings=memory.settings, episodic=memory.episodic, cache=memory.cache, embedder=memory.embedder,
-        facts=facts,
-    )  # fmt: skip
+    facts = qdrant_store(kit)
+    async with open_runtime(kit.settings, connections=connections, facts=facts) as runtime:
+        await run_shared_memory_checks(runtime.memory, alice, alice_coder, other_tenant)
 
+
+async def run_shared_memory_checks(
+    shared: SharedMemory, alice: Principal, alice_coder: Principal, other_tenant: Principal
+) -> None:
     first = await shared.store_fact(alice, RATE_LIMIT)
     second = await shared.store_fact(alice_coder, RATE_LIMIT + ".")
     other = await shared.store_fact(alice, "Deployments happen every Tuesday")
@@ -383,4 +401,3 @@ async def test_shared_memory_with_the_qdrant_store(
     assert [f.id for f in await shared.search_facts(alice, "rate limit", min_similarity=-1)] == [other.fact.id]
     with pytest.raises(NotFound):
         await shared.forget_fact(alice, str(first.fact.id))
-    await facts.close()

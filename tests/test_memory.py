@@ -10,6 +10,14 @@ import pytest
 from mcp_shared_memory.errors import AccessDenied, InvalidInput, NotFound
 from mcp_shared_memory.memory import SharedMemory
 from mcp_shared_memory.models import Principal, Scope
+from mcp_shared_memory.recent import MemberRange
+from mcp_shared_memory.runtime import Connections
+from mcp_shared_memory.settings import Settings
+from mcp_shared_memory.stores.cache import CachedRecent, RedisCache
+from mcp_shared_memory.stores.redis_client import RedisBreaker
+
+from .conftest import Backdoor, isolated
+from .faults import faulty_embedder_runtime, faulty_redis_runtime
 
 pytestmark = pytest.mark.anyio
 
@@ -59,27 +67,33 @@ async def test_the_articles_openai_floor_would_drop_the_correct_local_hit(
     assert await memory.search_shared(alice, "how do users sign in?")
 
 
-async def test_recent_events_survive_cache_expiry(memory: SharedMemory, alice: Principal) -> None:
+async def cached_events(backdoor: Backdoor, tenant: str, scope: Scope) -> list[int]:
+    """The seqs the recent set holds, newest first (what a reader would be served from Redis)."""
+    cache = RedisCache(backdoor.redis, prefix=backdoor.keys.prefix, recent_max=100, recent_ttl=60, breaker=RedisBreaker(0))
+    cached = await cache.read_recent(tenant, scope, MemberRange(count=None))
+    assert isinstance(cached, CachedRecent), cached
+    return [e.seq for e in cached.events]
+
+
+async def test_recent_events_survive_cache_expiry(memory: SharedMemory, alice: Principal, backdoor: Backdoor) -> None:
     """Defect 1: when the Redis keys expire the events are read through from PostgreSQL and recached."""
     for i in range(5):
         await memory.write_event(alice, f"observation number {i}")
-    keys = memory.cache.keys
-    await memory.cache.redis.delete(keys.recent(alice.tenant, ALICE))
+    await backdoor.redis.delete(backdoor.keys.recent(alice.tenant, ALICE))
 
     recent = await memory.get_recent_shared(alice, limit=3)
 
     assert [e.content for e in recent] == [f"observation number {i}" for i in (4, 3, 2)]
-    assert await memory.cache.redis.zcount(keys.recent(alice.tenant, ALICE), "(0", "+inf") == 5
-    cached, _ = await memory.cache.recent(alice.tenant, ALICE, limit=5, min_importance=0, since_seq=None)
-    assert cached is not None and len(cached) == 5
+    assert len(await cached_events(backdoor, alice.tenant, ALICE)) == 5
 
 
-async def test_cache_is_complete_when_writes_race_a_refill(memory: SharedMemory, alice: Principal) -> None:
+async def test_cache_is_complete_when_writes_race_a_refill(
+    memory: SharedMemory, alice: Principal, backdoor: Backdoor
+) -> None:
     """Writers that commit while a reader refills an expired cache are never lost from it."""
     for i in range(10):
         await memory.write_event(alice, f"before expiry {i}")
-    keys = memory.cache.keys
-    await memory.cache.redis.delete(keys.recent(alice.tenant, ALICE))
+    await backdoor.redis.delete(backdoor.keys.recent(alice.tenant, ALICE))
 
     async def write(i: int) -> None:
         await memory.write_event(alice, f"during refill {i}")
@@ -92,16 +106,17 @@ async def test_cache_is_complete_when_writes_race_a_refill(memory: SharedMemory,
             tg.start_soon(write, i)
             tg.start_soon(read)
 
-    from_cache, _ = await memory.cache.recent(alice.tenant, ALICE, limit=30, min_importance=0, since_seq=None)
-    from_db = await memory.episodic.recent(alice.tenant, ALICE, limit=30)
-    assert from_cache is not None
-    assert [e.id for e in from_cache] == [e.id for e in from_db]
+    from_cache = await cached_events(backdoor, alice.tenant, ALICE)
+    from_db = await backdoor.episodic.recent(alice.tenant, ALICE, limit=30)
+    assert from_cache == [e.seq for e in from_db]
 
 
-async def test_workspace_is_durable_when_redis_forgets_it(memory: SharedMemory, alice: Principal) -> None:
+async def test_workspace_is_durable_when_redis_forgets_it(
+    memory: SharedMemory, alice: Principal, backdoor: Backdoor
+) -> None:
     """Defect 2: the workspace lives in PostgreSQL; Redis only caches it."""
     workspace = await memory.create_workspace(alice, "Migrate billing to Stripe", ["research-1", "code-1"])
-    await memory.cache.redis.delete(memory.cache.keys.workspace(alice.tenant, workspace.id))
+    await backdoor.redis.delete(backdoor.keys.workspace(alice.tenant, workspace.id))
 
     again = await memory.get_workspace(alice, workspace.id)
 
@@ -128,31 +143,25 @@ async def test_dedup_window_keys_include_tenant_and_scope_type(
     assert repeat.event_id == first.event_id
 
 
-async def test_metadata_round_trips_through_jsonb(memory: SharedMemory, alice: Principal) -> None:
+async def test_metadata_round_trips_through_jsonb(memory: SharedMemory, alice: Principal, backdoor: Backdoor) -> None:
     """Defect 4: a dict goes into the JSONB column and comes back as a dict."""
     metadata = {"source": "ci", "files": ["a.py", "b.py"], "nested": {"ok": True, "n": 3}}
     await memory.write_event(alice, "metadata event", metadata=metadata)
-    await memory.cache.redis.delete(memory.cache.keys.recent(alice.tenant, ALICE))
 
-    (event,) = await memory.episodic.recent(alice.tenant, ALICE, limit=1)
+    (event,) = await backdoor.episodic.recent(alice.tenant, ALICE, limit=1)
 
     assert event.metadata == metadata
 
 
-async def test_search_returns_every_row_of_a_selective_scope(memory: SharedMemory, alice: Principal) -> None:
+async def test_search_returns_every_row_of_a_selective_scope(
+    memory: SharedMemory, alice: Principal, backdoor: Backdoor
+) -> None:
     """Defect 6: a small scope inside a big table gets `limit` rows when that many exist."""
-    noise = Principal(tenant=alice.tenant, agent_id="noise", allowed_scopes=("user:*",))
     texts = [f"incident report {i}: the cache node {i} ran out of memory" for i in range(300)]
-    vectors = await memory.embedder.embed_many(texts)
-    for i, (text, vector) in enumerate(zip(texts, vectors, strict=True)):
-        await memory.episodic.insert_event(
-            alice.tenant, Scope("user", f"bulk-{i % 30}"), agent_id="noise", agent_type="agent",
-            event_type="observation", role=None, content=text, content_hash=str(i), embedding=vector,
-            embedding_model=memory.embedder.model_id, importance=0.5, metadata={}, idempotency_key=None,
-        )  # fmt: skip
+    for bulk in range(30):
+        await backdoor.bulk_append(alice.tenant, Scope("user", f"bulk-{bulk}"), texts[bulk::30])
     for i in range(12):
         await memory.write_event(alice, f"alice's unrelated note {i} about gardening and tomatoes")
-    del noise
 
     hits = await memory.search_shared(alice, "cache node out of memory", limit=12, min_similarity=-1)
 
@@ -174,29 +183,25 @@ async def test_colons_in_ids_cannot_forge_another_scope(memory: SharedMemory, al
 
 
 async def test_write_succeeds_when_redis_fails_after_commit(
-    memory: SharedMemory, alice: Principal, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, connections: Connections, alice: Principal, backdoor: Backdoor
 ) -> None:
     """Defect 8: Redis failing after the commit is logged, not raised; an idempotency key makes
-    the agent's retry safe."""
-    from redis.exceptions import ConnectionError as RedisConnectionError
+    the agent's retry safe, and the retry announces the event the failure left queued."""
+    no_breaker = isolated(settings, redis_breaker_seconds=0)
+    async with faulty_redis_runtime(no_breaker, connections) as faulty:
+        memory = faulty.runtime.memory
+        faulty.proxy.cut()
+        first = await memory.write_event(alice, "written while redis breaks", idempotency_key="call-42")
+        faulty.proxy.restore()
+        retry = await memory.write_event(alice, "written while redis breaks", idempotency_key="call-42")
 
-    async def broken(*args: object, **kwargs: object) -> None:
-        raise RedisConnectionError("down")
-
-    monkeypatch.setattr(memory.cache, "_record", broken)
-    first = await memory.write_event(alice, "written while redis breaks", idempotency_key="call-42")
-    monkeypatch.undo()
-    memory.cache._down_until = 0.0
-    retry = await memory.write_event(alice, "written while redis breaks", idempotency_key="call-42")
-
-    assert first.status == "written"
-    assert retry.status == "replayed" and retry.event_id == first.event_id
-    stored = await memory.episodic.recent(alice.tenant, ALICE, limit=10)
-    assert [e.content for e in stored] == ["written while redis breaks"]
-    recent = await memory.get_recent_shared(alice, limit=10)
-    assert [e.id for e in recent] == [first.event_id]
-    assert await memory.republish_pending() >= 1  # the late cache update + notification
-    assert await memory.republish_pending() == 0
+        assert first.status == "written"
+        assert retry.status == "replayed" and retry.event_id == first.event_id
+        stored = await backdoor.episodic.recent(alice.tenant, ALICE, limit=10)
+        assert [e.content for e in stored] == ["written while redis breaks"]
+        recent = await memory.get_recent_shared(alice, limit=10)
+        assert [e.id for e in recent] == [first.event_id]
+        assert await faulty.runtime.maintenance.publish_queued(older_than=0) == 0  # nothing left behind
 
 
 async def test_events_carry_id_and_seq_and_page_by_since_seq(memory: SharedMemory, alice: Principal) -> None:
@@ -228,21 +233,21 @@ async def test_timestamps_are_timezone_aware(memory: SharedMemory, alice: Princi
 
 
 async def test_failed_write_releases_its_dedup_claim(
-    memory: SharedMemory, alice: Principal, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, connections: Connections, alice: Principal
 ) -> None:
-    """A write that PostgreSQL rejects must not make its retry look like a duplicate."""
+    """A write that PostgreSQL cannot take must not make its retry look like a duplicate."""
     from mcp_shared_memory.errors import StoreUnavailable
 
-    async def down(*args: object, **kwargs: object) -> None:
-        raise StoreUnavailable()
+    from .faults import faulty_postgres_runtime
 
-    monkeypatch.setattr(memory.episodic, "insert_event", down)
-    with pytest.raises(StoreUnavailable):
-        await memory.write_event(alice, "retry me")
-    monkeypatch.undo()
+    async with faulty_postgres_runtime(isolated(settings), connections) as faulty:
+        faulty.proxy.cut()
+        with pytest.raises(StoreUnavailable):
+            await faulty.runtime.memory.write_event(alice, "retry me")
+        faulty.proxy.restore()
 
-    retry = await memory.write_event(alice, "retry me")
-    assert retry.status == "written"
+        retry = await faulty.runtime.memory.write_event(alice, "retry me")
+        assert retry.status == "written"
 
 
 async def test_concurrent_writers_lose_nothing(memory: SharedMemory, alice: Principal, alice_coder: Principal) -> None:
@@ -261,13 +266,13 @@ async def test_concurrent_writers_lose_nothing(memory: SharedMemory, alice: Prin
 
 
 async def test_recent_cache_is_capped_and_older_events_come_from_postgres(
-    memory: SharedMemory, alice: Principal
+    memory: SharedMemory, alice: Principal, backdoor: Backdoor
 ) -> None:
     for i in range(memory.settings.recent_max + 20):
         await memory.write_event(alice, f"capped {i}", dedup=False)
-    key = memory.cache.keys.recent(alice.tenant, ALICE)
+    key = backdoor.keys.recent(alice.tenant, ALICE)
 
-    assert await memory.cache.redis.zcount(key, "(0", "+inf") == memory.settings.recent_max
+    assert await backdoor.redis.zcount(key, "(0", "+inf") == memory.settings.recent_max
     everything = await memory.get_recent_shared(alice, limit=memory.settings.recent_max + 20)
     assert len(everything) == memory.settings.recent_max + 20
     page = await memory.get_recent_shared(alice, limit=5, since_seq=everything[-1].seq)
@@ -336,14 +341,14 @@ async def test_agent_history_is_one_agents_events(
     ],
 )
 async def test_bad_write_input_is_rejected_and_writes_nothing(
-    memory: SharedMemory, alice: Principal, kwargs: dict, error: type[Exception]
+    memory: SharedMemory, alice: Principal, kwargs: dict, error: type[Exception], backdoor: Backdoor
 ) -> None:
     with pytest.raises(error) as raised:
         await memory.write_event(alice, **kwargs)
 
     assert str(raised.value)
-    assert await memory.episodic.count(alice.tenant, ALICE) == 0
-    assert await memory.episodic.count(alice.tenant, Scope("user", "bob")) == 0
+    assert await backdoor.episodic.count(alice.tenant, ALICE) == 0
+    assert await backdoor.episodic.count(alice.tenant, Scope("user", "bob")) == 0
 
 
 async def test_unknown_workspace_is_not_found(memory: SharedMemory, alice: Principal) -> None:
@@ -394,19 +399,16 @@ async def test_near_duplicate_fact_confirms_instead_of_adding(
 
 
 async def test_event_written_during_an_embedder_outage_is_stored_and_embedded_later(
-    memory: SharedMemory, alice: Principal, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, connections: Connections, alice: Principal
 ) -> None:
-    from mcp_shared_memory.errors import EmbeddingUnavailable
+    async with faulty_embedder_runtime(isolated(settings), connections) as (runtime, embedder):
+        memory = runtime.memory
+        embedder.down = True
+        written = await memory.write_event(alice, "The on-call rotation changes every Monday at 9am")
+        embedder.down = False
 
-    async def outage(text: str) -> None:
-        raise EmbeddingUnavailable()
-
-    monkeypatch.setattr(memory.embedder, "embed", outage)
-    written = await memory.write_event(alice, "The on-call rotation changes every Monday at 9am")
-    monkeypatch.undo()
-
-    assert written.status == "written"
-    assert await memory.search_shared(alice, "when does on-call rotate?") == []
-    assert await memory.embed_missing() >= 1
-    hits = await memory.search_shared(alice, "when does on-call rotate?")
-    assert [h.id for h in hits] == [written.event_id]
+        assert written.status == "written"
+        assert await memory.search_shared(alice, "when does on-call rotate?") == []
+        assert await runtime.maintenance.embed_missing() >= 1
+        hits = await memory.search_shared(alice, "when does on-call rotate?")
+        assert [h.id for h in hits] == [written.event_id]

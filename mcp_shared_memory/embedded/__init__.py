@@ -23,6 +23,10 @@ Unix socket paths are limited to 107 bytes (103 on macOS): when ``<data_dir>/pg/
 ``/tmp/msm-valkey-<hash>`` (a 0700 directory; the hash is of the data dir's path).
 
 A data dir must not be shared between hosts or containers: the locks and liveness checks are local.
+
+The library installs no signal handlers. A program holding these servers calls
+``install_exit_signal_handlers()`` once from its main thread, so that SIGTERM/SIGHUP run ``release()``
+(through atexit) instead of leaving the servers running after their last holder.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._common import install_exit_signal_handlers
+from ._signals import install_exit_signal_handlers
 from .postgres import EmbeddedPostgres
 from .valkey import EmbeddedValkey
 

@@ -23,10 +23,11 @@ from pydantic import ValidationError
 from .. import __version__
 from ..errors import AccessDenied, InvalidInput
 from ..models import Principal
+from ..stores.bus import Topic
 from . import sdk_adapter
 from .notifications import LISTEN_TENANT
 from .resources import register_resources
-from .state import AppState, ServerRuntime
+from .state import AppState, ServerLifespan
 from .tools import register_tools
 from .uris import ParsedUri, parse_uri
 
@@ -47,15 +48,20 @@ def authorize_uri(principal: Principal, uri: str) -> ParsedUri:
     return parsed
 
 
+def topic_of(parsed: ParsedUri) -> Topic:
+    """The bus topic whose messages change a resource: a scope's events, or the tenant's workspaces."""
+    return Topic(parsed.tenant, parsed.scope if parsed.kind == "recent" else None)
+
+
 def build_server(
-    runtime: ServerRuntime,
+    lifespan_owner: ServerLifespan,
     *,
     token_verifier: TokenVerifier | None = None,
     auth: AuthSettings | None = None,
 ) -> MCPServer[AppState]:
     @asynccontextmanager
     async def lifespan(_: MCPServer[AppState]) -> AsyncIterator[AppState]:
-        async with runtime.open() as state:
+        async with lifespan_owner.open() as state:
             yield state
 
     async def binding(ctx: ServerRequestContext[AppState, Any], call_next: CallNext) -> HandlerResult:
@@ -78,12 +84,12 @@ def build_server(
         conn_state[LEGACY_KEY] = True
         key = sdk_adapter.connection_key(ctx)
         state.hub.add_legacy_session(principal.tenant, key, ctx.session)
-        channel = await state.hub.acquire(principal.tenant, None)
-        conn_state["msm_channels"] = [channel]
+        await state.hub.acquire(Topic(principal.tenant))
+        conn_state["msm_topics"] = [Topic(principal.tenant)]
 
         async def cleanup() -> None:
             state.hub.forget_connection(principal.tenant, key)
-            for held in conn_state.get("msm_channels", []):
+            for held in conn_state.get("msm_topics", []):
                 await state.hub.release(held)
 
         sdk_adapter.on_connection_close(ctx, cleanup)
@@ -101,32 +107,33 @@ def build_server(
             parsed = [authorize_uri(principal, uri) for uri in uris]
         except (AccessDenied, InvalidInput) as exc:
             raise MCPError(INVALID_PARAMS, exc.message) from exc
-        wanted = {(p.tenant, p.scope if p.kind == "recent" else None) for p in parsed}
+        wanted = {topic_of(p) for p in parsed}
         if params.notifications.resources_list_changed:
-            wanted.add((principal.tenant, None))
-        acquired = []
+            wanted.add(Topic(principal.tenant))
+        acquired: list[Topic] = []
         token = LISTEN_TENANT.set(principal.tenant)
         try:
-            for tenant, scope in wanted:
-                acquired.append(await state.hub.acquire(tenant, scope))
+            for topic in wanted:
+                await state.hub.acquire(topic)
+                acquired.append(topic)
             return await call_next(ctx)
         finally:
             LISTEN_TENANT.reset(token)
-            for channel in acquired:
-                await state.hub.release(channel)
+            for topic in acquired:
+                await state.hub.release(topic)
 
     mcp: MCPServer[AppState] = MCPServer(
         "mcp-shared-memory",
         version=__version__,
         instructions=INSTRUCTIONS,
         lifespan=lifespan,
-        subscriptions=runtime.bus,
+        subscriptions=lifespan_owner.listeners,
         middleware=[binding],
         token_verifier=token_verifier,
         auth=auth,
         log_level="WARNING",
     )
-    register_tools(mcp)
+    register_tools(mcp, lifespan_owner.settings)
     sdk_adapter.inline_output_schemas(mcp)
     register_resources(mcp)
 
@@ -141,21 +148,23 @@ def build_server(
         await register_legacy_connection(ctx)
         key = sdk_adapter.connection_key(ctx)
         if not state.hub.has_legacy_subscription(uri, key):
-            channel = await state.hub.acquire(parsed.tenant, parsed.scope if parsed.kind == "recent" else None)
-            sdk_adapter.connection_state(ctx).setdefault("msm_channels", []).append(channel)
-            state.hub.add_legacy_subscription(uri, key, ctx.session)
+            topic = topic_of(parsed)
+            await state.hub.acquire(topic)
+            sdk_adapter.connection_state(ctx).setdefault("msm_topics", []).append(topic)
+            state.hub.add_legacy_subscription(uri, key)
         return EmptyResult()
 
     async def on_unsubscribe(ctx: ServerRequestContext[AppState, Any], params: UnsubscribeRequestParams) -> EmptyResult:
         state = ctx.lifespan_context
         uri = str(params.uri)
         key = sdk_adapter.connection_key(ctx)
-        if state.hub.remove_legacy_subscription(uri, key):
-            channel = state.hub.channel_for_uri(uri)
-            held: list[str] = sdk_adapter.connection_state(ctx).get("msm_channels", [])
-            if channel in held:
-                held.remove(channel)
-                await state.hub.release(channel)
+        parsed = parse_uri(uri)
+        if state.hub.remove_legacy_subscription(uri, key) and parsed is not None:
+            topic = topic_of(parsed)
+            held: list[Topic] = sdk_adapter.connection_state(ctx).get("msm_topics", [])
+            if topic in held:
+                held.remove(topic)
+                await state.hub.release(topic)
         return EmptyResult()
 
     sdk_adapter.register_legacy_subscriptions(mcp, on_subscribe, on_unsubscribe)

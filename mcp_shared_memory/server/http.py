@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse
 from ..errors import SharedMemoryError
 from ..settings import Settings
 from .app import build_server
-from .state import CLAIM_PRINCIPAL, ServerRuntime
+from .state import CLAIM_PRINCIPAL, ServerLifespan
 
 log = logging.getLogger(__name__)
 
@@ -23,15 +23,15 @@ log = logging.getLogger(__name__)
 class DatabaseTokenVerifier(TokenVerifier):
     """Bearer tokens created with ``mcp-shared-memory token create``; identity comes from the token."""
 
-    def __init__(self, runtime: ServerRuntime) -> None:
-        self.runtime = runtime
+    def __init__(self, lifespan: ServerLifespan) -> None:
+        self.lifespan = lifespan
 
     async def verify_token(self, token: str) -> AccessToken | None:
-        state = self.runtime.state
+        state = self.lifespan.state
         if state is None:
             return None
         try:
-            record = await state.tokens.verify(token)
+            record = await state.runtime.tokens.verify(token)
         except SharedMemoryError as exc:
             log.warning("token verification unavailable: %s", exc.message)
             return None
@@ -47,12 +47,14 @@ class DatabaseTokenVerifier(TokenVerifier):
         )
 
 
-def create_http_app(settings: Settings, *, host: str, port: int, public_url: str | None = None) -> Starlette:
-    runtime = ServerRuntime(settings, local_principal=None)
+def create_http_app(settings: Settings) -> Starlette:
+    """The Streamable HTTP app for ``settings.host``/``port`` (``public_url`` when behind a proxy)."""
+    host, port, public_url = settings.host, settings.port, settings.public_url
+    lifespan = ServerLifespan(settings, local_principal=None)
     base_url = (public_url or f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}").rstrip("/")
     mcp = build_server(
-        runtime,
-        token_verifier=DatabaseTokenVerifier(runtime),
+        lifespan,
+        token_verifier=DatabaseTokenVerifier(lifespan),
         auth=AuthSettings(
             issuer_url=base_url,  # type: ignore[arg-type]
             resource_server_url=f"{base_url}/mcp",  # type: ignore[arg-type]
@@ -63,19 +65,16 @@ def create_http_app(settings: Settings, *, host: str, port: int, public_url: str
 
     @mcp.custom_route("/healthz", methods=["GET"], include_in_schema=False)
     async def healthz(_: Request) -> JSONResponse:
-        state = runtime.state
+        state = lifespan.state
         if state is None:
             return JSONResponse({"status": "starting"}, status_code=503)
-        checks: dict[str, Any] = {}
-        try:
-            await state.memory.episodic.db.fetchval("SELECT 1")
-            checks["postgres"] = "ok"
-        except SharedMemoryError:
-            checks["postgres"] = "unavailable"
-        checks["redis"] = "ok" if await state.memory.cache.ping() else "unavailable (degraded: PostgreSQL only)"
-        healthy = checks["postgres"] == "ok"
+        health = await state.runtime.health()
+        checks: dict[str, Any] = {
+            "postgres": "ok" if health.postgres else "unavailable",
+            "redis": "ok" if health.redis else "unavailable (degraded: PostgreSQL only)",
+        }
         return JSONResponse(
-            {"status": "ok" if healthy else "unavailable", **checks}, status_code=200 if healthy else 503
+            {"status": "ok" if health.ok else "unavailable", **checks}, status_code=200 if health.ok else 503
         )
 
     security = None

@@ -1,31 +1,32 @@
-"""Redis pub/sub → MCP notifications, for both protocol generations, across processes and replicas.
+"""Bus messages → MCP notifications, for both protocol generations.
 
-Each process subscribes only to the Redis channels its clients need (reference-counted, released
-when the last subscriber leaves) and turns a message into ``notifications/resources/updated`` (and
-``list_changed`` for new workspaces): on legacy connections for the URIs each subscribed to, on
-modern ``subscriptions/listen`` streams through a bus that delivers only within the listener's tenant.
+The bus (``stores/bus.py``) hands this hub typed messages for the topics its clients subscribed to;
+the hub turns them into ``notifications/resources/updated`` (and ``list_changed`` for new workspaces):
+on modern ``subscriptions/listen`` streams through a ``TenantBus`` that delivers only within the
+listener's tenant, and on legacy connections for the URIs each subscribed to. Each legacy session has
+its own sender task and a coalescing queue, so a slow or broken client never delays the others, and a
+failing send never reaches the server's task group.
 """
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import anyio
-import redis.asyncio as aioredis
+import anyio.abc
 from mcp.server.subscriptions import ResourcesListChanged, ResourceUpdated, ServerEvent
 
-from ..models import Scope
-from ..stores.cache import REDIS_ERRORS, RedisKeys
+from ..stores.bus import BusMessage, EventWritten, RedisBus, Topic
 from .uris import context_uri, parse_uri, recent_uri, workspaces_uri
 
 log = logging.getLogger(__name__)
+
+# A legacy client that cannot take a notification within this long is skipped for that notification.
+SEND_TIMEOUT = 5.0
 
 # Set around a subscriptions/listen call: the tenant the opening stream belongs to.
 LISTEN_TENANT: contextvars.ContextVar[str | None] = contextvars.ContextVar("msm_listen_tenant", default=None)
@@ -63,9 +64,8 @@ class TenantBus:
         self._deliver(event, tenant)
         await anyio.lowlevel.checkpoint()
 
-    async def publish_to_tenant(self, tenant: str, event: ServerEvent) -> None:
+    def publish_to_tenant(self, tenant: str, event: ServerEvent) -> None:
         self._deliver(event, tenant)
-        await anyio.lowlevel.checkpoint()
 
     def _deliver(self, event: ServerEvent, tenant: str | None) -> None:
         for owner, listener in list(self._listeners.values()):
@@ -77,165 +77,139 @@ class TenantBus:
                 log.exception("listen stream listener failed")
 
 
-@dataclass(frozen=True)
-class Route:
-    """What a Redis channel means to this process."""
+class SessionSender:
+    """One legacy session's queue of notifications and the task that sends them. Updates of the same
+    URI coalesce while queued (the client re-reads the resource anyway)."""
 
-    tenant: str
-    scope: Scope | None  # None: the tenant's workspaces channel
+    def __init__(self, session: LegacySession) -> None:
+        self._session = session
+        self._updated: dict[str, None] = {}
+        self._list_changed = False
+        self._wake = anyio.Event()
+        self._closed = False
+
+    def resource_updated(self, uri: str) -> None:
+        self._updated[uri] = None
+        self._wake.set()
+
+    def list_changed(self) -> None:
+        self._list_changed = True
+        self._wake.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._closed:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            uris, self._updated = list(self._updated), {}
+            list_changed, self._list_changed = self._list_changed, False
+            for uri in uris:
+                if self._closed or not await self._send(self._session.send_resource_updated, uri):
+                    return
+            if list_changed and not self._closed and not await self._send(self._session.send_resource_list_changed):
+                return
+
+    async def _send(self, send: Callable[..., object], *args: str) -> bool:
+        """False when the session is gone (its stream is closed): the sender stops."""
+        try:
+            with anyio.fail_after(SEND_TIMEOUT):
+                await send(*args)  # type: ignore[misc]
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream):
+            self._closed = True
+            return False
+        except TimeoutError:
+            log.warning("a client did not take a notification within %.0f s; skipped", SEND_TIMEOUT)
+        except Exception:
+            log.warning("sending a notification failed; the session stays subscribed", exc_info=True)
+        return True
 
 
 class NotificationHub:
-    def __init__(self, client: aioredis.Redis, keys: RedisKeys, bus: TenantBus) -> None:
-        self.bus = bus
-        self._keys = keys
-        self._pubsub = client.pubsub(ignore_subscribe_messages=True)
-        self._refcounts: dict[str, int] = defaultdict(int)
-        # Channels whose SUBSCRIBE failed (Redis down): retried by the reader loop until they succeed.
-        self._unsubscribed: set[str] = set()
-        self._routes: dict[str, Route] = {}
-        self._lock = anyio.Lock()
-        self._has_channels = anyio.Event()
-        self._legacy_uris: dict[str, dict[int, LegacySession]] = defaultdict(dict)
-        self._legacy_sessions: dict[str, dict[int, LegacySession]] = defaultdict(dict)
+    def __init__(self, bus: RedisBus, listeners: TenantBus) -> None:
+        self._bus = bus
+        self.listeners = listeners
+        self._senders: dict[int, SessionSender] = {}
+        self._legacy_uris: dict[str, set[int]] = defaultdict(set)
+        self._legacy_tenants: dict[str, set[int]] = defaultdict(set)
+        self._tasks: anyio.abc.TaskGroup | None = None
 
-    # channel reference counting
-
-    def channel_for(self, tenant: str, scope: Scope | None) -> str:
-        if scope is None:
-            return self._keys.workspaces_channel(tenant)
-        return self._keys.events_channel(tenant, scope)
-
-    def channel_for_uri(self, uri: str) -> str | None:
-        parsed = parse_uri(uri)
-        if parsed is None:
-            return None
-        return self.channel_for(parsed.tenant, parsed.scope if parsed.kind == "recent" else None)
-
-    async def acquire(self, tenant: str, scope: Scope | None) -> str:
-        channel = self.channel_for(tenant, scope)
-        async with self._lock:
-            self._refcounts[channel] += 1
-            if self._refcounts[channel] == 1:
-                self._routes[channel] = Route(tenant, scope)
-                self._unsubscribed.add(channel)
-                await self._subscribe_pending()
-                self._has_channels.set()
-        return channel
-
-    async def release(self, channel: str) -> None:
-        async with self._lock:
-            if self._refcounts.get(channel, 0) <= 0:
-                return
-            self._refcounts[channel] -= 1
-            if self._refcounts[channel] == 0:
-                del self._refcounts[channel]
-                self._routes.pop(channel, None)
-                if channel in self._unsubscribed:
-                    self._unsubscribed.discard(channel)
-                    return
-                try:
-                    await self._pubsub.unsubscribe(channel)
-                except REDIS_ERRORS as exc:
-                    log.warning("Redis unsubscribe failed (%s)", type(exc).__name__)
-
-    async def _subscribe_pending(self) -> None:
-        """SUBSCRIBE the channels not yet subscribed; on failure they stay pending (redis-py only
-        re-subscribes, after a reconnect, the channels whose SUBSCRIBE succeeded)."""
-        pending = sorted(self._unsubscribed)
-        if not pending:
-            return
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Hosts the legacy sessions' sender tasks and listens to the bus until cancelled."""
+        remove = self._bus.add_listener(self._on_message)
         try:
-            await self._pubsub.subscribe(*pending)
-        except REDIS_ERRORS as exc:
-            log.warning("Redis subscribe failed (%s); retrying", type(exc).__name__)
-            return
-        self._unsubscribed.difference_update(pending)
+            async with anyio.create_task_group() as tasks:
+                self._tasks = tasks
+                task_status.started()
+                await anyio.sleep_forever()
+        finally:
+            remove()
+            self._tasks = None
 
-    def subscribed_channels(self) -> set[str]:
-        return set(self._refcounts)
+    # topics
+
+    async def acquire(self, topic: Topic) -> None:
+        await self._bus.subscribe(topic)
+
+    async def release(self, topic: Topic) -> None:
+        await self._bus.unsubscribe(topic)
 
     # legacy (resources/subscribe) connections
 
-    def add_legacy_subscription(self, uri: str, key: int, session: LegacySession) -> None:
-        self._legacy_uris[uri][key] = session
+    def add_legacy_session(self, tenant: str, key: int, session: LegacySession) -> None:
+        if key in self._senders:
+            return
+        if self._tasks is None:
+            raise RuntimeError("the notification hub is not running")
+        sender = SessionSender(session)
+        self._senders[key] = sender
+        self._legacy_tenants[tenant].add(key)
+        self._tasks.start_soon(sender.run)
+
+    def add_legacy_subscription(self, uri: str, key: int) -> None:
+        self._legacy_uris[uri].add(key)
 
     def has_legacy_subscription(self, uri: str, key: int) -> bool:
-        return key in self._legacy_uris.get(uri, {})
+        return key in self._legacy_uris.get(uri, ())
 
     def remove_legacy_subscription(self, uri: str, key: int) -> bool:
-        subscribers = self._legacy_uris.get(uri, {})
-        removed = subscribers.pop(key, None) is not None
+        subscribers = self._legacy_uris.get(uri)
+        if subscribers is None or key not in subscribers:
+            return False
+        subscribers.discard(key)
         if not subscribers:
-            self._legacy_uris.pop(uri, None)
-        return removed
-
-    def add_legacy_session(self, tenant: str, key: int, session: LegacySession) -> None:
-        self._legacy_sessions[tenant][key] = session
+            del self._legacy_uris[uri]
+        return True
 
     def forget_connection(self, tenant: str, key: int) -> list[str]:
         """Drop a closed connection; returns the URIs it was subscribed to."""
-        self._legacy_sessions.get(tenant, {}).pop(key, None)
-        uris = [uri for uri, subs in self._legacy_uris.items() if key in subs]
+        sender = self._senders.pop(key, None)
+        if sender is not None:
+            sender.close()
+        self._legacy_tenants.get(tenant, set()).discard(key)
+        uris = [uri for uri, keys in self._legacy_uris.items() if key in keys]
         for uri in uris:
             self.remove_legacy_subscription(uri, key)
         return uris
 
     # delivery
 
-    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Read Redis messages forever. Never raises: Redis outages and restarts are waited out, since
-        this task living in the server's lifespan must not take the server down with it."""
-        task_status.started()
-        while True:
-            await self._has_channels.wait()
-            try:
-                if self._unsubscribed:
-                    async with self._lock:
-                        await self._subscribe_pending()
-                if self._pubsub.connection is None:  # nothing subscribed successfully yet
-                    await anyio.sleep(0.5)
-                    continue
-                message = await self._pubsub.get_message(timeout=1.0)
-            except REDIS_ERRORS as exc:
-                log.warning("Redis pub/sub connection lost (%s); reconnecting", type(exc).__name__)
-                await anyio.sleep(0.5)
-                continue
-            except Exception:
-                log.exception("unexpected error reading Redis pub/sub; continuing")
-                await anyio.sleep(0.5)
-                continue
-            if message is not None and message.get("type") == "message":
-                await self.dispatch(message["channel"], message["data"])
-
-    async def dispatch(self, channel: str, data: str) -> None:
-        route = self._routes.get(channel)
-        if route is None:
+    async def _on_message(self, message: BusMessage) -> None:
+        if isinstance(message, EventWritten):
+            self._updated(message.tenant, recent_uri(message.tenant, message.scope))
             return
-        if route.scope is not None:
-            await self.resource_updated(route.tenant, recent_uri(route.tenant, route.scope))
-            return
-        try:
-            change: dict[str, Any] = json.loads(data)
-        except ValueError:
-            return
-        workspace_id = str(change.get("workspace_id", ""))
-        if workspace_id:
-            await self.resource_updated(route.tenant, context_uri(route.tenant, workspace_id))
-        await self.resource_updated(route.tenant, workspaces_uri(route.tenant))
-        if change.get("created"):
-            await self.list_changed(route.tenant)
+        self._updated(message.tenant, context_uri(message.tenant, message.workspace_id))
+        self._updated(message.tenant, workspaces_uri(message.tenant))
+        if message.created:
+            self.listeners.publish_to_tenant(message.tenant, ResourcesListChanged())
+            for key in self._legacy_tenants.get(message.tenant, ()):
+                if sender := self._senders.get(key):
+                    sender.list_changed()
 
-    async def resource_updated(self, tenant: str, uri: str) -> None:
-        await self.bus.publish_to_tenant(tenant, ResourceUpdated(uri=uri))
-        for session in list(self._legacy_uris.get(uri, {}).values()):
-            await session.send_resource_updated(uri)
-
-    async def list_changed(self, tenant: str) -> None:
-        await self.bus.publish_to_tenant(tenant, ResourcesListChanged())
-        for session in list(self._legacy_sessions.get(tenant, {}).values()):
-            await session.send_resource_list_changed()
-
-    async def close(self) -> None:
-        with contextlib.suppress(REDIS_ERRORS):
-            await self._pubsub.aclose()
+    def _updated(self, tenant: str, uri: str) -> None:
+        self.listeners.publish_to_tenant(tenant, ResourceUpdated(uri=uri))
+        for key in self._legacy_uris.get(uri, ()):
+            if sender := self._senders.get(key):
+                sender.resource_updated(uri)

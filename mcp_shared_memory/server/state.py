@@ -1,8 +1,7 @@
-"""What the MCP handlers share: the memory, the notification hub and who the caller is."""
+"""What the MCP handlers share: the runtime, the notification hub and who the caller is."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -10,49 +9,14 @@ from dataclasses import dataclass
 import anyio
 from mcp.server.auth.middleware.auth_context import get_access_token
 
-from ..consolidation import Consolidator
-from ..errors import AccessDenied, SharedMemoryError
+from ..errors import AccessDenied
 from ..memory import SharedMemory
 from ..models import Principal, Scope
-from ..runtime import open_memory
+from ..runtime import Runtime, open_runtime
 from ..settings import Settings
-from ..stores.tokens import PostgresTokenStore
 from .notifications import NotificationHub, TenantBus
 
 CLAIM_PRINCIPAL = "msm_principal"
-REPUBLISH_INTERVAL = 5.0
-EMBED_MISSING_EVERY = 6  # passes: every 30 s
-log = logging.getLogger(__name__)
-
-
-async def consolidate_periodically(memory: SharedMemory, interval: float) -> None:
-    """Every process may run this: the per-scope advisory lock lets one of them do each scope."""
-    consolidator = Consolidator.from_memory(memory)
-    while True:
-        await anyio.sleep(interval)
-        try:
-            report = await consolidator.run()
-            if report.events:
-                log.info("consolidated %d events: %d facts stored, %d confirmed", report.events, report.stored,
-                         report.confirmed)  # fmt: skip
-        except SharedMemoryError as exc:
-            log.warning("consolidation skipped: %s", exc.message)
-
-
-async def repair_periodically(memory: SharedMemory) -> None:
-    """Catch up what a failing dependency left behind: Redis updates of committed events (every few
-    seconds) and vectors of events written while the embedder was failing."""
-    passes = 0
-    while True:
-        await anyio.sleep(REPUBLISH_INTERVAL)
-        passes += 1
-        try:
-            if done := await memory.republish_pending():
-                log.info("published %d events whose Redis update had failed", done)
-            if passes % EMBED_MISSING_EVERY == 0 and (done := await memory.embed_missing()):
-                log.info("embedded %d events stored without a vector", done)
-        except SharedMemoryError as exc:
-            log.warning("repair pass skipped: %s", exc.message)
 
 
 def stdio_principal(settings: Settings) -> Principal:
@@ -67,10 +31,13 @@ def stdio_principal(settings: Settings) -> Principal:
 
 @dataclass
 class AppState:
-    memory: SharedMemory
+    runtime: Runtime
     hub: NotificationHub
-    tokens: PostgresTokenStore
     local_principal: Principal | None
+
+    @property
+    def memory(self) -> SharedMemory:
+        return self.runtime.memory
 
     def principal(self) -> Principal:
         """The caller: from the verified bearer token on HTTP, from the process binding on stdio."""
@@ -85,13 +52,17 @@ class AppState:
         return self.local_principal
 
 
-class ServerRuntime:
-    """Opens the state once per process (HTTP) or per stdio connection."""
+class ServerLifespan:
+    """Opens the state once per process (HTTP) or per stdio connection. With ``runtime`` given (tests,
+    embedding the server in another program) the server uses it instead of opening its own."""
 
-    def __init__(self, settings: Settings, *, local_principal: Principal | None) -> None:
+    def __init__(
+        self, settings: Settings, *, local_principal: Principal | None, runtime: Runtime | None = None
+    ) -> None:
         self.settings = settings
         self.local_principal = local_principal
-        self.bus = TenantBus()
+        self.listeners = TenantBus()
+        self._given_runtime = runtime
         self.state: AppState | None = None
 
     @asynccontextmanager
@@ -99,19 +70,20 @@ class ServerRuntime:
         if self.state is not None:
             yield self.state
             return
-        async with open_memory(self.settings) as memory, anyio.create_task_group() as tg:
-            hub = NotificationHub(memory.cache.redis, memory.cache.keys, self.bus)
-            await tg.start(hub.run)
-            tg.start_soon(repair_periodically, memory)
-            if self.settings.consolidation_interval > 0:
-                tg.start_soon(consolidate_periodically, memory, self.settings.consolidation_interval)
-            self.state = AppState(
-                memory=memory, hub=hub, tokens=PostgresTokenStore(memory.episodic.db),
-                local_principal=self.local_principal,
-            )  # fmt: skip
+        async with self._runtime() as runtime, anyio.create_task_group() as tasks:
+            hub = NotificationHub(runtime.bus, self.listeners)
+            await tasks.start(hub.run)
+            self.state = AppState(runtime=runtime, hub=hub, local_principal=self.local_principal)
             try:
                 yield self.state
             finally:
                 self.state = None
-                tg.cancel_scope.cancel()
-                await hub.close()
+                tasks.cancel_scope.cancel()
+
+    @asynccontextmanager
+    async def _runtime(self) -> AsyncIterator[Runtime]:
+        if self._given_runtime is not None:
+            yield self._given_runtime
+            return
+        async with open_runtime(self.settings, background=True) as runtime:
+            yield runtime

@@ -1,6 +1,5 @@
 """MCP tools: thin translations to ``SharedMemory`` calls. No rules live here."""
 
-from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from functools import wraps
@@ -11,9 +10,11 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import BaseModel, Field
 
+from .. import validation as limits
 from ..errors import SharedMemoryError
-from ..memory import MAX_LIMIT, WorkspaceSummary
+from ..memory import WorkspaceSummary
 from ..models import Event, Fact, Workspace
+from ..settings import Settings
 from .state import AppState
 
 P = ParamSpec("P")
@@ -26,13 +27,20 @@ DELETE = ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent
 
 Scope_ = Annotated[
     str | None,
-    Field(description="'user:<id>' or 'workspace:<id>'; omit for this connection's default scope", max_length=140),
+    Field(
+        description="'user:<id>' or 'workspace:<id>'; omit for this connection's default scope",
+        max_length=limits.MAX_SCOPE_CHARS,
+    ),
 ]
-Limit = Annotated[int, Field(ge=1, le=MAX_LIMIT, description="maximum number of results")]
+Limit = Annotated[int, Field(ge=1, le=limits.MAX_LIMIT, description="maximum number of results")]
+Query = Annotated[str, Field(min_length=1, max_length=limits.MAX_QUERY_CHARS)]
+Identifier = Annotated[str, Field(min_length=1, max_length=limits.MAX_IDENTIFIER_CHARS)]
+AgentIds = Annotated[list[str] | None, Field(max_length=limits.MAX_AGENTS, description="agent ids taking part")]
 Similarity = Annotated[
     float | None, Field(ge=-1, le=1, description="minimum cosine similarity; omit for the model's default")
 ]
 Importance = Annotated[float, Field(ge=0, le=1)]
+WorkspaceStatus = Literal[limits.WORKSPACE_STATUSES]  # type: ignore[valid-type]
 
 
 class WriteEventResult(BaseModel):
@@ -81,23 +89,35 @@ def cursor(events: list[Event]) -> int | None:
     return max((e.seq for e in events), default=None)
 
 
-def register_tools(mcp: MCPServer[Any]) -> None:
+def register_tools(mcp: MCPServer[Any], settings: Settings) -> None:
+    """Register the tools; the configurable limits (content length) come from ``settings``."""
+    Content = Annotated[
+        str, Field(min_length=1, max_length=settings.max_content_chars, description="what happened or was learned")
+    ]
+    shared_floor = settings.min_shared_importance
+
     @mcp.tool(title="Write a shared event", annotations=APPEND)
     @domain_errors
     async def write_event(
-        content: Annotated[str, Field(min_length=1, max_length=32_000, description="what happened or was learned")],
+        content: Content,
         ctx: Context[Any],
         event_type: Annotated[
-            str, Field(max_length=64, description="e.g. observation, decision, agent_result, error")
+            str,
+            Field(max_length=limits.MAX_EVENT_TYPE_CHARS, description="e.g. observation, decision, agent_result"),
         ] = "observation",
         importance: Annotated[
-            float, Field(ge=0, le=1, description="0-1; events >= 0.6 reach other agents' shared context")
+            float, Field(ge=0, le=1, description=f"0-1; events >= {shared_floor} reach other agents' shared context")
         ] = 0.5,
-        role: Annotated[str | None, Field(max_length=64)] = None,
-        metadata: Annotated[dict[str, Any] | None, Field(description="small JSON object")] = None,
+        role: Annotated[str | None, Field(max_length=limits.MAX_ROLE_CHARS)] = None,
+        metadata: Annotated[
+            dict[str, Any] | None, Field(description=f"JSON object of at most {limits.MAX_METADATA_BYTES} bytes")
+        ] = None,
         scope: Scope_ = None,
         idempotency_key: Annotated[
-            str | None, Field(max_length=200, description="same key on a retry returns the first write")
+            str | None,
+            Field(
+                max_length=limits.MAX_IDEMPOTENCY_KEY_CHARS, description="same key on a retry returns the first write"
+            ),
         ] = None,
     ) -> WriteEventResult:
         """Append an event to the shared memory of a scope, visible to every agent in it."""
@@ -117,7 +137,7 @@ def register_tools(mcp: MCPServer[Any]) -> None:
     @mcp.tool(title="Search shared memory", annotations=READ_ONLY)
     @domain_errors
     async def search_shared(
-        query: Annotated[str, Field(min_length=1, max_length=8_000)],
+        query: Query,
         ctx: Context[Any],
         limit: Limit = 10,
         min_similarity: Similarity = None,
@@ -151,7 +171,7 @@ def register_tools(mcp: MCPServer[Any]) -> None:
     @mcp.tool(title="One agent's history", annotations=READ_ONLY)
     @domain_errors
     async def get_agent_history(
-        agent_id: Annotated[str, Field(min_length=1, max_length=128)],
+        agent_id: Identifier,
         ctx: Context[Any],
         limit: Limit = 30,
         scope: Scope_ = None,
@@ -164,9 +184,11 @@ def register_tools(mcp: MCPServer[Any]) -> None:
     @mcp.tool(title="Create a workspace", annotations=APPEND)
     @domain_errors
     async def create_workspace(
-        task: Annotated[str, Field(min_length=1, max_length=8_000, description="what the agents work on")],
+        task: Annotated[
+            str, Field(min_length=1, max_length=limits.MAX_TASK_CHARS, description="what the agents work on")
+        ],
         ctx: Context[Any],
-        agents: Annotated[list[str] | None, Field(max_length=100, description="agent ids taking part")] = None,
+        agents: AgentIds = None,
         context: Annotated[dict[str, Any] | None, Field(description="initial structured context")] = None,
     ) -> Workspace:
         """Create a shared workspace for agents collaborating on one task; use scope 'workspace:<id>'."""
@@ -176,9 +198,9 @@ def register_tools(mcp: MCPServer[Any]) -> None:
     @mcp.tool(title="Workspace summary", annotations=READ_ONLY)
     @domain_errors
     async def get_workspace_summary(
-        workspace_id: Annotated[str, Field(min_length=1, max_length=128)],
+        workspace_id: Identifier,
         ctx: Context[Any],
-        limit: Annotated[int, Field(ge=1, le=200)] = 50,
+        limit: Annotated[int, Field(ge=1, le=limits.MAX_WORKSPACE_EVENTS)] = 50,
     ) -> WorkspaceSummary:
         """A workspace's task, status, context, recent events and total event count."""
         state = state_of(ctx)
@@ -187,13 +209,13 @@ def register_tools(mcp: MCPServer[Any]) -> None:
     @mcp.tool(title="Update a workspace", annotations=UPDATE)
     @domain_errors
     async def update_workspace(
-        workspace_id: Annotated[str, Field(min_length=1, max_length=128)],
+        workspace_id: Identifier,
         ctx: Context[Any],
-        status: Annotated[
-            Literal["active", "paused", "completed", "failed", "cancelled"] | None, Field(description="new status")
-        ] = None,
+        status: Annotated[WorkspaceStatus | None, Field(description="new status")] = None,
         context: Annotated[dict[str, Any] | None, Field(description="keys merged into the context")] = None,
-        agents: Annotated[list[str] | None, Field(max_length=100, description="replaces the roster")] = None,
+        agents: Annotated[
+            list[str] | None, Field(max_length=limits.MAX_AGENTS, description="replaces the roster")
+        ] = None,
     ) -> Workspace:
         """Change a workspace's status, merge keys into its context, or replace its agent roster."""
         state = state_of(ctx)
@@ -204,7 +226,9 @@ def register_tools(mcp: MCPServer[Any]) -> None:
     @mcp.tool(title="Store a shared fact", annotations=UPDATE)
     @domain_errors
     async def store_fact(
-        fact: Annotated[str, Field(min_length=1, max_length=4_000, description="one self-contained statement")],
+        fact: Annotated[
+            str, Field(min_length=1, max_length=limits.MAX_FACT_CHARS, description="one self-contained statement")
+        ],
         ctx: Context[Any],
         scope: Scope_ = None,
     ) -> StoreFactResult:
@@ -216,7 +240,7 @@ def register_tools(mcp: MCPServer[Any]) -> None:
     @mcp.tool(title="Search shared facts", annotations=READ_ONLY)
     @domain_errors
     async def search_facts(
-        query: Annotated[str, Field(min_length=1, max_length=8_000)],
+        query: Query,
         ctx: Context[Any],
         top_k: Limit = 10,
         min_similarity: Similarity = None,
@@ -232,7 +256,7 @@ def register_tools(mcp: MCPServer[Any]) -> None:
     @mcp.tool(title="Forget a shared fact", annotations=DELETE)
     @domain_errors
     async def forget_fact(
-        fact_id: Annotated[str, Field(min_length=1, max_length=64)],
+        fact_id: Annotated[str, Field(min_length=1, max_length=limits.MAX_FACT_ID_CHARS)],
         ctx: Context[Any],
         scope: Scope_ = None,
     ) -> Forgotten:

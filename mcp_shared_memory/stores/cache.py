@@ -1,38 +1,34 @@
-"""Redis (or Valkey): the recent-events cache, the dedup window and the workspace cache.
+"""Redis (or Valkey) as a cache: the recent-events set, the dedup window and the workspace cache.
 
-Redis is a cache and a bus, never the source of truth: every method here either degrades to "miss"
-or logs and returns when Redis fails, and callers fall back to PostgreSQL.
+Redis is a cache, never the source of truth: every method here either degrades to "miss" or logs and
+returns when Redis fails, and callers fall back to PostgreSQL.
 
 Recent events of a scope live in a sorted set scored by ``seq`` (the total order of the log). The same
-set holds a *floor* member (``~floor:<n>`` at score -inf): every event of the scope with ``seq > n`` is in
-the set, except those trimmed below the newest ``recent_max``. Writers add unconditionally; a reader that
-finds no floor refills from PostgreSQL. Keeping the floor inside the set means expiry or eviction takes
-both at once, so a lost cache is rebuilt instead of read as an empty scope; an event committed while a
-reader refills is never lost; and ``since_seq`` cursors are served from the set.
+set holds a *floor* member (``~floor:<n>`` at score -inf); ``recent.py`` says what it proves. Writers add
+unconditionally; a reader that finds no floor refills from PostgreSQL. Keeping the floor inside the set
+means expiry or eviction takes both at once, so a lost cache is rebuilt instead of read as an empty
+scope, and an event committed while a reader refills is never lost. This module only moves members in
+and out; whether they answer a query is decided in ``recent.py``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
 
 import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from ..models import Event, Scope, Workspace
+from ..recent import MemberRange
+from .redis_client import REDIS_ERRORS, RedisBreaker
 
 log = logging.getLogger(__name__)
 
-REDIS_ERRORS = (RedisError, OSError, TimeoutError)
-BREAKER_SECONDS = 2.0
-
 FLOOR_PREFIX = "~floor:"
 
-# KEYS: recent zset, dedup key ('' when none). ARGV: seq, event json, max, ttl, channel, event id
+# KEYS: recent zset, dedup key ('' when none). ARGV: seq, event json, max, ttl, event id
 RECORD_EVENT = """
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
 local count = redis.call('ZCOUNT', KEYS[1], '(0', '+inf')
@@ -51,8 +47,8 @@ if count > max then
   end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-if KEYS[2] ~= '' then redis.call('SET', KEYS[2], ARGV[6], 'XX', 'KEEPTTL') end
-return redis.call('PUBLISH', ARGV[5], ARGV[2])
+if KEYS[2] ~= '' then redis.call('SET', KEYS[2], ARGV[5], 'XX', 'KEEPTTL') end
+return 1
 """
 
 # KEYS: recent zset. ARGV: floor, ttl, max, then score/member pairs.
@@ -90,33 +86,17 @@ return 1
 """
 
 
-def connect_redis(url: str, *, timeout: float) -> aioredis.Redis:
-    """A client with timeouts we chose: one quick retry, no multi-second backoff on a dead server."""
-    return aioredis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 1),
-        health_check_interval=30,
-    )
+class CacheMiss(Enum):
+    COLD = "cold"  # not cached: refill from PostgreSQL
+    UNAVAILABLE = "unavailable"  # Redis is failing: ask PostgreSQL
 
 
-def select_recent(
-    newest: Sequence[Event], floor: int, *, limit: int, min_importance: float, since_seq: int | None
-) -> list[Event] | None:
-    """Answer a recent-events query from the newest events of a scope, all with ``seq > floor``
-    (``floor == 0``: the whole scope). None when they cannot prove the answer complete."""
-    matching = [e for e in newest if e.importance >= min_importance] if min_importance > 0 else list(newest)
-    if since_seq is not None:
-        if since_seq < floor:
-            return None
-        after = [e for e in matching if e.seq > since_seq]
-        after.reverse()
-        return after[:limit]
-    if len(matching) >= limit or floor == 0:
-        return matching[:limit]
-    return None
+@dataclass(frozen=True, slots=True)
+class CachedRecent:
+    """What the recent set holds for a query: its floor and the members asked for, newest first."""
+
+    floor: int
+    events: list[Event]
 
 
 class RedisKeys:
@@ -137,167 +117,137 @@ class RedisKeys:
     def workspace(self, tenant: str, workspace_id: str) -> str:
         return f"{self._tag(tenant, Scope('workspace', workspace_id))}:context"
 
-    def events_channel(self, tenant: str, scope: Scope) -> str:
-        return f"{self.prefix}:events:{tenant}:{scope.type}:{scope.id}"
-
-    def workspaces_channel(self, tenant: str) -> str:
-        return f"{self.prefix}:workspaces:{tenant}"
-
 
 class RedisCache:
-    def __init__(self, client: aioredis.Redis, *, prefix: str, recent_max: int, recent_ttl: int) -> None:
-        self.redis = client
-        self.keys = RedisKeys(prefix)
+    def __init__(
+        self, client: aioredis.Redis, *, prefix: str, recent_max: int, recent_ttl: int, breaker: RedisBreaker
+    ) -> None:
+        self._redis = client
+        self._keys = RedisKeys(prefix)
+        self._breaker = breaker
         self.recent_max = recent_max
         self.recent_ttl = recent_ttl
         self._record = client.register_script(RECORD_EVENT)
         self._refill = client.register_script(REFILL)
         self._put_workspace = client.register_script(PUT_WORKSPACE_IF_NEWER)
-        self._down_until = 0.0
         # Scopes whose cache missed a write while Redis failed: invalidated on the next success.
         self._stale: set[tuple[str, Scope]] = set()
 
-    async def close(self) -> None:
-        await self.redis.aclose()
-
-    @property
-    def available(self) -> bool:
-        return time.monotonic() >= self._down_until
-
-    def _failed(self, what: str, exc: BaseException) -> None:
-        self._down_until = time.monotonic() + BREAKER_SECONDS
-        log.warning("Redis %s failed (%s); falling back to PostgreSQL", what, type(exc).__name__)
-
     async def ping(self) -> bool:
         try:
-            return bool(await self.redis.ping())
+            return bool(await self._redis.ping())
         except REDIS_ERRORS:
             return False
 
     async def _heal(self, tenant: str, scope: Scope) -> None:
         if (tenant, scope) in self._stale:
-            await self.redis.zremrangebyscore(self.keys.recent(tenant, scope), "-inf", "-inf")
+            await self._redis.zremrangebyscore(self._keys.recent(tenant, scope), "-inf", "-inf")
             self._stale.discard((tenant, scope))
 
     # dedup window
 
     async def claim_dedup(self, tenant: str, scope: Scope, content_hash: str, window: int) -> str | None:
         """None if this content is new in the window (claimed); else the earlier event id or 'pending'."""
-        if not self.available:
+        if not self._breaker.closed:
             return None
-        key = self.keys.dedup(tenant, scope, content_hash)
+        key = self._keys.dedup(tenant, scope, content_hash)
         try:
-            if await self.redis.set(key, "pending", nx=True, ex=window):
+            if await self._redis.set(key, "pending", nx=True, ex=window):
                 return None
-            return await self.redis.get(key) or "pending"
+            return await self._redis.get(key) or "pending"
         except REDIS_ERRORS as exc:
-            self._failed("dedup check", exc)
+            self._breaker.trip("dedup check", exc)
             return None
 
     async def release_dedup(self, tenant: str, scope: Scope, content_hash: str) -> None:
         """The claimed write failed: let a retry through instead of dropping it as a duplicate."""
         try:
-            await self.redis.delete(self.keys.dedup(tenant, scope, content_hash))
+            await self._redis.delete(self._keys.dedup(tenant, scope, content_hash))
         except REDIS_ERRORS as exc:
-            self._failed("dedup release", exc)
+            self._breaker.trip("dedup release", exc)
 
     # recent events
 
-    async def record_event(self, tenant: str, event: Event, *, dedup_hash: str | None) -> bool:
-        """Cache and publish a committed event. Never raises (the write is already durable); False when
-        Redis is failing, so the caller queues the event for ``republish``."""
+    async def record_event(self, tenant: str, event: Event, *, dedup_hash: str | None = None) -> bool:
+        """Add a committed event to its scope's recent set. Never raises (the write is already durable);
+        False when Redis is failing, so the event stays queued for a later attempt."""
         scope = event.scope
-        if not self.available:
+        if not self._breaker.closed:
             self._stale.add((tenant, scope))
             return False
-        keys = [self.keys.recent(tenant, scope), self.keys.dedup(tenant, scope, dedup_hash) if dedup_hash else ""]
-        args = [
-            event.seq, event.model_dump_json(), self.recent_max, self.recent_ttl,
-            self.keys.events_channel(tenant, scope), str(event.id),
-        ]  # fmt: skip
+        keys = [self._keys.recent(tenant, scope), self._keys.dedup(tenant, scope, dedup_hash) if dedup_hash else ""]
+        args = [event.seq, event.model_dump_json(), self.recent_max, self.recent_ttl, str(event.id)]
         try:
             await self._heal(tenant, scope)
             await self._record(keys=keys, args=args)
         except REDIS_ERRORS as exc:
             self._stale.add((tenant, scope))
-            self._failed("event publish", exc)
+            self._breaker.trip("recent-events update", exc)
             return False
         return True
 
-    async def republish(self, tenant: str, event: Event) -> bool:
-        """A late cache update and notification for an event whose first attempt failed."""
-        return await self.record_event(tenant, event, dedup_hash=None)
-
-    async def recent(
-        self, tenant: str, scope: Scope, *, limit: int, min_importance: float, since_seq: int | None
-    ) -> tuple[list[Event] | None, bool]:
-        """(events, warm): events when the cache provably holds the answer, else None ("ask
-        PostgreSQL"); warm is False when the scope is not cached at all and should be refilled."""
-        if not self.available or limit > self.recent_max:
-            return None, True
-        recent_key = self.keys.recent(tenant, scope)
+    async def read_recent(self, tenant: str, scope: Scope, wanted: MemberRange) -> CachedRecent | CacheMiss:
+        """The floor and the members in ``wanted``; ``CacheMiss.COLD`` when the scope is not cached,
+        ``CacheMiss.UNAVAILABLE`` when Redis is failing."""
+        if not self._breaker.closed:
+            return CacheMiss.UNAVAILABLE
+        recent_key = self._keys.recent(tenant, scope)
         try:
             await self._heal(tenant, scope)
-            async with self.redis.pipeline(transaction=False) as pipe:
+            async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.zrangebyscore(recent_key, "-inf", "-inf")
-                # Fetch only what can answer the query: an importance filter needs the whole set.
-                if min_importance > 0:
-                    pipe.zrevrangebyscore(recent_key, "+inf", "(0")
-                elif since_seq is not None:
-                    pipe.zrangebyscore(recent_key, f"({since_seq}", "+inf", start=0, num=limit)
+                if wanted.after_seq is not None:
+                    pipe.zrangebyscore(recent_key, f"({wanted.after_seq}", "+inf", start=0, num=wanted.count)
+                elif wanted.count is not None:
+                    pipe.zrevrangebyscore(recent_key, "+inf", "(0", start=0, num=wanted.count)
                 else:
-                    pipe.zrevrangebyscore(recent_key, "+inf", "(0", start=0, num=limit)
+                    pipe.zrevrangebyscore(recent_key, "+inf", "(0")
                 floors, members = await pipe.execute()
         except REDIS_ERRORS as exc:
-            self._failed("recent read", exc)
-            return None, True
+            self._breaker.trip("recent read", exc)
+            return CacheMiss.UNAVAILABLE
         if not floors:
-            return None, False
+            return CacheMiss.COLD
         events = [Event.model_validate_json(m) for m in members]
-        if since_seq is not None and min_importance == 0:
-            events.reverse()  # select_recent takes newest first
-        floor = int(floors[0].removeprefix(FLOOR_PREFIX))
-        answer = select_recent(events, floor, limit=limit, min_importance=min_importance, since_seq=since_seq)
-        return answer, True
+        if wanted.after_seq is not None:
+            events.reverse()
+        return CachedRecent(floor=int(floors[0].removeprefix(FLOOR_PREFIX)), events=events)
 
-    async def refill(self, tenant: str, scope: Scope, newest: Sequence[Event], *, complete: bool) -> None:
-        """Load the newest events read from PostgreSQL; ``complete`` when they are the whole scope."""
-        if not self.available:
+    async def refill(self, tenant: str, scope: Scope, newest: Sequence[Event], *, floor: int) -> None:
+        """Load the newest events read from PostgreSQL, which prove ``floor`` (see ``recent.refill_floor``)."""
+        if not self._breaker.closed:
             return
-        floor = 0 if complete or not newest else min(e.seq for e in newest) - 1
         args: list[str | int] = [floor, self.recent_ttl, self.recent_max]
         for event in newest:
             args += [event.seq, event.model_dump_json()]
         try:
-            await self._refill(keys=[self.keys.recent(tenant, scope)], args=args)
+            await self._refill(keys=[self._keys.recent(tenant, scope)], args=args)
         except REDIS_ERRORS as exc:
-            self._failed("recent refill", exc)
+            self._breaker.trip("recent refill", exc)
 
     # workspaces
 
     async def get_workspace(self, tenant: str, workspace_id: str) -> Workspace | None:
-        if not self.available:
+        if not self._breaker.closed:
             return None
         try:
-            raw = await self.redis.get(self.keys.workspace(tenant, workspace_id))
+            raw = await self._redis.get(self._keys.workspace(tenant, workspace_id))
         except REDIS_ERRORS as exc:
-            self._failed("workspace read", exc)
+            self._breaker.trip("workspace read", exc)
             return None
         return Workspace.model_validate_json(raw.partition("|")[2]) if raw else None
 
-    async def put_workspace(self, tenant: str, workspace: Workspace, *, ttl: int, changed: bool = False) -> None:
+    async def put_workspace(self, tenant: str, workspace: Workspace, *, ttl: int, force: bool = False) -> bool:
         """Cache a workspace read from PostgreSQL, unless a newer version is cached (writers and
-        read-through fills race). ``changed``: it was just created or updated, so tell subscribers."""
-        if not self.available and not changed:
-            return
+        read-through fills race). ``force``: try even while the breaker is open (it just changed)."""
+        if not self._breaker.closed and not force:
+            return False
         version = int(workspace.updated_at.timestamp() * 1_000_000)
         try:
             await self._put_workspace(
-                keys=[self.keys.workspace(tenant, workspace.id)], args=[version, workspace.model_dump_json(), ttl]
+                keys=[self._keys.workspace(tenant, workspace.id)], args=[version, workspace.model_dump_json(), ttl]
             )
-            if changed:
-                created = workspace.created_at == workspace.updated_at
-                message = json.dumps({"workspace_id": workspace.id, "created": created})
-                await self.redis.publish(self.keys.workspaces_channel(tenant), message)
         except REDIS_ERRORS as exc:
-            self._failed("workspace cache", exc)
+            self._breaker.trip("workspace cache", exc)
+            return False
+        return True

@@ -1,44 +1,68 @@
-"""The cross-agent episodic log and workspaces in PostgreSQL + pgvector: the source of truth."""
+"""The cross-agent episodic log in PostgreSQL + pgvector: the source of truth.
+
+Writes go through a per-scope ``ScopeWriter``: writers of one scope are serialised from their INSERT
+to after their Redis update, so seq order is commit order and cache order within the scope. Every
+event is queued in a transactional outbox by the statement that commits it and leaves the queue once
+the cache and the bus have it (``ScopeWriter.published``); a writer always publishes what an earlier
+writer of its scope left queued before its own event.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import asyncpg
 import numpy as np
 
-from ..errors import ConfigError, NotFound
-from ..models import Event, Scope, Workspace
-from .postgres import DRIVER_ERRORS, PostgresPool
+from ..errors import StoreUnavailable
+from ..models import Event, NewEvent, Scope, UnconsolidatedEvent
+from .postgres import PgConnection, PostgresPool, Record
 
-EVENT_COLUMNS = (
-    "id, seq, scope_type, scope_id, agent_id, agent_type, event_type, role, content, importance, metadata, created_at"
+COLUMNS = ("id", "seq", "scope_type", "scope_id", "agent_id", "agent_type", "event_type", "role", "content",
+           "importance", "metadata", "created_at")  # fmt: skip
+EVENT_COLUMNS = ", ".join(COLUMNS)
+M_COLUMNS = ", ".join(f"m.{c}" for c in COLUMNS)
+
+# One statement: insert the event, queue it in the outbox, and read what earlier writers of the scope
+# left queued (the statement's snapshot is taken after the scope lock was granted, so it sees them).
+APPEND = f"""
+WITH ins AS (
+  INSERT INTO shared_episodic_memories
+    (tenant_id, scope_type, scope_id, agent_id, agent_type, event_type, role, content, content_hash,
+     embedding, embedding_model, importance, metadata, idempotency_key)
+  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+  ON CONFLICT ON CONSTRAINT shared_ep_idempotency DO NOTHING
+  RETURNING {EVENT_COLUMNS}, tenant_id
+), queued AS (
+  INSERT INTO msm_cache_outbox (event_id, tenant_id, scope_type, scope_id, seq)
+  SELECT id, tenant_id, scope_type, scope_id, seq FROM ins
 )
-
-INSERT_EVENT = f"""
-INSERT INTO shared_episodic_memories
-  (tenant_id, scope_type, scope_id, agent_id, agent_type, event_type, role, content, content_hash,
-   embedding, embedding_model, importance, metadata, idempotency_key)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-ON CONFLICT ON CONSTRAINT shared_ep_idempotency DO NOTHING
-RETURNING {EVENT_COLUMNS}
-"""
-
-QUEUE_FOR_CACHE = "INSERT INTO msm_cache_outbox (event_id) VALUES ($1) ON CONFLICT DO NOTHING"
-CLAIM_OUTBOX = f"""
-SELECT m.tenant_id, {", ".join(f"m.{c.strip()}" for c in EVENT_COLUMNS.split(","))}
+SELECT true AS inserted, {EVENT_COLUMNS} FROM ins
+UNION ALL
+SELECT false AS inserted, {M_COLUMNS}
 FROM msm_cache_outbox o JOIN shared_episodic_memories m ON m.id = o.event_id
-ORDER BY m.seq LIMIT $1 FOR UPDATE OF o SKIP LOCKED
+WHERE o.tenant_id = $1 AND o.scope_type = $2 AND o.scope_id = $3
 """
-DEQUEUE_OUTBOX = "DELETE FROM msm_cache_outbox WHERE event_id = ANY($1::uuid[])"
 
-LOCK_SCOPE_WRITES = "SELECT pg_advisory_lock(hashtextextended($1, 7340004))"
-UNLOCK_SCOPE_WRITES = "SELECT pg_advisory_unlock(hashtextextended($1, 7340004))"
+BACKLOG = f"""
+SELECT {M_COLUMNS}
+FROM msm_cache_outbox o JOIN shared_episodic_memories m ON m.id = o.event_id
+WHERE o.tenant_id = $1 AND o.scope_type = $2 AND o.scope_id = $3
+ORDER BY o.seq
+"""
+DEQUEUE = "DELETE FROM msm_cache_outbox WHERE event_id = ANY($1::uuid[])"
+QUEUED_SCOPES = """
+SELECT DISTINCT tenant_id, scope_type, scope_id FROM msm_cache_outbox
+WHERE queued_at < now() - make_interval(secs => $1) LIMIT $2
+"""
+
+LOCK_SCOPE = "SELECT pg_advisory_lock(hashtextextended($1, 7340004))"
+TRY_LOCK_SCOPE = "SELECT pg_try_advisory_lock(hashtextextended($1, 7340004))"
 
 SELECT_BY_IDEMPOTENCY_KEY = f"""
 SELECT {EVENT_COLUMNS} FROM shared_episodic_memories
@@ -76,7 +100,7 @@ WITH top_k AS (
   ORDER BY distance
   LIMIT $6
 )
-SELECT {", ".join(f"m.{c.strip()}" for c in EVENT_COLUMNS.split(","))}, 1 - t.distance AS similarity
+SELECT {M_COLUMNS}, 1 - t.distance AS similarity
 FROM top_k t JOIN shared_episodic_memories m ON m.id = t.id
 WHERE 1 - t.distance >= $7::float8
 ORDER BY t.distance
@@ -86,234 +110,232 @@ COUNT_EVENTS = """
 SELECT count(*) FROM shared_episodic_memories WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3
 """
 
-# SKIP LOCKED: several processes back-filling at once each take different rows.
+# A lease, committed before the model runs: SKIP LOCKED lets processes claim different rows, and a
+# claimant that dies only delays its rows until the lease ends.
 CLAIM_UNEMBEDDED = """
-SELECT id, content FROM shared_episodic_memories
-WHERE embedding IS NULL AND (embedding_failed_at IS NULL OR embedding_failed_at < now() - interval '1 hour')
-ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
+UPDATE shared_episodic_memories SET embedding_retry_at = now() + make_interval(secs => $2)
+WHERE id IN (
+  SELECT id FROM shared_episodic_memories
+  WHERE embedding IS NULL AND (embedding_retry_at IS NULL OR embedding_retry_at <= now())
+  ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
+)
+RETURNING id, content
 """
-MARK_EMBEDDING_FAILED = "UPDATE shared_episodic_memories SET embedding_failed_at = now() WHERE id = $1"
-
 SET_EMBEDDING = """
-UPDATE shared_episodic_memories SET embedding = $2, embedding_model = $3, embedding_failed_at = NULL WHERE id = $1
+UPDATE shared_episodic_memories SET embedding = $2, embedding_model = $3, embedding_retry_at = NULL
+WHERE id = $1 AND embedding IS NULL
+"""
+DEFER_EMBEDDING = """
+UPDATE shared_episodic_memories SET embedding_retry_at = now() + make_interval(secs => $2)
+WHERE id = ANY($1::uuid[]) AND embedding IS NULL
+"""
+CLEAR_EMBEDDINGS = """
+UPDATE shared_episodic_memories SET embedding = NULL, embedding_model = NULL, embedding_retry_at = NULL
 """
 
-WORKSPACE_COLUMNS = "id, task, agents, status, context, created_by, created_at, updated_at"
-
-INSERT_WORKSPACE = f"""
-INSERT INTO workspaces (tenant_id, id, task, agents, status, context, created_by)
-VALUES ($1, $2, $3, $4, 'active', $5, $6)
-RETURNING {WORKSPACE_COLUMNS}
+UNCONSOLIDATED_SCOPES = """
+SELECT DISTINCT tenant_id, scope_type, scope_id FROM shared_episodic_memories
+WHERE consolidated = false AND ($1::text IS NULL OR tenant_id = $1)
+LIMIT $2
 """
-
-SELECT_WORKSPACE = f"SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE tenant_id = $1 AND id = $2"
-
-UPDATE_WORKSPACE = f"""
-UPDATE workspaces
-SET status = COALESCE($3, status),
-    context = CASE WHEN $4::jsonb IS NULL THEN context ELSE context || $4::jsonb END,
-    agents = COALESCE($5, agents),
-    updated_at = now()
-WHERE tenant_id = $1 AND id = $2
-RETURNING {WORKSPACE_COLUMNS}
+UNCONSOLIDATED_EVENTS = """
+SELECT id, seq, agent_id, event_type, content, importance, embedding, embedding_model
+FROM shared_episodic_memories
+WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3 AND consolidated = false
+ORDER BY seq LIMIT $4
 """
-
-LIST_WORKSPACES = f"""
-SELECT {WORKSPACE_COLUMNS} FROM workspaces
-WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2)
-ORDER BY created_at DESC LIMIT $3
+MARK_CONSOLIDATED = """
+UPDATE shared_episodic_memories SET consolidated = true, consolidated_at = now()
+WHERE id = ANY($1::uuid[]) AND consolidated = false
 """
-
-META_GET = "SELECT key, value FROM memory_meta WHERE key IN ('embedding_model', 'embedding_dimension')"
-META_SET = """
-INSERT INTO memory_meta (key, value) VALUES ('embedding_model', $1), ('embedding_dimension', $2)
-ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
-"""
+TRY_LOCK_CONSOLIDATION = "SELECT pg_try_advisory_lock(hashtextextended($1, 7340003))"
+UNLOCK_CONSOLIDATION = "SELECT pg_advisory_unlock(hashtextextended($1, 7340003))"
 
 
-# Embeds each text, giving None where it cannot.
-EmbedEach = Callable[[list[str]], Awaitable[list[np.ndarray | None]]]
+def row_to_event(row: Record) -> Event:
+    return Event(**{k: v for k, v in dict(row).items() if k != "inserted"})
 
 
-class _LocalLock:
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """What ``ScopeWriter.append`` did: the event (new, or the one stored first under the same
+    idempotency key) and the scope's events still waiting for the cache and bus, oldest first."""
+
+    event: Event
+    inserted: bool
+    backlog: list[Event]
+
+
+class ScopeWriter:
+    """The one writer of a scope (per installation) while held."""
+
+    def __init__(self, conn: PgConnection, tenant: str, scope: Scope) -> None:
+        self._conn = conn
+        self.tenant = tenant
+        self.scope = scope
+        self._published: list[uuid.UUID] = []
+
+    async def append(self, new: NewEvent) -> Appended:
+        """Commit ``new`` (queued for publishing); returns it with the scope's earlier backlog."""
+        args = (
+            self.tenant, self.scope.type, self.scope.id, new.agent_id, new.agent_type, new.event_type, new.role,
+            new.content, new.content_hash, new.embedding,
+            new.embedding_model if new.embedding is not None else None, new.importance, new.metadata,
+            new.idempotency_key,
+        )  # fmt: skip
+        rows = await self._conn.fetch(APPEND, *args)
+        created = [row_to_event(r) for r in rows if r["inserted"]]
+        backlog = sorted((row_to_event(r) for r in rows if not r["inserted"]), key=lambda e: e.seq)
+        if created:
+            return Appended(created[0], True, backlog)
+        row = await self._conn.fetchrow(
+            SELECT_BY_IDEMPOTENCY_KEY, self.tenant, self.scope.type, self.scope.id, new.idempotency_key
+        )
+        if row is None:  # the conflicting row was committed by another writer and cannot vanish
+            raise StoreUnavailable("the event with this idempotency key could not be read back; retry")
+        return Appended(row_to_event(row), False, backlog)
+
+    async def backlog(self) -> list[Event]:
+        """The scope's committed events not yet published, oldest first."""
+        rows = await self._conn.fetch(BACKLOG, self.tenant, self.scope.type, self.scope.id)
+        return [row_to_event(r) for r in rows]
+
+    def published(self, events: list[Event]) -> None:
+        """The cache and bus have these: they leave the queue when the writer is released. Events never
+        marked stay queued for the scope's next writer or the sweep."""
+        self._published += [e.id for e in events]
+
+    async def _dequeue(self) -> None:
+        if self._published:
+            await self._conn.execute(DEQUEUE, self._published)
+
+
+class _LocalQueue:
     def __init__(self) -> None:
         self.lock = anyio.Lock()
         self.users = 0
 
 
-def row_to_event(row: asyncpg.Record, *, skip: tuple[str, ...] = ()) -> Event:
-    return Event(**{k: v for k, v in dict(row).items() if k not in skip})
-
-
-def row_to_workspace(row: asyncpg.Record) -> Workspace:
-    return Workspace(**dict(row))
-
-
 class PostgresEpisodicStore:
-    """Events and workspaces, always filtered by tenant and scope."""
+    """Events, always filtered by tenant and scope."""
 
     def __init__(self, db: PostgresPool) -> None:
-        self.db = db
-        self._local_locks: dict[tuple[str, Scope], _LocalLock] = {}
-
-    async def ensure_embedding_model(self, model_id: str, dimension: int) -> None:
-        """Record the model on first use; refuse to mix vectors of another model or dimension."""
-        async with self.db.connection() as conn, conn.transaction():
-            await conn.execute("LOCK TABLE memory_meta IN SHARE ROW EXCLUSIVE MODE")
-            meta = {r["key"]: r["value"] for r in await conn.fetch(META_GET)}
-            if not meta:
-                await conn.execute(META_SET, model_id, str(dimension))
-                return
-            if meta.get("embedding_model") != model_id or meta.get("embedding_dimension") != str(dimension):
-                raise ConfigError(
-                    f"this database holds {meta.get('embedding_model')} vectors "
-                    f"({meta.get('embedding_dimension')} dims) but the server is configured for {model_id} "
-                    f"({dimension} dims): configure the original model, or run "
-                    "`mcp-shared-memory reembed` to re-embed everything with the new one"
-                )
-
-    async def set_embedding_model(self, model_id: str, dimension: int) -> None:
-        await self.db.execute(META_SET, model_id, str(dimension))
+        self._db = db
+        self._local: dict[tuple[str, Scope], _LocalQueue] = {}
 
     @asynccontextmanager
-    async def scope_writes(self, tenant: str, scope: Scope) -> AsyncIterator[asyncpg.Connection]:
-        """Serialise a scope's writers from INSERT to after their cache update, so seq order is commit
-        order and cache order within the scope: a reader paging by ``since_seq`` never skips an event
-        that commits late with a lower seq. Other scopes are not blocked. Writers of this process queue
-        on a local lock first, so a busy scope holds at most one pooled connection here."""
-        local = self._local_locks.setdefault((tenant, scope), _LocalLock())
+    async def writer(self, tenant: str, scope: Scope, *, wait: bool = True) -> AsyncIterator[ScopeWriter | None]:
+        """Hold the scope's writer lock (None when ``wait`` is False and another holds it). Writers of
+        this process queue on a local lock first, so a busy scope holds at most one pooled connection."""
+        key = (tenant, scope)
+        local = self._local.setdefault(key, _LocalQueue())
         local.users += 1
         try:
-            async with local.lock, self.db.connection() as conn:
-                key = f"{tenant}:{scope}"
-                await conn.execute(LOCK_SCOPE_WRITES, key)
+            async with local.lock, self._db.connection() as conn:
+                # Released by the pool's reset (pg_advisory_unlock_all) when the connection goes back,
+                # after the dequeue below has committed.
+                if wait:
+                    await conn.execute(LOCK_SCOPE, f"{tenant}:{scope}")
+                elif not await conn.fetchval(TRY_LOCK_SCOPE, f"{tenant}:{scope}"):
+                    yield None
+                    return
+                writer = ScopeWriter(conn, tenant, scope)
                 try:
-                    yield conn
+                    yield writer
                 finally:
-                    with anyio.CancelScope(shield=True), contextlib.suppress(*DRIVER_ERRORS):
-                        await conn.execute(UNLOCK_SCOPE_WRITES, key)
+                    # Left queued when this fails: announced again later, which is harmless.
+                    with anyio.CancelScope(shield=True), contextlib.suppress(StoreUnavailable):
+                        await writer._dequeue()
         finally:
             local.users -= 1
             if local.users == 0:
-                self._local_locks.pop((tenant, scope), None)
+                self._local.pop(key, None)
 
-    async def queue_for_cache(self, conn: asyncpg.Connection, event_id: uuid.UUID) -> None:
-        """Remember a committed event whose Redis update failed, for ``republish``."""
-        await conn.execute(QUEUE_FOR_CACHE, event_id)
-
-    async def republish(self, publish: Callable[[str, Event], Awaitable[bool]], *, limit: int = 100) -> int:
-        """Hand queued events to ``publish`` (oldest first); those it accepts leave the queue."""
-        async with self.db.connection() as conn, conn.transaction():
-            rows = await conn.fetch(CLAIM_OUTBOX, limit)
-            done = [
-                row["id"] for row in rows if await publish(row["tenant_id"], row_to_event(row, skip=("tenant_id",)))
-            ]
-            if done:
-                await conn.execute(DEQUEUE_OUTBOX, done)
-        return len(done)
-
-    async def insert_event(
-        self,
-        tenant: str,
-        scope: Scope,
-        *,
-        conn: asyncpg.Connection | None = None,
-        agent_id: str,
-        agent_type: str,
-        event_type: str,
-        role: str | None,
-        content: str,
-        content_hash: str,
-        embedding: np.ndarray | None,
-        embedding_model: str | None,
-        importance: float,
-        metadata: dict[str, Any],
-        idempotency_key: str | None,
-    ) -> tuple[Event, bool]:
-        """Insert (on ``conn``, one holding ``scope_writes``, when given); returns (event, inserted).
-        A repeated idempotency key returns the stored event."""
-        args = (
-            tenant, scope.type, scope.id, agent_id, agent_type, event_type, role, content, content_hash,
-            embedding, embedding_model if embedding is not None else None, importance, metadata,
-            idempotency_key,
-        )  # fmt: skip
-        db: asyncpg.Connection | PostgresPool = conn if conn is not None else self.db
-        row = await db.fetchrow(INSERT_EVENT, *args)
-        if row is not None:
-            return row_to_event(row), True
-        existing = await db.fetchrow(SELECT_BY_IDEMPOTENCY_KEY, tenant, scope.type, scope.id, idempotency_key)
-        if existing is None:  # pragma: no cover - the conflicting row cannot vanish: events are never deleted
-            raise NotFound("the event with this idempotency key could not be read back; retry")
-        return row_to_event(existing), False
+    async def queued_scopes(self, *, older_than: float, limit: int = 100) -> list[tuple[str, Scope]]:
+        """Scopes with events queued longer than ``older_than`` seconds (their writer died or Redis failed)."""
+        rows = await self._db.fetch(QUEUED_SCOPES, older_than, limit)
+        return [(r["tenant_id"], Scope(r["scope_type"], r["scope_id"])) for r in rows]
 
     async def recent(
         self, tenant: str, scope: Scope, *, limit: int, min_importance: float = 0.0, since_seq: int | None = None
     ) -> list[Event]:
         """Newest first; with ``since_seq``, the events after that cursor, oldest first."""
         if since_seq is None:
-            rows = await self.db.fetch(SELECT_RECENT, tenant, scope.type, scope.id, min_importance, limit)
+            rows = await self._db.fetch(SELECT_RECENT, tenant, scope.type, scope.id, min_importance, limit)
         else:
-            rows = await self.db.fetch(SELECT_SINCE, tenant, scope.type, scope.id, min_importance, since_seq, limit)
+            rows = await self._db.fetch(SELECT_SINCE, tenant, scope.type, scope.id, min_importance, since_seq, limit)
         return [row_to_event(r) for r in rows]
 
     async def search(
         self, tenant: str, scope: Scope, vector: np.ndarray, *, model_id: str, limit: int, min_similarity: float
     ) -> list[Event]:
-        rows = await self.db.fetch(SEARCH_EVENTS, tenant, scope.type, scope.id, vector, model_id, limit, min_similarity)
+        rows = await self._db.fetch(
+            SEARCH_EVENTS, tenant, scope.type, scope.id, vector, model_id, limit, min_similarity
+        )
         return [row_to_event(r) for r in rows]
 
     async def agent_history(self, tenant: str, scope: Scope, agent_id: str, *, limit: int) -> list[Event]:
-        rows = await self.db.fetch(SELECT_AGENT_HISTORY, tenant, scope.type, scope.id, agent_id, limit)
+        rows = await self._db.fetch(SELECT_AGENT_HISTORY, tenant, scope.type, scope.id, agent_id, limit)
         return [row_to_event(r) for r in rows]
 
     async def count(self, tenant: str, scope: Scope) -> int:
-        return int(await self.db.fetchval(COUNT_EVENTS, tenant, scope.type, scope.id))
+        return int(await self._db.fetchval(COUNT_EVENTS, tenant, scope.type, scope.id))
 
-    async def embed_pending(self, embed: EmbedEach, *, model_id: str, limit: int) -> int:
-        """Embed up to ``limit`` events stored without a vector; returns how many rows were processed.
-        ``embed`` gives None for a text it could not embed: that event is retried an hour later."""
-        async with self.db.connection() as conn, conn.transaction():
-            rows = await conn.fetch(CLAIM_UNEMBEDDED, limit)
-            if rows:
-                vectors = await embed([r["content"] for r in rows])
-                done = [(r["id"], v, model_id) for r, v in zip(rows, vectors, strict=True) if v is not None]
-                failed = [(r["id"],) for r, v in zip(rows, vectors, strict=True) if v is None]
-                if done:
-                    await conn.executemany(SET_EMBEDDING, done)
-                if failed:
-                    await conn.executemany(MARK_EMBEDDING_FAILED, failed)
-        return len(rows)
+    # embeddings written after the fact
+
+    async def claim_unembedded(self, *, limit: int, lease_seconds: float) -> list[tuple[uuid.UUID, str]]:
+        """Claim up to ``limit`` events stored without a vector for ``lease_seconds`` (committed at once)."""
+        rows = await self._db.fetch(CLAIM_UNEMBEDDED, limit, lease_seconds)
+        return [(r["id"], r["content"]) for r in rows]
+
+    async def set_embeddings(self, vectors: list[tuple[uuid.UUID, np.ndarray]], *, model_id: str) -> None:
+        if vectors:
+            async with self._db.connection() as conn:
+                await conn.executemany(SET_EMBEDDING, [(i, v, model_id) for i, v in vectors])
+
+    async def defer_embedding(self, event_ids: list[uuid.UUID], *, seconds: float) -> None:
+        """The model rejected these: try them again after ``seconds`` rather than on every pass."""
+        if event_ids:
+            await self._db.execute(DEFER_EMBEDDING, event_ids, seconds)
 
     async def clear_embeddings(self) -> int:
         """Drop every event vector (before re-embedding with another model)."""
-        status = await self.db.execute("UPDATE shared_episodic_memories SET embedding = NULL, embedding_model = NULL")
+        status = await self._db.execute(CLEAR_EMBEDDINGS)
         return int(status.split()[-1])
 
-    # workspaces
+    # consolidation
 
-    async def create_workspace(
-        self, tenant: str, workspace_id: str, *, task: str, agents: list[str], context: dict[str, Any], created_by: str
-    ) -> Workspace:
-        row = await self.db.fetchrow(INSERT_WORKSPACE, tenant, workspace_id, task, agents, context, created_by)
-        assert row is not None
-        return row_to_workspace(row)
+    async def unconsolidated_scopes(self, *, tenant: str | None, limit: int) -> list[tuple[str, Scope]]:
+        rows = await self._db.fetch(UNCONSOLIDATED_SCOPES, tenant, limit)
+        return [(r["tenant_id"], Scope(r["scope_type"], r["scope_id"])) for r in rows]
 
-    async def get_workspace(self, tenant: str, workspace_id: str) -> Workspace | None:
-        row = await self.db.fetchrow(SELECT_WORKSPACE, tenant, workspace_id)
-        return row_to_workspace(row) if row else None
+    @asynccontextmanager
+    async def consolidation_turn(self, tenant: str, scope: Scope) -> AsyncIterator[bool]:
+        """True while this process is the one consolidating the scope; False when another process is."""
+        key = f"{tenant}:{scope}"
+        async with self._db.connection() as conn:
+            if not await conn.fetchval(TRY_LOCK_CONSOLIDATION, key):
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                # When this fails, the pool's reset releases the lock.
+                with anyio.CancelScope(shield=True), contextlib.suppress(StoreUnavailable):
+                    await conn.execute(UNLOCK_CONSOLIDATION, key)
 
-    async def update_workspace(
-        self,
-        tenant: str,
-        workspace_id: str,
-        *,
-        status: str | None,
-        context_patch: dict[str, Any] | None,
-        agents: list[str] | None,
-    ) -> Workspace | None:
-        row = await self.db.fetchrow(UPDATE_WORKSPACE, tenant, workspace_id, status, context_patch, agents)
-        return row_to_workspace(row) if row else None
+    async def unconsolidated(
+        self, tenant: str, scope: Scope, *, limit: int, model_id: str
+    ) -> list[UnconsolidatedEvent]:
+        """The scope's oldest unconsolidated events, with their vectors when of ``model_id``."""
+        rows = await self._db.fetch(UNCONSOLIDATED_EVENTS, tenant, scope.type, scope.id, limit)
+        return [_unconsolidated(r, model_id) for r in rows]
 
-    async def list_workspaces(self, tenant: str, *, status: str | None, limit: int) -> list[Workspace]:
-        rows = await self.db.fetch(LIST_WORKSPACES, tenant, status, limit)
-        return [row_to_workspace(r) for r in rows]
+    async def mark_consolidated(self, event_ids: list[uuid.UUID]) -> None:
+        await self._db.execute(MARK_CONSOLIDATED, event_ids)
+
+
+def _unconsolidated(row: Record, model_id: str) -> UnconsolidatedEvent:
+    fields: dict[str, Any] = {k: row[k] for k in ("id", "seq", "agent_id", "event_type", "content", "importance")}
+    vector = row["embedding"] if row["embedding_model"] == model_id else None
+    return UnconsolidatedEvent(**fields, embedding=vector)

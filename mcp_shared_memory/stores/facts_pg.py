@@ -5,12 +5,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-import asyncpg
 import numpy as np
 
 from ..models import Fact, FactWrite, Scope
 from .facts import Embed
-from .postgres import PostgresPool
+from .postgres import PostgresPool, Record
 
 FACT_COLUMNS = "id, scope_type, scope_id, fact, source_event_ids, source_agents, confirmations, first_seen, last_seen"
 
@@ -55,13 +54,13 @@ RETURNING {FACT_COLUMNS}
 DELETE = "DELETE FROM semantic_facts WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3 AND id = $4"
 
 
-def row_to_fact(row: asyncpg.Record) -> Fact:
+def row_to_fact(row: Record) -> Fact:
     return Fact(**dict(row))
 
 
 class PgVectorFactsStore:
     def __init__(self, db: PostgresPool, *, model_id: str) -> None:
-        self.db = db
+        self._db = db
         self.model_id = model_id
 
     async def open(self) -> None:
@@ -81,7 +80,7 @@ class PgVectorFactsStore:
         source_agents: Sequence[str],
         duplicate_floor: float,
     ) -> FactWrite:
-        async with self.db.connection() as conn, conn.transaction():
+        async with self._db.connection() as conn, conn.transaction():
             await conn.execute(LOCK_SCOPE, f"{tenant}:{scope}")
             nearest = await conn.fetch(NEAREST, tenant, scope.type, scope.id, vector, self.model_id, 1, duplicate_floor)
             if nearest:
@@ -98,15 +97,15 @@ class PgVectorFactsStore:
     async def search(
         self, tenant: str, scope: Scope, vector: np.ndarray, *, top_k: int, min_similarity: float
     ) -> list[Fact]:
-        rows = await self.db.fetch(NEAREST, tenant, scope.type, scope.id, vector, self.model_id, top_k, min_similarity)
+        rows = await self._db.fetch(NEAREST, tenant, scope.type, scope.id, vector, self.model_id, top_k, min_similarity)
         return [row_to_fact(r) for r in rows]
 
     async def reembed(self, embed: Embed) -> int:
-        rows = await self.db.fetch("SELECT id, fact FROM semantic_facts ORDER BY first_seen")
+        rows = await self._db.fetch("SELECT id, fact FROM semantic_facts ORDER BY first_seen")
         for start in range(0, len(rows), 64):
             chunk = rows[start : start + 64]
             vectors = await embed([r["fact"] for r in chunk])
-            async with self.db.connection() as conn:
+            async with self._db.connection() as conn:
                 await conn.executemany(
                     "UPDATE semantic_facts SET embedding = $2, embedding_model = $3 WHERE id = $1",
                     [(r["id"], v, self.model_id) for r, v in zip(chunk, vectors, strict=True)],
@@ -114,5 +113,5 @@ class PgVectorFactsStore:
         return len(rows)
 
     async def forget(self, tenant: str, scope: Scope, fact_id: uuid.UUID) -> bool:
-        status = await self.db.execute(DELETE, tenant, scope.type, scope.id, fact_id)
+        status = await self._db.execute(DELETE, tenant, scope.type, scope.id, fact_id)
         return status.endswith(" 1")

@@ -1,10 +1,15 @@
-"""Numbered ``.sql`` migrations shipped in the package, applied in order, once, under an advisory lock."""
+"""Numbered ``.sql`` migrations, applied in order, once, under an advisory lock.
+
+They live in the project's top-level ``sql/`` and ship inside the wheel as ``mcp_shared_memory/sql/`` (see
+``[tool.setuptools.package-dir]`` in pyproject.toml)."""
 
 from __future__ import annotations
 
 import logging
 import re
 from importlib import resources
+from importlib.resources.abc import Traversable
+from pathlib import Path
 
 import asyncpg
 
@@ -23,10 +28,25 @@ CREATE TABLE IF NOT EXISTS msm_schema_migrations (
 """
 
 
+def migrations_dir() -> Traversable:
+    """The directory of the ``.sql`` files: ``mcp_shared_memory/sql/`` in an installed wheel, else the ``sql/``
+    of the source checkout the package is imported from (an editable install maps the package to the
+    checkout, where ``sql/`` sits beside it and not inside it)."""
+    package = resources.files("mcp_shared_memory")
+    packaged = package.joinpath("sql")
+    if packaged.is_dir():
+        return packaged
+    if isinstance(package, Path):
+        checkout = package.parent
+        if (checkout / "pyproject.toml").is_file() and (checkout / "sql").is_dir():
+            return checkout / "sql"
+    raise FileNotFoundError(f"no migrations: neither {packaged} nor a source checkout's sql/ beside {package}")
+
+
 def available_migrations() -> list[tuple[int, str, str]]:
-    """(version, name, sql) of every migration in the package, in order."""
+    """(version, name, sql) of every migration, in order."""
     found = []
-    for entry in resources.files("mcp_shared_memory").joinpath("sql").iterdir():
+    for entry in migrations_dir().iterdir():
         match = MIGRATION_FILE.match(entry.name)
         if match:
             found.append((int(match.group(1)), match.group(2), entry.read_text(encoding="utf-8")))

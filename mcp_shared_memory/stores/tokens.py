@@ -65,7 +65,7 @@ def digest(token: str) -> str:
 
 class PostgresTokenStore:
     def __init__(self, db: PostgresPool) -> None:
-        self.db = db
+        self._db = db
         self._verified: dict[str, tuple[float, TokenRecord | None]] = {}
 
     async def create(
@@ -93,7 +93,7 @@ class PostgresTokenStore:
         Principal(tenant=tenant, agent_id=agent_id, agent_type=agent_type)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         token_id = "tok_" + secrets.token_hex(6)
-        row = await self.db.fetchrow(
+        row = await self._db.fetchrow(
             INSERT, token_id, digest(token), tenant, agent_id, agent_type, allowed_scopes, default_scope,
             description, expires_at,
         )  # fmt: skip
@@ -108,7 +108,7 @@ class PostgresTokenStore:
         cached = self._verified.get(key)
         if cached is not None and cached[0] > now:
             return cached[1]
-        row = await self.db.fetchrow(SELECT_VALID, key)
+        row = await self._db.fetchrow(SELECT_VALID, key)
         record = TokenRecord(**dict(row)) if row else None
         if len(self._verified) > 10_000:
             self._verified.clear()
@@ -116,10 +116,10 @@ class PostgresTokenStore:
         return record
 
     async def list(self, *, tenant: str | None = None) -> list[TokenRecord]:
-        return [TokenRecord(**dict(r)) for r in await self.db.fetch(LIST, tenant)]
+        return [TokenRecord(**dict(r)) for r in await self._db.fetch(LIST, tenant)]
 
     async def revoke(self, token_id: str) -> None:
-        status = await self.db.execute(REVOKE, token_id)
+        status = await self._db.execute(REVOKE, token_id)
         if not status.endswith(" 1"):
             raise NotFound(f"no active token with id {token_id}")
         self._verified.clear()
