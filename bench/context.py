@@ -8,16 +8,20 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
 
 from .profile import Profile
 from .stats import Metric, Summary
+
+if TYPE_CHECKING:
+    from mcp_shared_memory.runtime import Connections
+    from mcp_shared_memory.settings import Settings
 
 log = logging.getLogger("bench")
 
@@ -43,7 +47,7 @@ class Backends:
         env.update({f"MSM_{k.upper()}": v for k, v in binding.items()})
         return env
 
-    def settings(self, **overrides: Any) -> Any:
+    def settings(self, **overrides: Any) -> Settings:
         from pydantic import SecretStr
 
         from mcp_shared_memory.settings import Settings
@@ -54,6 +58,13 @@ class Backends:
             data_dir=self.data_dir / "server-data",
             **overrides,
         )
+
+    def connections(self) -> AbstractAsyncContextManager[Connections]:
+        """The package's composition root on our backends, for what in-process code needs beyond a
+        ``Runtime``: the pool handed to store-level functions (bulk loading, counts), the embedder."""
+        from mcp_shared_memory.runtime import open_connections
+
+        return open_connections(self.settings())
 
 
 @asynccontextmanager
@@ -75,25 +86,22 @@ async def open_backends() -> AsyncIterator[Backends]:
             database_url = database_url or held.database_url
             redis_url = redis_url or held.redis_url
         assert database_url and redis_url
-        await migrate(database_url)
-        yield Backends(database_url, redis_url, tmp, embedded=held is not None)
+        backends = Backends(database_url, redis_url, tmp, embedded=held is not None)
+        await migrate(backends)
+        yield backends
     finally:
         if held is not None:
             await anyio.to_thread.run_sync(held.release)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-async def migrate(database_url: str) -> None:
-    """The package's schema (raw floors and COPY need its tables and the vector type)."""
-    import asyncpg
+async def migrate(backends: Backends) -> None:
+    """The package's schema, as ``mcp-shared-memory migrate`` applies it (the raw floors need its tables
+    and the vector type before any server has started)."""
+    from mcp_shared_memory.runtime import open_admin
 
-    from mcp_shared_memory.stores.migrations import apply_migrations
-
-    conn = await asyncpg.connect(database_url, timeout=30)
-    try:
-        await apply_migrations(conn)
-    finally:
-        await conn.close()
+    async with open_admin(backends.settings()):
+        pass
 
 
 @dataclass

@@ -16,6 +16,8 @@ import numpy as np
 import redis.asyncio as aioredis
 from pgvector.asyncpg import register_vector
 
+from mcp_shared_memory.stores.episodic import EVENT_COLUMNS
+
 from .procs import check, http_client, stdio_client_for, trivial_http_server, trivial_params
 from .stats import Summary, latency_metric, time_calls
 from .text import Sentences
@@ -27,6 +29,18 @@ if TYPE_CHECKING:
 
 SECTION = "floors"
 BATCH = 32
+
+# The floor of one durable write: a plain INSERT of an event row returning its columns, as the package's
+# first version wrote events. Its write today also takes the scope's lock and queues the event in the
+# outbox; the floor leaves that out on purpose (that is overhead to be measured, not part of the floor).
+INSERT_EVENT = f"""
+INSERT INTO shared_episodic_memories
+  (tenant_id, scope_type, scope_id, agent_id, agent_type, event_type, role, content, content_hash,
+   embedding, embedding_model, importance, metadata, idempotency_key)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+ON CONFLICT ON CONSTRAINT shared_ep_idempotency DO NOTHING
+RETURNING {EVENT_COLUMNS}
+"""
 
 # name -> description shown in the table
 FLOOR_NAMES = {
@@ -122,7 +136,7 @@ async def sdk_round_trips(bench: Bench, transport: str, mode: str, n: int, warmu
 
 
 def event_args(tenant: str, content: str, vector: np.ndarray) -> tuple[Any, ...]:
-    """INSERT_EVENT's 14 parameters, as the package passes them."""
+    """The INSERT's 14 parameters, as the package passes them."""
     digest = hashlib.sha256(content.encode()).hexdigest()[:32]
     return (
         tenant, "user", "floor", "floor-agent", "agent", "observation", None, content, digest,
@@ -131,8 +145,6 @@ def event_args(tenant: str, content: str, vector: np.ndarray) -> tuple[Any, ...]
 
 
 async def pg_inserts(bench: Bench, n: int, warmup: int) -> list[float]:
-    from mcp_shared_memory.stores.episodic import INSERT_EVENT
-
     rng = np.random.default_rng(1)
     words = Sentences(seed=11)
     tenant = bench.tenant("floor")

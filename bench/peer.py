@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,9 +16,8 @@ import numpy as np
 from mcp import Client, StdioServerParameters
 
 from .context import MODEL_ID
-from .floors import connect_pg, unit_vector
+from .floors import unit_vector
 from .procs import check, clean_env, serve_params, stdio_client_for
-from .scale import COPY_COLUMNS
 from .stats import Metric, Summary, latency_metric, time_calls
 from .text import COMPONENTS, Sentences
 
@@ -28,9 +28,6 @@ SECTION = "peer"
 PACKAGE = "@modelcontextprotocol/server-memory"
 REQUIRED_TOOLS = {"create_entities", "add_observations", "search_nodes", "read_graph"}
 SCOPE = "user:alice"
-COUNT_SCOPE = (
-    "SELECT count(*) FROM shared_episodic_memories WHERE tenant_id = $1 AND scope_type = 'user' AND scope_id = 'alice'"
-)
 
 
 def peer_params(memory_file: Path) -> StdioServerParameters:
@@ -122,31 +119,30 @@ async def latencies(bench: Bench, root: Path, size: int, trivial: Summary | None
 
 async def populate(bench: Bench, tenant: str, n: int, words: Sentences) -> None:
     """``n`` events in the scope, with real sentences and random unit vectors (exact search cost does not
-    depend on the values)."""
+    depend on the values), copied in bulk before our server starts."""
+    from mcp_shared_memory.models import Scope
+    from mcp_shared_memory.stores.bulk import EventRow, copy_events
+
     rng = np.random.default_rng(5)
-    conn = await connect_pg(bench.backends.database_url)
-    try:
-        records = []
-        for i in range(n):
-            text = words.next()
-            records.append(
-                (
-                    tenant,
-                    "user",
-                    "alice",
-                    f"agent-{i % 4}",
-                    "agent",
-                    "observation",
-                    text,
-                    f"h{i}",
-                    unit_vector(rng),
-                    MODEL_ID,
-                    0.5,
-                )
-            )
-        await conn.copy_records_to_table("shared_episodic_memories", records=records, columns=COPY_COLUMNS)
-    finally:
-        await conn.close()
+    scope = Scope.parse(SCOPE)
+    rows = []
+    for i in range(n):
+        row = EventRow(
+            id=uuid.uuid4(), tenant_id=tenant, scope_type=scope.type, scope_id=scope.id, agent_id=f"agent-{i % 4}",
+            agent_type="agent", event_type="observation", content=words.next(), content_hash=f"h{i}",
+            embedding=unit_vector(rng), embedding_model=MODEL_ID, importance=0.5,
+        )  # fmt: skip
+        rows.append(row)
+    async with bench.backends.connections() as connections:
+        await copy_events(connections.db, rows)
+
+
+async def count_events(bench: Bench, tenant: str) -> int:
+    from mcp_shared_memory.models import Scope
+    from mcp_shared_memory.stores.episodic import PostgresEpisodicStore
+
+    async with bench.backends.connections() as connections:
+        return await PostgresEpisodicStore(connections.db).count(tenant, Scope.parse(SCOPE))
 
 
 class Barrier:
@@ -216,11 +212,7 @@ async def concurrent_writers(bench: Bench, root: Path) -> None:
         return await client.call_tool("write_event", {"content": words.next()})
 
     failures["ours"] = await write_concurrently(writers, each, our_server, our_call)
-    conn = await connect_pg(bench.backends.database_url)
-    try:
-        ours_count = int(await conn.fetchval(COUNT_SCOPE, tenant))
-    finally:
-        await conn.close()
+    ours_count = await count_events(bench, tenant)
 
     written = writers * each
     for who, count in (

@@ -4,9 +4,11 @@ Data: 100 tenants, a large scope holding ~10 % of all rows (tenant 000, ``user:l
 scopes of ~100 rows. Vectors are synthetic but shaped like sentence embeddings: 240 cluster centres are
 real MiniLM embeddings of generated topic sentences; each row is ``normalize(centre + noise)`` (cosine to
 its centre ~0.7), each small scope drawing from 6 topics. Queries are real embeddings of generated
-questions about a scope's topics. Rows are inserted with COPY; queries go through
+questions about a scope's topics. Rows go in with COPY (``stores.bulk.copy_events`` on the pool of the
+package's ``Connections``), with ids and vectors the bench draws from per-batch seeds, so the exact top 10
+is computed from regenerated vectors and nothing is read back. Queries go through
 ``SharedMemory.search_shared`` (embeds the query), ``PostgresEpisodicStore.search`` (vector given) and a
-minimal raw SQL k-NN (the floor).
+minimal raw SQL k-NN on a raw connection of the bench's own (the floor).
 """
 
 from __future__ import annotations
@@ -14,12 +16,16 @@ from __future__ import annotations
 import hashlib
 import random
 import time
+import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import asyncpg
 import numpy as np
+
+from mcp_shared_memory.stores.bulk import EventRow, analyze_events, copy_events
+from mcp_shared_memory.stores.episodic import PostgresEpisodicStore
 
 from .context import MODEL_ID
 from .floors import connect_pg
@@ -27,7 +33,9 @@ from .stats import Metric, Summary, compose, latency_metric
 from .text import COMPONENTS, QUESTIONS, topic_sentence
 
 if TYPE_CHECKING:
+    from mcp_shared_memory.embeddings import Embedder
     from mcp_shared_memory.memory import SharedMemory
+    from mcp_shared_memory.stores.postgres import PostgresPool
 
     from .context import Bench
 
@@ -40,27 +48,20 @@ TOPICS_PER_SCOPE = 6
 NOISE = 1.0  # |noise| relative to the unit centre: cosine(row, centre) ~ 1/sqrt(1 + NOISE^2)
 CHUNK = 20_000
 TARGET_RECALL = 0.99
-COPY_COLUMNS = [
-    "tenant_id",
-    "scope_type",
-    "scope_id",
-    "agent_id",
-    "agent_type",
-    "event_type",
-    "content",
-    "content_hash",
-    "embedding",
-    "embedding_model",
-    "importance",
-]
 RAW_KNN = """
 SELECT id FROM shared_episodic_memories
 WHERE tenant_id = $1 AND scope_type = 'user' AND scope_id = $2
 ORDER BY embedding <=> $3 LIMIT 10
 """
-SCOPE_VECTORS = (
-    "SELECT id, embedding FROM shared_episodic_memories WHERE tenant_id = $1 AND scope_type = 'user' AND scope_id = $2"
-)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Rows ``start .. start + count`` of a scope, drawn from ``seed`` (regenerated for the exact search)."""
+
+    seed: int
+    start: int
+    count: int
 
 
 @dataclass
@@ -69,6 +70,7 @@ class ScopeInfo:
     scope_id: str
     topics: np.ndarray
     rows: int = 0
+    batches: list[Batch] = field(default_factory=list)
 
 
 @dataclass
@@ -100,50 +102,75 @@ class Dataset:
             plan.append((self.small[-1], small_rows % SMALL_ROWS))
         return plan
 
-    def records(self, scope: ScopeInfo, count: int) -> list[tuple[Any, ...]]:
-        topics = self.rng.choice(scope.topics, count)
-        noise = self.rng.standard_normal((count, self.centers.shape[1])).astype(np.float32)
+    def draw(self, scope: ScopeInfo, batch: Batch) -> tuple[list[uuid.UUID], np.ndarray, np.ndarray]:
+        """(ids, topics, unit vectors) of a batch: the same every time for the same seed."""
+        rng = np.random.default_rng(batch.seed)
+        topics = rng.choice(scope.topics, batch.count)
+        noise = rng.standard_normal((batch.count, self.centers.shape[1]), dtype=np.float32)
         noise *= NOISE / np.sqrt(self.centers.shape[1])
         vectors = self.centers[topics] + noise
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        raw = rng.bytes(16 * batch.count)
+        ids = [uuid.UUID(bytes=raw[16 * i : 16 * i + 16], version=4) for i in range(batch.count)]
+        return ids, topics, vectors
+
+    def records(self, scope: ScopeInfo, count: int) -> list[EventRow]:
+        batch = Batch(int(self.rng.integers(2**63)), scope.rows, count)
+        ids, topics, vectors = self.draw(scope, batch)
         out = []
         for i in range(count):
-            content = f"{topic_sentence(int(topics[i]))} (row {scope.rows + i} of {scope.scope_id})"
+            content = f"{topic_sentence(int(topics[i]))} (row {batch.start + i} of {scope.scope_id})"
             digest = hashlib.sha256(content.encode()).hexdigest()[:32]
-            out.append(
-                (
-                    scope.tenant,
-                    "user",
-                    scope.scope_id,
-                    f"agent-{i % 7}",
-                    "agent",
-                    "observation",
-                    content,
-                    digest,
-                    vectors[i],
-                    MODEL_ID,
-                    0.5,
-                )
-            )
+            row = EventRow(
+                id=ids[i], tenant_id=scope.tenant, scope_type="user", scope_id=scope.scope_id,
+                agent_id=f"agent-{i % 7}", agent_type="agent", event_type="observation", content=content,
+                content_hash=digest, embedding=vectors[i], embedding_model=MODEL_ID, importance=0.5,
+            )  # fmt: skip
+            out.append(row)
+        scope.batches.append(batch)
         scope.rows += count
         return out
 
+    def vectors(self, scope: ScopeInfo) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of every row of the scope, regenerated: the exact search's input."""
+        ids: list[uuid.UUID] = []
+        parts = []
+        for batch in scope.batches:
+            batch_ids, _, batch_vectors = self.draw(scope, batch)
+            ids += batch_ids
+            parts.append(batch_vectors)
+        return np.array(ids, dtype=object), np.concatenate(parts)
+
+
+@dataclass(frozen=True)
+class Subjects:
+    """What a query is timed on: the floor's raw connection, the store, and the domain."""
+
+    raw: asyncpg.Connection
+    store: PostgresEpisodicStore
+    memory: SharedMemory
+    embedder: Embedder
+
 
 async def run(bench: Bench) -> None:
-    from mcp_shared_memory.runtime import open_memory
+    from mcp_shared_memory.runtime import open_runtime
 
-    async with open_memory(bench.backends.settings()) as memory:
+    async with (
+        bench.backends.connections() as connections,
+        open_runtime(bench.backends.settings(), connections=connections) as runtime,
+    ):
         texts = [topic_sentence(i) for i in range(TOPICS)]
-        centers = np.stack(await memory.embedder.embed_many(texts)).astype(np.float32)
+        centers = np.stack(await connections.embedder.embed_many(texts)).astype(np.float32)
         data = Dataset(bench.tenant("sc"), centers)
         conn = await connect_pg(bench.backends.database_url)
         try:
+            subjects = Subjects(conn, PostgresEpisodicStore(connections.db), runtime.memory, connections.embedder)
             for size in bench.profile.scale_sizes:
                 try:
                     with anyio.fail_after(3600):
-                        await grow(bench, conn, data, size)
+                        await grow(bench, connections.db, data, size)
                         for cell in ("small", "large"):
-                            await measure_cell(bench, memory, conn, data, size, cell)
+                            await measure_cell(bench, subjects, data, size, cell)
                 except Exception as exc:
                     bench.error(SECTION, f"{size} rows", exc)
                     break
@@ -151,20 +178,17 @@ async def run(bench: Bench) -> None:
             await conn.close()
 
 
-async def grow(bench: Bench, conn: asyncpg.Connection, data: Dataset, size: int) -> None:
+async def grow(bench: Bench, db: PostgresPool, data: Dataset, size: int) -> None:
     started = time.perf_counter()
     added = 0
-    batch: list[tuple[Any, ...]] = []
+    batch: list[EventRow] = []
     for scope, count in data.plan(size):
         batch += data.records(scope, count)
         if len(batch) >= CHUNK:
-            await conn.copy_records_to_table("shared_episodic_memories", records=batch, columns=COPY_COLUMNS)
-            added += len(batch)
+            added += await copy_events(db, batch)
             batch = []
-    if batch:
-        await conn.copy_records_to_table("shared_episodic_memories", records=batch, columns=COPY_COLUMNS)
-        added += len(batch)
-    await conn.execute("ANALYZE shared_episodic_memories")
+    added += await copy_events(db, batch)
+    await analyze_events(db)
     elapsed = time.perf_counter() - started
     data.rows = size
     bench.add(
@@ -183,9 +207,7 @@ def label(size: int) -> str:
     return f"{size // 1_000_000}M" if size >= 1_000_000 else f"{size // 1000}k"
 
 
-async def measure_cell(
-    bench: Bench, memory: SharedMemory, conn: asyncpg.Connection, data: Dataset, size: int, cell: str
-) -> None:
+async def measure_cell(bench: Bench, subjects: Subjects, data: Dataset, size: int, cell: str) -> None:
     from mcp_shared_memory.models import Principal, Scope
 
     rng = random.Random(size + (1 if cell == "large" else 0))
@@ -201,28 +223,27 @@ async def measure_cell(
         topic = int(rng.choice(list(scope.topics)))
         query = rng.choice(QUESTIONS).format(c=COMPONENTS[topic % len(COMPONENTS)])
         if query not in vector_cache:
-            vector_cache[query] = await memory.embedder.embed(query)
+            vector_cache[query] = await subjects.embedder.embed(query)
         vector = vector_cache[query]
         key = (scope.tenant, scope.scope_id)
         if key not in truth_cache:
-            rows = await conn.fetch(SCOPE_VECTORS, *key)
-            truth_cache[key] = (np.array([r["id"] for r in rows]), np.stack([r["embedding"].to_numpy() for r in rows]))
+            truth_cache[key] = data.vectors(scope)
         ids, matrix = truth_cache[key]
         exact = {ids[i] for i in np.argsort(-(matrix @ vector))[:10]}
         principal = Principal(tenant=scope.tenant, agent_id="bench", default_scope=Scope("user", scope.scope_id))
 
         start = time.perf_counter()
-        raw = await conn.fetch(RAW_KNN, scope.tenant, scope.scope_id, vector)
+        raw = await subjects.raw.fetch(RAW_KNN, scope.tenant, scope.scope_id, vector)
         raw_t.append(time.perf_counter() - start)
 
         start = time.perf_counter()
-        await memory.episodic.search(
+        await subjects.store.search(
             scope.tenant, Scope("user", scope.scope_id), vector, model_id=MODEL_ID, limit=10, min_similarity=-1.0
         )
         store_t.append(time.perf_counter() - start)
 
         start = time.perf_counter()
-        events = await memory.search_shared(principal, query, limit=10, min_similarity=-1.0)
+        events = await subjects.memory.search_shared(principal, query, limit=10, min_similarity=-1.0)
         api_t.append(time.perf_counter() - start)
 
         got = {e.id for e in events}

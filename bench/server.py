@@ -38,7 +38,7 @@ async def run(bench: Bench) -> None:
         async with our_http_server(bench.backends.server_env(), bench.errlog) as (url, _):
             for mode in bench.profile.modes:
                 tenant = bench.tenant(f"srv-h{mode[0]}")
-                token = (await create_tokens(bench.backends.database_url, tenant, [AGENT], SCOPE))[AGENT]
+                token = (await create_tokens(bench.backends, tenant, [AGENT], SCOPE))[AGENT]
                 await measure(bench, "http", mode, tenant, partial(http_client, url, token, mode=mode))
     except Exception as exc:
         bench.error(SECTION, "http server", exc)

@@ -102,7 +102,7 @@ async def run(bench: Bench) -> None:
             for agents in bench.profile.concurrency:
                 tenant = bench.tenant(f"tp-h{agents}")
                 ids = [f"w{i}" for i in range(agents)]
-                tokens = await create_tokens(bench.backends.database_url, tenant, ids, SCOPE)
+                tokens = await create_tokens(bench.backends, tenant, ids, SCOPE)
 
                 def http(i: int, tokens: dict[str, str] = tokens) -> AbstractAsyncContextManager[Client]:
                     return http_client(url, tokens[f"w{i}"])

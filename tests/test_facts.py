@@ -191,9 +191,7 @@ async def test_forget_removes_only_that_fact(store: FactsStore, kit: Kit, tenant
     assert again.status == "stored" and again.fact.confirmations == 1
 
 
-async def test_tenants_and_scopes_never_see_each_others_facts(
-    store: FactsStore, kit: Kit, tenant: str
-) -> None:
+async def test_tenants_and_scopes_never_see_each_others_facts(store: FactsStore, kit: Kit, tenant: str) -> None:
     tenant_b = fresh_id("tenant-b")
     ours = await put(store, kit, tenant, WORKSPACE_X, RATE_LIMIT)
 
@@ -236,9 +234,7 @@ async def test_top_k_and_threshold_are_honoured(store: FactsStore, kit: Kit, ten
     assert await find(store, kit, tenant, USER, "completely unrelated gibberish", min_similarity=0.99) == []
 
 
-async def test_concurrent_upserts_of_a_new_fact_make_one_fact(
-    store: FactsStore, kit: Kit, tenant: str
-) -> None:
+async def test_concurrent_upserts_of_a_new_fact_make_one_fact(store: FactsStore, kit: Kit, tenant: str) -> None:
     writers = 8
     vector = await kit.embedder.embed(RATE_LIMIT)
     events = [uuid.uuid4() for _ in range(writers)]
@@ -258,9 +254,7 @@ async def test_concurrent_upserts_of_a_new_fact_make_one_fact(
     assert set(fact.source_event_ids) == set(events)
 
 
-async def test_reembed_returns_the_count_and_search_still_works(
-    store: FactsStore, kit: Kit, tenant: str
-) -> None:
+async def test_reembed_returns_the_count_and_search_still_works(store: FactsStore, kit: Kit, tenant: str) -> None:
     for fact in (RATE_LIMIT, "Deployments happen every Tuesday", "Alice prefers answers in French"):
         await put(store, kit, tenant, USER, fact)
 

@@ -69,7 +69,9 @@ async def test_the_articles_openai_floor_would_drop_the_correct_local_hit(
 
 async def cached_events(backdoor: Backdoor, tenant: str, scope: Scope) -> list[int]:
     """The seqs the recent set holds, newest first (what a reader would be served from Redis)."""
-    cache = RedisCache(backdoor.redis, prefix=backdoor.keys.prefix, recent_max=100, recent_ttl=60, breaker=RedisBreaker(0))
+    cache = RedisCache(
+        backdoor.redis, prefix=backdoor.keys.prefix, recent_max=100, recent_ttl=60, breaker=RedisBreaker(0)
+    )
     cached = await cache.read_recent(tenant, scope, MemberRange(count=None))
     assert isinstance(cached, CachedRecent), cached
     return [e.seq for e in cached.events]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -76,6 +76,12 @@ class PgConnection:
     async def executemany(self, query: str, args: list[tuple[Any, ...]]) -> None:
         with translated():
             await self._conn.executemany(query, args)
+
+    async def copy_records(self, table: str, records: Sequence[tuple[Any, ...]], *, columns: Sequence[str]) -> int:
+        """COPY ``records`` into ``table`` (all or none); returns the rows copied."""
+        with translated():
+            status = await self._conn.copy_records_to_table(table, records=records, columns=list(columns))
+        return int(str(status).split()[-1])
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
