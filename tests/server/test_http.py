@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sys
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, suppress
 from urllib.parse import urlsplit
@@ -47,20 +46,15 @@ def replicas(backend_env: dict[str, str]) -> Iterator[tuple[str, str]]:
         yield first, second
 
 
-@pytest.fixture
-def tenant_id() -> str:
-    return f"t{uuid.uuid4().hex[:10]}"
-
-
 async def test_replicas_share_notifications_and_tokens_bind_identity(
-    backend_env: dict[str, str], replicas: tuple[str, str], runtime: Runtime, tenant_id: str
+    backend_env: dict[str, str], replicas: tuple[str, str], runtime: Runtime, tenant: str
 ) -> None:
     first, second = replicas
-    token_a = await cli(backend_env, "token", "create", "--tenant", tenant_id, "--agent-id", "agent-a",
+    token_a = await cli(backend_env, "token", "create", "--tenant", tenant, "--agent-id", "agent-a",
                         "--scope", "user:alice")  # fmt: skip
-    token_b = await create_token(runtime, tenant_id, "agent-b", "user:alice")
-    token_other = await create_token(runtime, f"{tenant_id}-b", "agent-a", "*")
-    uri = f"memory://{tenant_id}/user/alice/recent"
+    token_b = await create_token(runtime, tenant, "agent-b", "user:alice")
+    token_other = await create_token(runtime, f"{tenant}-b", "agent-a", "*")
+    uri = f"memory://{tenant}/user/alice/recent"
     legacy_inbox, modern_inbox = Inbox(), Inbox()
     async with (
         http_client(first, token_a, "legacy") as a_legacy,
@@ -91,7 +85,7 @@ async def test_replicas_share_notifications_and_tokens_bind_identity(
 
     body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
     headers = {"Accept": "application/json, text/event-stream"}
-    listed = await cli(backend_env, "token", "list", "--json", "--tenant", tenant_id)
+    listed = await cli(backend_env, "token", "list", "--json", "--tenant", tenant)
     records = {r["agent_id"]: r for r in json.loads(listed)}
     assert set(records) == {"agent-a", "agent-b"}
     assert token_a not in listed and token_b not in listed and "token_sha256" not in listed
@@ -112,13 +106,13 @@ async def test_replicas_share_notifications_and_tokens_bind_identity(
 
 
 async def test_a_revoked_token_is_refused_at_once_here_and_within_the_cache_window_elsewhere(
-    settings: Settings, connections: Connections, runtime: Runtime, tenant_id: str, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, connections: Connections, runtime: Runtime, tenant: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each replica caches a token's verdict for VERIFY_CACHE_SECONDS (shortened here): the replica that
     revokes forgets at once, another one once its cached verdict expires."""
     monkeypatch.setattr(token_store, "VERIFY_CACHE_SECONDS", 0.3)
     token, record = await runtime.tokens.create(
-        tenant=tenant_id, agent_id="agent-a", allowed_scopes=["user:alice"], default_scope="user:alice"
+        tenant=tenant, agent_id="agent-a", allowed_scopes=["user:alice"], default_scope="user:alice"
     )
 
     @asynccontextmanager
@@ -136,7 +130,7 @@ async def test_a_revoked_token_is_refused_at_once_here_and_within_the_cache_wind
             access = await replica.verify_token(token)
             assert access is not None
             principal = access.claims[CLAIM_PRINCIPAL]
-            assert (principal.tenant, principal.agent_id, principal.token_id) == (tenant_id, "agent-a", record.id)
+            assert (principal.tenant, principal.agent_id, principal.token_id) == (tenant, "agent-a", record.id)
             assert await replica.verify_token("msm_not-a-token") is None
 
         await runtime.tokens.revoke(record.id)
@@ -149,11 +143,11 @@ async def test_a_revoked_token_is_refused_at_once_here_and_within_the_cache_wind
 
 
 async def test_a_legacy_client_dropped_mid_delivery_does_not_disturb_the_others(
-    replicas: tuple[str, str], runtime: Runtime, tenant_id: str
+    replicas: tuple[str, str], runtime: Runtime, tenant: str
 ) -> None:
     first, _ = replicas
-    token = await create_token(runtime, tenant_id, "agent-a", "user:alice")
-    uri = f"memory://{tenant_id}/user/alice/recent"
+    token = await create_token(runtime, tenant, "agent-a", "user:alice")
+    uri = f"memory://{tenant}/user/alice/recent"
     good_inbox, victim_inbox = Inbox(), Inbox()
     written = 0
     victim_subscribed = anyio.Event()
