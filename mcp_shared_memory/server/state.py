@@ -64,16 +64,44 @@ class ServerLifespan:
         self.listeners = TenantBus()
         self._given_runtime = runtime
         self.state: AppState | None = None
+        self._holders = 0
+        self._opened: anyio.Event | None = None
+        self._released = anyio.Event()
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[AppState]:
-        if self.state is not None:
-            yield self.state
-            return
+        """The first opener opens the state and later ones share it; the first opener closes it, after
+        every later opener has left (a connection outliving the first one keeps its notifications)."""
+        self._holders += 1
+        try:
+            if self._opened is not None:
+                await self._opened.wait()
+                if self.state is None:
+                    raise RuntimeError("the server state failed to open")
+                yield self.state
+                return
+            self._opened = anyio.Event()
+            try:
+                async with self._open_state() as state:
+                    yield state
+                    while self._holders > 1:
+                        self._released = anyio.Event()
+                        await self._released.wait()
+            finally:
+                self._opened.set()
+                self._opened = None
+        finally:
+            self._holders -= 1
+            self._released.set()
+
+    @asynccontextmanager
+    async def _open_state(self) -> AsyncIterator[AppState]:
         async with self._runtime() as runtime, anyio.create_task_group() as tasks:
             hub = NotificationHub(runtime.bus, self.listeners)
             await tasks.start(hub.run)
             self.state = AppState(runtime=runtime, hub=hub, local_principal=self.local_principal)
+            assert self._opened is not None
+            self._opened.set()
             try:
                 yield self.state
             finally:

@@ -175,11 +175,6 @@ async def test_the_hub_keeps_serving_when_one_session_breaks_and_another_hangs(r
         tasks.cancel_scope.cancel()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ServerLifespan.open (server/state.py:70-81) lets the first connection own the shared state; "
-    "when it disconnects first, the hub is cancelled under the connections still open",
-)
 async def test_a_connection_outliving_the_first_on_the_same_server_is_still_notified(
     connect: Connect, runtime: Runtime, alice: Principal, alice_coder: Principal
 ) -> None:
