@@ -8,7 +8,7 @@ import sys
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import anyio
 import typer
@@ -46,7 +46,7 @@ def load_settings(**overrides: Any) -> Settings:
         fail(f"invalid configuration: {fields}")
 
 
-def fail(message: str) -> Any:
+def fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Sequence
 
 import anyio
 import anyio.abc
@@ -111,7 +112,7 @@ class Maintenance:
                 log.warning("consolidation skipped: %s", exc.message)
 
 
-def _log_rejected(failed: list[uuid.UUID], results: list[object]) -> None:
+def _log_rejected(failed: list[uuid.UUID], results: Sequence[object]) -> None:
     if failed:
         reasons = {type(r).__name__ for r in results if isinstance(r, BaseException)}
         if reasons - {EmbeddingUnavailable.__name__}:

@@ -4,14 +4,12 @@ Python API and the MCP tools behave the same."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import uuid
 from typing import Any
 
 import anyio
 import numpy as np
-from pydantic import BaseModel
 
 from . import recent
 from . import validation as check
@@ -27,7 +25,10 @@ from .models import (
     Principal,
     Scope,
     Workspace,
+    WorkspaceSummary,
     WriteResult,
+    as_uuid,
+    content_hash,
     validate_event_type,
     validate_identifier,
 )
@@ -42,16 +43,6 @@ log = logging.getLogger(__name__)
 MAX_LIMIT = check.MAX_LIMIT
 SHARED_CONTEXT_MAX_EVENTS = 20
 SHARED_CONTEXT_MAX_FACTS = 10
-
-
-class WorkspaceSummary(BaseModel):
-    workspace: Workspace
-    recent_events: list[Event]
-    event_count: int
-
-
-def content_hash(content: str) -> str:
-    return hashlib.sha256(content.encode()).hexdigest()[:32]
 
 
 class SharedMemory:
@@ -404,13 +395,6 @@ class SharedMemory:
             raise InvalidInput(f"invalid fact id {fact_id!r}: expected a UUID")
         if not await self._facts.forget(principal.tenant, target, parsed):
             raise NotFound(f"fact {fact_id} does not exist in scope {target}")
-
-
-def as_uuid(value: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        return None
 
 
 __all__ = ["SharedMemory", "WorkspaceSummary", "format_shared_context"]

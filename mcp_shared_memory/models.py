@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -39,6 +40,17 @@ def validate_event_type(value: str) -> str:
             "(e.g. 'observation', 'decision', 'agent_result')"
         )
     return value
+
+
+def as_uuid(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
+def content_hash(content: str) -> str:
+    return hashlib.sha256(content.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +182,12 @@ class Workspace(BaseModel):
     created_by: str
     created_at: datetime
     updated_at: datetime
+
+
+class WorkspaceSummary(BaseModel):
+    workspace: Workspace
+    recent_events: list[Event]
+    event_count: int
 
 
 class Fact(BaseModel):

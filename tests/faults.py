@@ -4,11 +4,12 @@ reject some texts while the real model does the rest."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import anyio
 import numpy as np
 import numpy.typing as npt
 
@@ -21,6 +22,14 @@ from mcp_shared_memory.stores.redis_client import connect_redis
 
 from .redis_server import RedisProcess, redis_process
 from .tcp_proxy import FaultyProxy, faulty_proxy
+
+
+async def eventually(check: Callable[[], Awaitable[object]], *, seconds: float = 10) -> None:
+    """Wait until ``check()`` is truthy: for state only another process or PostgreSQL can show (a row
+    committed, a lock held), which no event in this process announces."""
+    with anyio.fail_after(seconds):
+        while not await check():  # noqa: ASYNC110 - polling state outside this process
+            await anyio.sleep(0.01)
 
 
 class FaultyEmbedder(Embedder):
@@ -66,15 +75,16 @@ class FaultyRedis:
 
 @asynccontextmanager
 async def faulty_redis_runtime(
-    settings: Settings, connections: Connections, *, timeout: float = 0.5
+    settings: Settings, connections: Connections, *, redis_timeout: float = 0.5
 ) -> AsyncIterator[FaultyRedis]:
     """A runtime on a private Redis reached through a fault-injecting proxy (PostgreSQL and the model
     are the session's)."""
     async with redis_process() as server, faulty_proxy("127.0.0.1", server.port) as proxy:
-        client = connect_redis(proxy.url(), timeout=timeout)
+        client = connect_redis(proxy.url(), timeout=redis_timeout)
         try:
             faulty = Connections(db=connections.db, redis=client, embedder=connections.embedder)
-            async with open_runtime(settings.model_copy(update={"redis_timeout": timeout}), connections=faulty) as rt:
+            changed = settings.model_copy(update={"redis_timeout": redis_timeout})
+            async with open_runtime(changed, connections=faulty) as rt:
                 yield FaultyRedis(server=server, proxy=proxy, runtime=rt)
         finally:
             await client.aclose()

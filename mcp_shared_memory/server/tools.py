@@ -1,6 +1,5 @@
 """MCP tools: thin translations to ``SharedMemory`` calls. No rules live here."""
 
-
 from collections.abc import Awaitable, Callable
 from functools import wraps
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
@@ -12,8 +11,7 @@ from pydantic import BaseModel, Field
 
 from .. import validation as limits
 from ..errors import SharedMemoryError
-from ..memory import WorkspaceSummary
-from ..models import Event, Fact, Workspace
+from ..models import Event, Fact, Workspace, WorkspaceSummary
 from ..settings import Settings
 from .state import AppState
 
@@ -82,7 +80,8 @@ def domain_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
 
 
 def state_of(ctx: Context[Any]) -> AppState:
-    return ctx.request_context.lifespan_context
+    state: AppState = ctx.request_context.lifespan_context
+    return state
 
 
 def cursor(events: list[Event]) -> int | None:

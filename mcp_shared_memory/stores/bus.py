@@ -220,5 +220,5 @@ class RedisBus:
 
     async def close(self) -> None:
         if self._pubsub is not None:
-            with suppress(REDIS_ERRORS):
+            with suppress(*REDIS_ERRORS):
                 await self._pubsub.aclose()

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import cast
 
 import redis.asyncio as aioredis
 
@@ -154,7 +155,8 @@ class RedisCache:
         try:
             if await self._redis.set(key, "pending", nx=True, ex=window):
                 return None
-            return await self._redis.get(key) or "pending"
+            # decode_responses=True (connect_redis): replies are str, which redis-py's annotations cannot express
+            return cast(str | None, await self._redis.get(key)) or "pending"
         except REDIS_ERRORS as exc:
             self._breaker.trip("dedup check", exc)
             return None
@@ -176,7 +178,7 @@ class RedisCache:
             self._stale.add((tenant, scope))
             return False
         keys = [self._keys.recent(tenant, scope), self._keys.dedup(tenant, scope, dedup_hash) if dedup_hash else ""]
-        args = [event.seq, event.model_dump_json(), self.recent_max, self.recent_ttl, str(event.id)]
+        args: list[str | int] = [event.seq, event.model_dump_json(), self.recent_max, self.recent_ttl, str(event.id)]
         try:
             await self._heal(tenant, scope)
             await self._record(keys=keys, args=args)
@@ -231,7 +233,7 @@ class RedisCache:
         if not self._breaker.closed:
             return None
         try:
-            raw = await self._redis.get(self._keys.workspace(tenant, workspace_id))
+            raw = cast(str | None, await self._redis.get(self._keys.workspace(tenant, workspace_id)))  # decoded
         except REDIS_ERRORS as exc:
             self._breaker.trip("workspace read", exc)
             return None

@@ -26,32 +26,37 @@ simultaneous identical inserts overwrites the earlier one (one point, one confir
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
-import re
-import unicodedata
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
 import httpx
 import numpy as np
 from qdrant_client import AsyncQdrantClient, models
-from qdrant_client.http.exceptions import ApiException, ResponseHandlingException, UnexpectedResponse
+from qdrant_client.http.exceptions import ApiException
 
 from ..errors import ConfigError, StoreUnavailable
 from ..models import Fact, FactWrite, Scope
 from ..settings import Settings
 from .facts import Embed
+from .qdrant_points import COLLECTION_PREFIX, collection_name, fact_point_id, unavailable
+from .qdrant_points import already_exists as _already_exists
+from .qdrant_points import fact_text as _text
+from .qdrant_points import in_scope as _in_scope
+from .qdrant_points import match as _match
+from .qdrant_points import not_found as _not_found
+from .qdrant_points import now_iso as _now
+from .qdrant_points import scope_filter as _scope_filter
+from .qdrant_points import to_fact as _to_fact
+from .qdrant_points import union as _union
 
 log = logging.getLogger(__name__)
 
-COLLECTION_PREFIX = "msm_facts"
 DEFAULT_TIMEOUT = 5  # seconds, per HTTP request
 BATCH = 64
 # A confirmation that keeps losing its compare-and-set to other writers gives up after this many tries.
@@ -59,107 +64,7 @@ MAX_ATTEMPTS = 32
 # Write tokens kept on a point, so a writer can tell its write applied even if another one followed it.
 WRITES_KEPT = 16
 
-_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "mcp-shared-memory/semantic-facts")
 TRANSPORT_ERRORS = (ApiException, httpx.HTTPError, grpc.RpcError, OSError, TimeoutError)
-
-
-def collection_name(model_id: str, dimension: int) -> str:
-    slug = re.sub(r"[^a-z0-9]+", "-", model_id.lower()).strip("-")[:100] or "model"
-    return f"{COLLECTION_PREFIX}__{slug}__{dimension}"
-
-
-def normalise_fact(text: str) -> str:
-    text = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
-    return text.strip(" .,;:!?\"'")
-
-
-def fact_point_id(tenant: str, scope: Scope, fact: str) -> uuid.UUID:
-    """The id a new fact gets: identical facts of one scope collapse into one point, across processes."""
-    return uuid.uuid5(_ID_NAMESPACE, "\x1f".join((tenant, scope.type, scope.id, normalise_fact(fact))))
-
-
-def _match(key: str, value: str) -> models.FieldCondition:
-    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
-
-
-def _scope_filter(tenant: str, scope: Scope, *extra: models.Condition) -> models.Filter:
-    return models.Filter(
-        must=[_match("tenant_id", tenant), _match("scope_type", scope.type), _match("scope_id", scope.id), *extra]
-    )
-
-
-def _union(old: Sequence[str], new: Sequence[str]) -> list[str]:
-    return list(dict.fromkeys([*old, *new]))
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
-
-
-def _to_fact(point_id: Any, payload: Mapping[str, Any], similarity: float | None = None) -> Fact:
-    return Fact(
-        id=uuid.UUID(str(point_id)),
-        scope_type=payload["scope_type"],
-        scope_id=payload["scope_id"],
-        fact=payload["fact"],
-        source_event_ids=[uuid.UUID(e) for e in payload.get("source_event_ids", [])],
-        source_agents=list(payload.get("source_agents", [])),
-        confirmations=int(payload.get("confirmations", 1)),
-        first_seen=datetime.fromisoformat(payload["first_seen"]),
-        last_seen=datetime.fromisoformat(payload["last_seen"]),
-        similarity=similarity,
-    )
-
-
-def _text(record: models.Record) -> str:
-    return str((record.payload or {}).get("fact", ""))
-
-
-def _in_scope(payload: Mapping[str, Any] | None, tenant: str, scope: Scope) -> bool:
-    if not payload:
-        return False
-    return (payload.get("tenant_id"), payload.get("scope_type"), payload.get("scope_id")) == (
-        tenant,
-        scope.type,
-        scope.id,
-    )
-
-
-def _already_exists(exc: BaseException) -> bool:
-    if isinstance(exc, UnexpectedResponse):
-        # 409 since Qdrant 1.8, 400 before.
-        return exc.status_code == 409 or (exc.status_code == 400 and b"already exists" in exc.content)
-    if isinstance(exc, grpc.RpcError):
-        code = getattr(exc, "code", None)
-        return callable(code) and code() == grpc.StatusCode.ALREADY_EXISTS
-    # Local mode (tests) raises ValueError("Collection ... already exists").
-    return isinstance(exc, ValueError) and "already exists" in str(exc)
-
-
-def _not_found(exc: BaseException) -> bool:
-    if isinstance(exc, UnexpectedResponse):
-        return exc.status_code == 404
-    return isinstance(exc, KeyError)  # local mode: update of a point that no longer exists
-
-
-def unavailable(action: str, exc: BaseException) -> StoreUnavailable:
-    """A safe message: status and Qdrant's own error text, never the URL or the API key."""
-    if isinstance(exc, UnexpectedResponse):
-        status = f"HTTP {exc.status_code} {exc.reason_phrase}".strip()
-        if exc.status_code in (401, 403):
-            return StoreUnavailable(f"Qdrant refused to {action} ({status}): check MSM_QDRANT_API_KEY")
-        detail = ""
-        with suppress(ValueError, KeyError, TypeError):
-            detail = str(json.loads(exc.content)["status"]["error"])[:200]
-        suffix = f": {detail}" if detail else ""
-        return StoreUnavailable(f"Qdrant failed to {action} ({status}){suffix}; retry later")
-    if isinstance(exc, ResponseHandlingException):
-        exc = exc.source
-    if isinstance(exc, grpc.RpcError):
-        code = getattr(exc, "code", None)
-        name = code().name if callable(code) else type(exc).__name__
-        return StoreUnavailable(f"Qdrant is unavailable ({name}) and could not {action}; retry later")
-    return StoreUnavailable(f"Qdrant is unavailable ({type(exc).__name__}) and could not {action}; retry later")
 
 
 class QdrantFactsStore:
@@ -221,6 +126,7 @@ class QdrantFactsStore:
             for attempt in range(MAX_ATTEMPTS):
                 if attempt:
                     await asyncio.sleep(random.uniform(0, 0.002 * attempt))
+                target: models.ScoredPoint | models.Record | None
                 target = await self._nearest_duplicate(tenant, scope, vector, duplicate_floor)
                 if target is None:
                     # The same text (same id) can exist below the floor only through float rounding at

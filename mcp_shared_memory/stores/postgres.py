@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import asyncpg
@@ -27,7 +27,14 @@ INSERT INTO memory_meta (key, value) VALUES ('embedding_model', $1), ('embedding
 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
 """
 
-Record = asyncpg.Record
+
+class Record(Protocol):
+    """The part of an ``asyncpg.Record`` the stores use (asyncpg ships no type hints): columns by name,
+    and ``dict(row)``."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+    def keys(self) -> Iterable[str]: ...
 
 
 def unavailable(exc: BaseException) -> StoreUnavailable:
@@ -63,7 +70,8 @@ class PgConnection:
 
     async def fetchrow(self, query: str, *args: Any) -> Record | None:
         with translated():
-            return await self._conn.fetchrow(query, *args)
+            row: Record | None = await self._conn.fetchrow(query, *args)
+        return row
 
     async def fetchval(self, query: str, *args: Any) -> Any:
         with translated():
@@ -184,7 +192,8 @@ class PostgresPool:
 
     async def fetchrow(self, query: str, *args: Any) -> Record | None:
         with translated():
-            return await self._open_pool.fetchrow(query, *args)
+            row: Record | None = await self._open_pool.fetchrow(query, *args)
+        return row
 
     async def fetchval(self, query: str, *args: Any) -> Any:
         with translated():

@@ -1,0 +1,56 @@
+"""The layout's rules, checked on the source: drivers stay in stores/, the MCP layer holds no SQL, modules
+stay small enough to read in one sitting."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "mcp_shared_memory"
+MODULES = sorted(PACKAGE.rglob("*.py"))
+MAX_LINES = 420
+# Drivers of the stores: only stores/ and the composition root may use them (embedded/ runs its own
+# backend processes and probes them with a client of its own).
+DRIVERS = {"asyncpg", "redis", "qdrant_client", "pgvector"}
+MAY_USE_DRIVERS = ("stores/", "runtime.py", "embedded/")
+SQL = re.compile(r"\b(SELECT|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM)\b")
+
+
+def relative(path: Path) -> str:
+    return path.relative_to(PACKAGE).as_posix()
+
+
+def imported_roots(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    roots = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+@pytest.mark.parametrize("path", MODULES, ids=relative)
+def test_modules_stay_small(path: Path) -> None:
+    assert len(path.read_text().splitlines()) <= MAX_LINES
+
+
+@pytest.mark.parametrize("path", [p for p in MODULES if not relative(p).startswith(MAY_USE_DRIVERS)], ids=relative)
+def test_only_stores_and_the_composition_root_use_the_drivers(path: Path) -> None:
+    assert not imported_roots(path) & DRIVERS
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "server").glob("*.py")), ids=relative)
+def test_the_mcp_layer_holds_no_sql(path: Path) -> None:
+    assert not SQL.search(path.read_text())
+
+
+def test_nothing_outside_the_composition_root_reaches_into_the_memory_or_the_runtime() -> None:
+    """SharedMemory's collaborators and the runtime's connections are private."""
+    reach = re.compile(r"\b(memory|runtime)\._[a-z]")
+    offenders = [relative(p) for p in MODULES if relative(p) != "runtime.py" and reach.search(p.read_text())]
+    assert offenders == []
