@@ -19,9 +19,10 @@ import redis.asyncio as aioredis
 
 from mcp_shared_memory.embeddings import Embedder
 from mcp_shared_memory.memory import SharedMemory
-from mcp_shared_memory.models import Event, NewEvent, Principal, Scope
+from mcp_shared_memory.models import Principal, Scope
 from mcp_shared_memory.runtime import Connections, Runtime, open_connections, open_runtime
 from mcp_shared_memory.settings import Settings
+from mcp_shared_memory.stores.bulk import EventRow, copy_events
 from mcp_shared_memory.stores.cache import RedisKeys
 from mcp_shared_memory.stores.episodic import PostgresEpisodicStore
 from mcp_shared_memory.stores.postgres import PostgresPool
@@ -110,22 +111,27 @@ class Backdoor:
     workspaces: PostgresWorkspaceStore
     embedder: Embedder
 
-    async def bulk_append(self, tenant: str, scope: Scope, texts: list[str], *, importance: float = 0.5) -> list[Event]:
-        """Events appended straight to the log, as if announced long ago (no cache, no bus)."""
+    async def bulk_append(self, tenant: str, scope: Scope, texts: list[str], *, importance: float = 0.5) -> int:
+        """Events copied straight into the log, as if announced long ago (no cache, no bus)."""
         vectors = await self.embedder.embed_many(texts)
-        events = []
-        async with self.episodic.writer(tenant, scope) as writer:
-            assert writer is not None
-            for i, (text, vector) in enumerate(zip(texts, vectors, strict=True)):
-                new = NewEvent(
-                    agent_id="bulk", agent_type="agent", event_type="observation", role=None, content=text,
-                    content_hash=f"bulk-{i}", embedding=vector, embedding_model=self.embedder.model_id,
-                    importance=importance, metadata={}, idempotency_key=None,
-                )  # fmt: skip
-                appended = await writer.append(new)
-                events.append(appended.event)
-            writer.published(events)
-        return events
+        rows = [
+            EventRow(
+                id=uuid.uuid4(),
+                tenant_id=tenant,
+                scope_type=scope.type,
+                scope_id=scope.id,
+                agent_id=f"bulk-{i % 3}",
+                agent_type="agent",
+                event_type="observation",
+                content=text,
+                content_hash=f"bulk-{i}",
+                embedding=vector,
+                embedding_model=self.embedder.model_id,
+                importance=importance,
+            )
+            for i, (text, vector) in enumerate(zip(texts, vectors, strict=True))
+        ]
+        return await copy_events(self.db, rows)
 
 
 @pytest.fixture

@@ -42,21 +42,31 @@ class CountingOnnxEmbedder(OnnxEmbedder):
 
 
 class FakeEmbedder(Embedder):
-    """No model: deterministic vectors, optional failures and delays, to test the base class."""
+    """No model: deterministic vectors, optional failures, and a gate that holds batches inside the
+    "model call" until opened (``hold=True``), to test the base class."""
 
     model_id = "fake"
     dimension = 8
 
-    def __init__(self, *, fail_with: Exception | None = None, delay: float = 0.0, batch_size: int = 32):
+    def __init__(self, *, fail_with: Exception | None = None, hold: bool = False, batch_size: int = 32):
         super().__init__(batch_size=batch_size)
         self.fail_with = fail_with
-        self.delay = delay
+        self.gate = asyncio.Event()
+        if not hold:
+            self.gate.set()
         self.batches: list[list[str]] = []
+        self._entered = asyncio.Condition()
+
+    async def inside(self, batches: int) -> None:
+        """Wait until ``batches`` batches have entered the model call."""
+        async with self._entered:
+            await self._entered.wait_for(lambda: len(self.batches) >= batches)
 
     async def _embed_batch(self, texts: list[str]) -> npt.NDArray[np.float32]:
-        self.batches.append(list(texts))
-        if self.delay:
-            await asyncio.sleep(self.delay)
+        async with self._entered:
+            self.batches.append(list(texts))
+            self._entered.notify_all()
+        await self.gate.wait()
         if self.fail_with is not None:
             raise self.fail_with
         return np.array([[len(t) + 1.0, *([1.0] * 7)] for t in texts], dtype=np.float32)
@@ -233,13 +243,14 @@ async def test_provider_errors_pass_through_unchanged() -> None:
 
 
 async def test_cancelling_one_caller_does_not_break_the_worker() -> None:
-    async with FakeEmbedder(delay=0.05) as e:
+    async with FakeEmbedder(hold=True) as e:
         first = asyncio.create_task(e.embed("first"))
-        await asyncio.sleep(0.01)  # "first" is now inside the model call
+        await e.inside(1)  # "first" is now inside the model call
         victim = asyncio.create_task(e.embed("victim"))
         others = [asyncio.create_task(e.embed(f"other {i}")) for i in range(3)]
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one turn of the loop: they are queued behind "first"
         victim.cancel()
+        e.gate.set()
         results = await asyncio.gather(first, *others)
         assert victim.cancelled()
         assert all(r.shape == (8,) for r in results)
@@ -247,11 +258,13 @@ async def test_cancelling_one_caller_does_not_break_the_worker() -> None:
         assert (await e.embed("after")).shape == (8,)
 
         # a caller cancelled while its text is inside the model call
+        e.gate.clear()
         in_flight = asyncio.create_task(e.embed("in flight"))
         neighbour = asyncio.create_task(e.embed("neighbour"))
-        await asyncio.sleep(0.01)
+        await e.inside(len(e.batches) + 1)
         assert e.batches[-1] == ["in flight", "neighbour"]
         in_flight.cancel()
+        e.gate.set()
         assert (await neighbour).shape == (8,)
         assert in_flight.cancelled()
         assert (await e.embed("after again")).shape == (8,)
@@ -267,16 +280,16 @@ async def test_duplicates_in_a_batch_are_embedded_once() -> None:
 
 
 async def test_close_fails_waiting_callers_and_reopen_works() -> None:
-    e = FakeEmbedder(delay=0.2)
+    e = FakeEmbedder(hold=True)
     await e.open()
     pending = asyncio.create_task(e.embed("slow"))
-    await asyncio.sleep(0.01)
+    await e.inside(1)
     await e.close()
     with pytest.raises(EmbeddingUnavailable, match="closed"):
         await pending
     with pytest.raises(RuntimeError, match="not open"):
         await e.embed("x")
-    e.delay = 0
+    e.gate.set()
     async with e:
         assert (await e.embed("again")).shape == (8,)
 
