@@ -26,7 +26,7 @@ from mcp_shared_memory.stores.redis_client import connect_redis
 from .conftest import Backdoor, isolated
 from .faults import eventually, faulty_redis_runtime
 from .redis_server import redis_process
-from .tcp_proxy import faulty_proxy
+from .tcp_proxy import FaultyProxy, faulty_proxy
 
 pytestmark = pytest.mark.anyio
 
@@ -45,6 +45,21 @@ async def runtime_on(
             yield runtime
     finally:
         await client.aclose()
+
+
+@asynccontextmanager
+async def two_processes(
+    settings: Settings, connections: Connections
+) -> AsyncIterator[tuple[FaultyProxy, Runtime, Runtime]]:
+    """Two server processes on one private Redis: A reaches it through a fault-injecting proxy, B directly."""
+    common = isolated(settings, redis_breaker_seconds=0)
+    async with (
+        redis_process() as server,
+        faulty_proxy("127.0.0.1", server.port) as proxy,
+        runtime_on(common, connections, proxy.url()) as a,
+        runtime_on(common, connections, server.url) as b,
+    ):
+        yield proxy, a, b
 
 
 class Heard:
@@ -122,13 +137,7 @@ async def test_event_whose_redis_update_failed_reaches_other_processes_in_order(
     """Process A's Redis update fails after its commit (connection reset, or Redis hanging past the
     timeout). Process B must still serve A's event, and a since_seq cursor must not skip it: B's next
     write announces A's queued event before its own."""
-    common = isolated(settings, redis_breaker_seconds=0)
-    async with (
-        redis_process() as server,
-        faulty_proxy("127.0.0.1", server.port) as proxy,
-        runtime_on(common, connections, proxy.url()) as a,
-        runtime_on(common, connections, server.url) as b,
-    ):
+    async with two_processes(settings, connections) as (proxy, a, b):
         await b.memory.write_event(alice_coder, "event one", importance=0.8)
         cursor = max(e.seq for e in await b.memory.get_recent_shared(alice_coder, limit=10))  # B's floor is set
 
@@ -148,13 +157,7 @@ async def test_the_sweep_announces_what_a_failed_redis_update_left_queued(
 ) -> None:
     """With no later writer in the scope, the periodic sweep announces the queued event: other
     processes' caches and subscribers catch up."""
-    common = isolated(settings, redis_breaker_seconds=0)
-    async with (
-        redis_process() as server,
-        faulty_proxy("127.0.0.1", server.port) as proxy,
-        runtime_on(common, connections, proxy.url()) as a,
-        runtime_on(common, connections, server.url) as b,
-    ):
+    async with two_processes(settings, connections) as (proxy, a, b):
         heard = Heard()
         b.bus.add_listener(heard)
         await b.bus.subscribe(Topic(alice.tenant, ALICE))
