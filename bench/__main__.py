@@ -160,6 +160,9 @@ def run() -> None:
     )
     for noisy in ("httpx", "httpx2", "mcp", "mcp_shared_memory"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from mcp_shared_memory.embedded import install_exit_signal_handlers
+
+    install_exit_signal_handlers()  # a terminated run still releases the embedded backends it started
     sys.exit(anyio.run(main, args))
 
 

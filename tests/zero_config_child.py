@@ -39,4 +39,7 @@ async def main(name: str, data_dir: str) -> None:
 
 
 if __name__ == "__main__":
+    from mcp_shared_memory.embedded import install_exit_signal_handlers
+
+    install_exit_signal_handlers()  # a terminated agent releases the embedded servers it holds
     anyio.run(main, sys.argv[1], sys.argv[2])
