@@ -128,11 +128,15 @@ def migrate(data_dir: DataDir = None, log_level: LogLevel = None) -> None:
     settings = start(data_dir=data_dir, log_level=log_level)
 
     async def main() -> None:
+        from .maintenance import fill_lexemes
         from .runtime import open_admin
 
         async with open_admin(settings) as admin:
             applied = admin.applied_migrations
+            indexed = await fill_lexemes(admin.episodic)
         typer.echo("applied: " + ", ".join(applied) if applied else "database is up to date")
+        if indexed:
+            typer.echo(f"indexed {indexed} older events for lexical search")
 
     run(main)
 

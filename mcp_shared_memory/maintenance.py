@@ -31,7 +31,8 @@ SWEEP_AFTER = 1.0
 EMBED_EVERY = 6  # sweeps: every 30 s
 EMBEDDING_LEASE = 120.0
 RETRY_REJECTED = 3600.0  # the model rejected this text: try it hourly, never block the others
-RETRY_OUTAGE = 60.0  # the model failed every text of a batch: it is down, try again soon
+RETRY_OUTAGE = 60.0
+LEXEME_BATCH = 5000  # the model failed every text of a batch: it is down, try again soon
 
 
 class Maintenance:
@@ -78,6 +79,11 @@ class Maintenance:
             _log_rejected(failed, results)
         return total
 
+    async def fill_lexemes(self, *, batch: int = LEXEME_BATCH) -> int:
+        """Index the events written before the lexical index existed, in batches, logging progress;
+        returns how many were indexed."""
+        return await fill_lexemes(self._episodic, batch=batch)
+
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Sweep every few seconds, back-fill every half minute, consolidate every
         ``MSM_CONSOLIDATION_INTERVAL`` seconds (0: never) until cancelled. Never raises."""
@@ -88,6 +94,10 @@ class Maintenance:
                 tg.start_soon(self._consolidate_periodically, self._settings.consolidation_interval)
 
     async def _repair_periodically(self) -> None:
+        try:
+            await self.fill_lexemes()
+        except SharedMemoryError as exc:
+            log.warning("lexical indexing of older events skipped: %s", exc.message)
         passes = 0
         while True:
             await anyio.sleep(SWEEP_INTERVAL)
@@ -110,6 +120,18 @@ class Maintenance:
                              report.stored, report.confirmed)  # fmt: skip
             except SharedMemoryError as exc:
                 log.warning("consolidation skipped: %s", exc.message)
+
+
+async def fill_lexemes(episodic: PostgresEpisodicStore, *, batch: int = LEXEME_BATCH) -> int:
+    remaining = await episodic.count_without_lexemes()
+    if not remaining:
+        return 0
+    log.warning("indexing %d older events for lexical search, %d at a time", remaining, batch)
+    done = 0
+    while filled := await episodic.fill_lexemes(batch=batch):
+        done += filled
+        log.warning("lexical index: %d of %d older events done", done, remaining)
+    return done
 
 
 def _log_rejected(failed: list[uuid.UUID], results: Sequence[object]) -> None:

@@ -11,20 +11,21 @@ from typing import Any
 import anyio
 import numpy as np
 
-from . import recent
+from . import ranking, recent
 from . import validation as check
 from .announcer import Announcer
 from .context import format_shared_context, task_context
 from .embeddings import Embedder
-from .errors import AccessDenied, EmbeddingUnavailable, InvalidInput, NotFound
+from .errors import EmbeddingUnavailable, InvalidInput, NotFound
 from .models import (
     Event,
+    EventFilter,
     Fact,
     FactWrite,
     NewEvent,
     Principal,
     Scope,
-    Workspace,
+    SearchMode,
     WorkspaceSummary,
     WriteResult,
     as_uuid,
@@ -35,8 +36,10 @@ from .models import (
 from .settings import Settings
 from .stores.cache import CachedRecent, CacheMiss, RedisCache
 from .stores.episodic import PostgresEpisodicStore
+from .stores.event_search import PostgresEventSearch
 from .stores.facts import FactsStore
 from .stores.workspaces import PostgresWorkspaceStore
+from .workspace_rules import WorkspaceRules
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ SHARED_CONTEXT_MAX_EVENTS = 20
 SHARED_CONTEXT_MAX_FACTS = 10
 
 
-class SharedMemory:
+class SharedMemory(WorkspaceRules):
     """Shared memory of a tenant's agents. Every call takes the caller's ``Principal``."""
 
     def __init__(
@@ -53,6 +56,7 @@ class SharedMemory:
         *,
         settings: Settings,
         episodic: PostgresEpisodicStore,
+        search: PostgresEventSearch,
         workspaces: PostgresWorkspaceStore,
         cache: RedisCache,
         announcer: Announcer,
@@ -61,6 +65,7 @@ class SharedMemory:
     ) -> None:
         self.settings = settings
         self._episodic = episodic
+        self._search = search
         self._workspaces = workspaces
         self._cache = cache
         self._announcer = announcer
@@ -158,14 +163,19 @@ class SharedMemory:
         limit: int = 20,
         min_importance: float = 0.0,
         since_seq: int | None = None,
+        filters: EventFilter | dict[str, Any] | None = None,
     ) -> list[Event]:
         """The scope's newest events from every agent (newest first); with ``since_seq``, the events
-        after that cursor (oldest first) so a reader can page without gaps."""
+        after that cursor (oldest first) so a reader can page without gaps. ``filters`` narrow them."""
         target = principal.resolve_scope(scope)
         check.bounded_int(limit, "limit", low=1, high=MAX_LIMIT)
         min_importance = check.unit_interval(min_importance, "min_importance")
         if since_seq is not None:
             check.bounded_int(since_seq, "since_seq", low=0, high=2**62)
+        wanted = EventFilter.parse(filters)
+        if not wanted.is_empty:
+            wanted = wanted.model_copy(update={"min_importance": max(wanted.min_importance, min_importance)})
+            return await self._search.recent(principal.tenant, target, wanted, limit=limit, since_seq=since_seq)
         query = recent.RecentQuery(limit=limit, min_importance=min_importance, since_seq=since_seq)
         if recent.cacheable(query, recent_max=self.settings.recent_max):
             answer = await self._recent_from_cache(principal.tenant, target, query)
@@ -195,31 +205,52 @@ class SharedMemory:
         scope: str | Scope | None = None,
         limit: int = 10,
         min_similarity: float | None = None,
+        mode: SearchMode = "hybrid",
+        filters: EventFilter | dict[str, Any] | None = None,
+        recency_half_life: float | None = None,
     ) -> list[Event]:
-        """Semantic search over every agent's events in the scope, most similar first."""
+        """Every agent's events in the scope that answer ``query``, best first (see ``ranking.py``):
+        ``hybrid`` matches words and meaning, ``lexical`` exact terms (ids, codes, names), ``semantic``
+        meaning only. ``recency_half_life`` (seconds) discounts older events."""
         target = principal.resolve_scope(scope)
         check.bounded_int(limit, "limit", low=1, high=MAX_LIMIT)
-        vector, floor = await self._query(query, min_similarity)
-        return await self._episodic.search(
-            principal.tenant, target, vector, model_id=self._embedder.model_id, limit=limit, min_similarity=floor
-        )
-
-    async def _query(self, query: str, min_similarity: float | None) -> tuple[np.ndarray, float]:
-        """A search's query vector and similarity floor (the model's default unless given)."""
         check.text(query, "query", max_chars=check.MAX_QUERY_CHARS)
-        floor = self.settings.search_floor
-        if min_similarity is not None:
-            floor = check.similarity(min_similarity, "min_similarity")
-        return await self._embedder.embed(query), floor
+        mode = check.search_mode(mode)
+        wanted = EventFilter.parse(filters)
+        if recency_half_life is not None:
+            check.positive(recency_half_life, "recency_half_life")
+        floor = self._floor(min_similarity)
+        vector = None if mode == "lexical" else await self._embedder.embed(query)
+        candidates = await self._search.candidates(
+            principal.tenant, target, wanted, vector=vector, query=None if mode == "semantic" else query,
+            model_id=self._embedder.model_id, per_ranking=ranking.candidates_per_ranking(limit),
+        )  # fmt: skip
+        return ranking.fuse(
+            candidates, mode=mode, limit=limit, floor=floor, fusion=self.settings.search_fusion,
+            recency_half_life=recency_half_life,
+        )  # fmt: skip
+
+    def _floor(self, min_similarity: float | None) -> float:
+        """A search's similarity floor: the model's default unless given."""
+        if min_similarity is None:
+            return self.settings.search_floor
+        return check.similarity(min_similarity, "min_similarity")
 
     async def get_agent_history(
-        self, principal: Principal, agent_id: str, *, scope: str | Scope | None = None, limit: int = 30
+        self,
+        principal: Principal,
+        agent_id: str,
+        *,
+        scope: str | Scope | None = None,
+        limit: int = 30,
+        filters: EventFilter | dict[str, Any] | None = None,
     ) -> list[Event]:
         """Events one agent wrote in the scope, newest first."""
         target = principal.resolve_scope(scope)
         validate_identifier(agent_id, "agent_id")
         check.bounded_int(limit, "limit", low=1, high=MAX_LIMIT)
-        return await self._episodic.agent_history(principal.tenant, target, agent_id, limit=limit)
+        wanted = EventFilter.parse(filters).model_copy(update={"agent_ids": [agent_id]})
+        return await self._search.recent(principal.tenant, target, wanted, limit=limit)
 
     async def shared_context_events(
         self, principal: Principal, *, scope: str | Scope | None = None, max_events: int = SHARED_CONTEXT_MAX_EVENTS
@@ -262,99 +293,6 @@ class SharedMemory:
         """A sub-agent's output, written back to the shared scope."""
         return await self.write_event(principal, result, event_type="agent_result", importance=importance, scope=scope)
 
-    # workspaces
-
-    async def create_workspace(
-        self,
-        principal: Principal,
-        task: str,
-        agents: list[str] | None = None,
-        *,
-        context: dict[str, Any] | None = None,
-    ) -> Workspace:
-        """Create a durable workspace (orchestrator) and record a ``workspace_created`` event in it."""
-        check.text(task, "task", max_chars=check.MAX_TASK_CHARS)
-        roster = list(dict.fromkeys(agents or []))
-        if len(roster) > check.MAX_AGENTS:
-            raise InvalidInput(f"at most {check.MAX_AGENTS} agents per workspace")
-        for agent in roster:
-            validate_identifier(agent, "agent id in agents")
-        context = check.metadata(context)
-        workspace_id = str(uuid.uuid4())
-        scope = Scope("workspace", workspace_id)
-        if not principal.may_use(scope):
-            raise AccessDenied("this connection may not create workspaces (its allowed scopes exclude them)")
-        workspace = await self._workspaces.create(
-            principal.tenant, workspace_id, task=task, agents=roster, context=context,
-            created_by=principal.agent_id,
-        )  # fmt: skip
-        await self._announcer.workspace(principal.tenant, workspace, created=True)
-        roster_text = f" Agents: {', '.join(roster)}." if roster else ""
-        await self.write_event(
-            principal, f"Workspace created for task: {task}.{roster_text}", event_type="workspace_created",
-            importance=0.9, scope=scope, dedup=False,
-        )  # fmt: skip
-        return workspace
-
-    async def get_workspace(self, principal: Principal, workspace_id: str) -> Workspace:
-        validate_identifier(workspace_id, "workspace_id")
-        principal.resolve_scope(Scope("workspace", workspace_id))
-        cached = await self._cache.get_workspace(principal.tenant, workspace_id)
-        if cached is not None:
-            return cached
-        workspace = await self._workspaces.get(principal.tenant, workspace_id)
-        if workspace is None:
-            raise NotFound(f"workspace {workspace_id} does not exist in this tenant")
-        await self._cache.put_workspace(principal.tenant, workspace, ttl=self.settings.workspace_cache_ttl)
-        return workspace
-
-    async def get_workspace_summary(
-        self, principal: Principal, workspace_id: str, *, limit: int = 50
-    ) -> WorkspaceSummary:
-        workspace = await self.get_workspace(principal, workspace_id)
-        scope = Scope("workspace", workspace_id)
-        recent = await self.get_recent_shared(principal, scope=scope, limit=limit)
-        count = await self._episodic.count(principal.tenant, scope)
-        return WorkspaceSummary(workspace=workspace, recent_events=recent, event_count=count)
-
-    async def update_workspace(
-        self,
-        principal: Principal,
-        workspace_id: str,
-        *,
-        status: str | None = None,
-        context: dict[str, Any] | None = None,
-        agents: list[str] | None = None,
-    ) -> Workspace:
-        """Change status, merge keys into the context, or replace the agent roster."""
-        validate_identifier(workspace_id, "workspace_id")
-        principal.resolve_scope(Scope("workspace", workspace_id))
-        if status is None and context is None and agents is None:
-            raise InvalidInput("nothing to update: pass status, context or agents")
-        if status is not None:
-            check.status(status)
-        if context is not None:
-            check.metadata(context)
-        if agents is not None:
-            for agent in agents:
-                validate_identifier(agent, "agent id in agents")
-        workspace = await self._workspaces.update(
-            principal.tenant, workspace_id, status=status, context_patch=context, agents=agents
-        )
-        if workspace is None:
-            raise NotFound(f"workspace {workspace_id} does not exist in this tenant")
-        await self._announcer.workspace(principal.tenant, workspace, created=False)
-        return workspace
-
-    async def list_workspaces(
-        self, principal: Principal, *, status: str | None = None, limit: int = 50
-    ) -> list[Workspace]:
-        if status is not None:
-            check.status(status)
-        check.bounded_int(limit, "limit", low=1, high=MAX_LIMIT)
-        found = await self._workspaces.list(principal.tenant, status=status, limit=limit)
-        return [w for w in found if principal.may_use(Scope("workspace", w.id))]
-
     # facts
 
     async def store_fact(
@@ -382,11 +320,18 @@ class SharedMemory:
         scope: str | Scope | None = None,
         top_k: int = 10,
         min_similarity: float | None = None,
+        mode: SearchMode = "hybrid",
     ) -> list[Fact]:
+        """The scope's shared facts that answer ``query``, best first (modes as in ``search_shared``)."""
         target = principal.resolve_scope(scope)
         check.bounded_int(top_k, "top_k", low=1, high=MAX_LIMIT)
-        vector, floor = await self._query(query, min_similarity)
-        return await self._facts.search(principal.tenant, target, vector, top_k=top_k, min_similarity=floor)
+        check.text(query, "query", max_chars=check.MAX_QUERY_CHARS)
+        mode = check.search_mode(mode)
+        floor = self._floor(min_similarity)
+        vector = await self._embedder.embed(query)
+        return await self._facts.search(
+            principal.tenant, target, vector, query=query, top_k=top_k, min_similarity=floor, mode=mode
+        )
 
     async def forget_fact(self, principal: Principal, fact_id: str, *, scope: str | Scope | None = None) -> None:
         target = principal.resolve_scope(scope)

@@ -30,6 +30,7 @@ from .settings import Settings
 from .stores.bus import RedisBus
 from .stores.cache import RedisCache
 from .stores.episodic import PostgresEpisodicStore
+from .stores.event_search import PostgresEventSearch
 from .stores.facts import FactsStore
 from .stores.facts_pg import PgVectorFactsStore
 from .stores.postgres import PostgresPool
@@ -206,7 +207,8 @@ async def open_runtime(
         episodic = PostgresEpisodicStore(db)
         announcer = Announcer(cache, bus, workspace_ttl=settings.workspace_cache_ttl)
         memory = SharedMemory(
-            settings=settings, episodic=episodic, workspaces=PostgresWorkspaceStore(db), cache=cache,
+            settings=settings, episodic=episodic, search=PostgresEventSearch(db), workspaces=PostgresWorkspaceStore(db),
+            cache=cache,
             announcer=announcer, embedder=embedder, facts=facts,
         )  # fmt: skip
         consolidator = Consolidator(
@@ -236,6 +238,7 @@ class AdminRuntime:
 
     tokens: PostgresTokenStore
     applied_migrations: list[str]
+    episodic: PostgresEpisodicStore
 
 
 @asynccontextmanager
@@ -246,7 +249,9 @@ async def open_admin(settings: Settings) -> AsyncIterator[AdminRuntime]:
         applied = await db.migrate()
         await db.open(migrate=False)
         try:
-            yield AdminRuntime(tokens=PostgresTokenStore(db), applied_migrations=applied)
+            yield AdminRuntime(
+                tokens=PostgresTokenStore(db), applied_migrations=applied, episodic=PostgresEpisodicStore(db)
+            )
         finally:
             await db.close()
 

@@ -93,8 +93,12 @@ class Settings(BaseSettings):
     dedup_window: int = Field(default=30, ge=0)
     min_shared_importance: float = Field(default=0.6, ge=0, le=1)
     search_min_similarity: float | None = Field(default=None, ge=-1, le=1)
+    # How hybrid search fuses the vector and full-text rankings: reciprocal rank, or weighted scores.
+    search_fusion: Literal["rrf", "weighted"] = "rrf"
     duplicate_fact_similarity: float | None = Field(default=None, ge=-1, le=1)
     max_content_chars: int = Field(default=32_000, ge=1)
+    # The text block of tool results: a compact rendering for models ("text") or the JSON ("json").
+    result_format: Literal["text", "json"] = "text"
     workspace_cache_ttl: int = Field(default=3600, ge=1)
 
     # consolidation of the episodic log into shared facts

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from typing import Any, Literal
 
 from .errors import InvalidInput
 
@@ -15,6 +15,8 @@ MAX_IDENTIFIER_CHARS = 128
 MAX_EVENT_TYPE_CHARS = 64
 MAX_SCOPE_CHARS = 10 + MAX_IDENTIFIER_CHARS  # "workspace:" + id
 MAX_FACT_ID_CHARS = 64
+MAX_FILTER_VALUES = 50
+MAX_FILTER_METADATA_KEYS = 10
 MAX_METADATA_BYTES = 16_384
 MAX_ROLE_CHARS = 64
 MAX_TASK_CHARS = 8_000
@@ -83,6 +85,21 @@ def metadata(value: dict[str, Any] | None) -> dict[str, Any]:
     if len(encoded.encode()) > MAX_METADATA_BYTES:
         raise InvalidInput(f"metadata is larger than {MAX_METADATA_BYTES} bytes of JSON: keep it small")
     return value
+
+
+SEARCH_MODES = ("hybrid", "semantic", "lexical")
+
+
+def search_mode(value: str) -> Literal["hybrid", "semantic", "lexical"]:
+    if value not in SEARCH_MODES:
+        raise InvalidInput(f"mode must be one of {', '.join(SEARCH_MODES)}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def positive(value: float, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+        raise InvalidInput(f"{what} must be a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 def status(value: str) -> str:

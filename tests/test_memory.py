@@ -62,9 +62,10 @@ async def test_the_articles_openai_floor_would_drop_the_correct_local_hit(
     """Defect 5: 0.72 is an OpenAI-scale floor; the local model needs its own (~0.25)."""
     await memory.write_event(alice, "The login service authenticates users with OAuth2 and PKCE")
 
-    assert await memory.search_shared(alice, "how do users sign in?", min_similarity=0.72) == []
+    query = "how do users sign in?"
+    assert await memory.search_shared(alice, query, min_similarity=0.72, mode="semantic") == []
     assert memory.settings.search_floor == pytest.approx(0.25)
-    assert await memory.search_shared(alice, "how do users sign in?")
+    assert await memory.search_shared(alice, query, mode="semantic")
 
 
 async def cached_events(backdoor: Backdoor, tenant: str, scope: Scope) -> list[int]:
@@ -411,7 +412,10 @@ async def test_event_written_during_an_embedder_outage_is_stored_and_embedded_la
         embedder.down = False
 
         assert written.status == "written"
-        assert await memory.search_shared(alice, "when does on-call rotate?") == []
+        question = "when does on-call rotate?"
+        assert await memory.search_shared(alice, question, mode="semantic") == []  # no vector yet
+        (lexical,) = await memory.search_shared(alice, question)  # ... but hybrid finds its words at once
+        assert lexical.id == written.event_id and lexical.similarity is None and lexical.lexical
         assert await runtime.maintenance.embed_missing() >= 1
-        hits = await memory.search_shared(alice, "when does on-call rotate?")
+        hits = await memory.search_shared(alice, question, mode="semantic")
         assert [h.id for h in hits] == [written.event_id]

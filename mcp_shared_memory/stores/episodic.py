@@ -133,6 +133,15 @@ CLEAR_EMBEDDINGS = """
 UPDATE shared_episodic_memories SET embedding = NULL, embedding_model = NULL, embedding_retry_at = NULL
 """
 
+# Rows written before the lexical index existed (migration 008): filled in batches, oldest first.
+FILL_LEXEMES = """
+UPDATE shared_episodic_memories SET lexemes = msm_lexemes(content)
+WHERE id IN (
+  SELECT id FROM shared_episodic_memories WHERE lexemes IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
+)
+"""
+COUNT_WITHOUT_LEXEMES = "SELECT count(*) FROM shared_episodic_memories WHERE lexemes IS NULL"
+
 UNCONSOLIDATED_SCOPES = """
 SELECT DISTINCT tenant_id, scope_type, scope_id FROM shared_episodic_memories
 WHERE consolidated = false AND ($1::text IS NULL OR tenant_id = $1)
@@ -302,6 +311,16 @@ class PostgresEpisodicStore:
         """Drop every event vector (before re-embedding with another model)."""
         status = await self._db.execute(CLEAR_EMBEDDINGS)
         return int(status.split()[-1])
+
+    # the lexical index of rows older than it
+
+    async def fill_lexemes(self, *, batch: int) -> int:
+        """Index up to ``batch`` events written before the lexical index existed; returns how many."""
+        status = await self._db.execute(FILL_LEXEMES, batch)
+        return int(status.split()[-1])
+
+    async def count_without_lexemes(self) -> int:
+        return int(await self._db.fetchval(COUNT_WITHOUT_LEXEMES))
 
     # consolidation
 

@@ -1,0 +1,131 @@
+"""The workspace rules of ``SharedMemory``: durable workspaces created by an orchestrator, cached in Redis,
+their changes announced on the bus. A part of ``SharedMemory`` (it inherits this), kept apart for size."""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from . import validation as check
+from .announcer import Announcer
+from .errors import AccessDenied, InvalidInput, NotFound
+from .models import Principal, Scope, Workspace, WorkspaceSummary, validate_identifier
+from .settings import Settings
+from .stores.cache import RedisCache
+from .stores.episodic import PostgresEpisodicStore
+from .stores.workspaces import PostgresWorkspaceStore
+
+if TYPE_CHECKING:
+    from .models import Event, WriteResult
+
+MAX_LIMIT = check.MAX_LIMIT
+
+
+class WorkspaceRules:
+    settings: Settings
+    _episodic: PostgresEpisodicStore
+    _workspaces: PostgresWorkspaceStore
+    _cache: RedisCache
+    _announcer: Announcer
+
+    if TYPE_CHECKING:
+
+        async def write_event(
+            self, principal: Principal, content: str, *, event_type: str = ..., importance: float = ...,
+            scope: str | Scope | None = ..., dedup: bool = ...,
+        ) -> WriteResult: ...  # fmt: skip
+
+        async def get_recent_shared(
+            self, principal: Principal, *, scope: str | Scope | None = ..., limit: int = ...
+        ) -> list[Event]: ...
+
+    async def create_workspace(
+        self,
+        principal: Principal,
+        task: str,
+        agents: list[str] | None = None,
+        *,
+        context: dict[str, Any] | None = None,
+    ) -> Workspace:
+        """Create a durable workspace (orchestrator) and record a ``workspace_created`` event in it."""
+        check.text(task, "task", max_chars=check.MAX_TASK_CHARS)
+        roster = list(dict.fromkeys(agents or []))
+        if len(roster) > check.MAX_AGENTS:
+            raise InvalidInput(f"at most {check.MAX_AGENTS} agents per workspace")
+        for agent in roster:
+            validate_identifier(agent, "agent id in agents")
+        context = check.metadata(context)
+        workspace_id = str(uuid.uuid4())
+        scope = Scope("workspace", workspace_id)
+        if not principal.may_use(scope):
+            raise AccessDenied("this connection may not create workspaces (its allowed scopes exclude them)")
+        workspace = await self._workspaces.create(
+            principal.tenant, workspace_id, task=task, agents=roster, context=context,
+            created_by=principal.agent_id,
+        )  # fmt: skip
+        await self._announcer.workspace(principal.tenant, workspace, created=True)
+        roster_text = f" Agents: {', '.join(roster)}." if roster else ""
+        await self.write_event(
+            principal, f"Workspace created for task: {task}.{roster_text}", event_type="workspace_created",
+            importance=0.9, scope=scope, dedup=False,
+        )  # fmt: skip
+        return workspace
+
+    async def get_workspace(self, principal: Principal, workspace_id: str) -> Workspace:
+        validate_identifier(workspace_id, "workspace_id")
+        principal.resolve_scope(Scope("workspace", workspace_id))
+        cached = await self._cache.get_workspace(principal.tenant, workspace_id)
+        if cached is not None:
+            return cached
+        workspace = await self._workspaces.get(principal.tenant, workspace_id)
+        if workspace is None:
+            raise NotFound(f"workspace {workspace_id} does not exist in this tenant")
+        await self._cache.put_workspace(principal.tenant, workspace, ttl=self.settings.workspace_cache_ttl)
+        return workspace
+
+    async def get_workspace_summary(
+        self, principal: Principal, workspace_id: str, *, limit: int = 50
+    ) -> WorkspaceSummary:
+        workspace = await self.get_workspace(principal, workspace_id)
+        scope = Scope("workspace", workspace_id)
+        recent = await self.get_recent_shared(principal, scope=scope, limit=limit)
+        count = await self._episodic.count(principal.tenant, scope)
+        return WorkspaceSummary(workspace=workspace, recent_events=recent, event_count=count)
+
+    async def update_workspace(
+        self,
+        principal: Principal,
+        workspace_id: str,
+        *,
+        status: str | None = None,
+        context: dict[str, Any] | None = None,
+        agents: list[str] | None = None,
+    ) -> Workspace:
+        """Change status, merge keys into the context, or replace the agent roster."""
+        validate_identifier(workspace_id, "workspace_id")
+        principal.resolve_scope(Scope("workspace", workspace_id))
+        if status is None and context is None and agents is None:
+            raise InvalidInput("nothing to update: pass status, context or agents")
+        if status is not None:
+            check.status(status)
+        if context is not None:
+            check.metadata(context)
+        if agents is not None:
+            for agent in agents:
+                validate_identifier(agent, "agent id in agents")
+        workspace = await self._workspaces.update(
+            principal.tenant, workspace_id, status=status, context_patch=context, agents=agents
+        )
+        if workspace is None:
+            raise NotFound(f"workspace {workspace_id} does not exist in this tenant")
+        await self._announcer.workspace(principal.tenant, workspace, created=False)
+        return workspace
+
+    async def list_workspaces(
+        self, principal: Principal, *, status: str | None = None, limit: int = 50
+    ) -> list[Workspace]:
+        if status is not None:
+            check.status(status)
+        check.bounded_int(limit, "limit", low=1, high=MAX_LIMIT)
+        found = await self._workspaces.list(principal.tenant, status=status, limit=limit)
+        return [w for w in found if principal.may_use(Scope("workspace", w.id))]
