@@ -7,7 +7,7 @@ its centre ~0.7), each small scope drawing from 6 topics. Queries are real embed
 questions about a scope's topics. Rows go in with COPY (``stores.bulk.copy_events`` on the pool of the
 package's ``Connections``), with ids and vectors the bench draws from per-batch seeds, so the exact top 10
 is computed from regenerated vectors and nothing is read back. Queries go through
-``SharedMemory.search_shared`` (embeds the query), ``PostgresEpisodicStore.search`` (vector given) and a
+``SharedMemory.search_shared`` (embeds the query), ``PostgresEventSearch.candidates`` (vector given) and a
 minimal raw SQL k-NN on a raw connection of the bench's own (the floor).
 """
 
@@ -24,8 +24,9 @@ import anyio
 import asyncpg
 import numpy as np
 
+from mcp_shared_memory.models import EventFilter
 from mcp_shared_memory.stores.bulk import EventRow, analyze_events, copy_events
-from mcp_shared_memory.stores.episodic import PostgresEpisodicStore
+from mcp_shared_memory.stores.event_search import PostgresEventSearch
 
 from .context import MODEL_ID
 from .floors import connect_pg
@@ -52,6 +53,17 @@ RAW_KNN = """
 SELECT id FROM shared_episodic_memories
 WHERE tenant_id = $1 AND scope_type = 'user' AND scope_id = $2
 ORDER BY embedding <=> $3 LIMIT 10
+"""
+# The floor of hybrid search: both candidate lists (30 each, as the server reads them for limit 10) in
+# one minimal statement, without filters or fusion.
+RAW_HYBRID = """
+WITH v AS (SELECT id FROM shared_episodic_memories
+           WHERE tenant_id = $1 AND scope_type = 'user' AND scope_id = $2
+           ORDER BY embedding <=> $3 LIMIT 30),
+l AS (SELECT id FROM shared_episodic_memories, msm_query($4) q
+      WHERE tenant_id = $1 AND scope_type = 'user' AND scope_id = $2 AND lexemes @@ q
+      ORDER BY ts_rank_cd(lexemes, q, 1) DESC LIMIT 30)
+SELECT id FROM v UNION SELECT id FROM l
 """
 
 
@@ -147,7 +159,7 @@ class Subjects:
     """What a query is timed on: the floor's raw connection, the store, and the domain."""
 
     raw: asyncpg.Connection
-    store: PostgresEpisodicStore
+    store: PostgresEventSearch
     memory: SharedMemory
     embedder: Embedder
 
@@ -164,7 +176,7 @@ async def run(bench: Bench) -> None:
         data = Dataset(bench.tenant("sc"), centers)
         conn = await connect_pg(bench.backends.database_url)
         try:
-            subjects = Subjects(conn, PostgresEpisodicStore(connections.db), runtime.memory, connections.embedder)
+            subjects = Subjects(conn, PostgresEventSearch(connections.db), runtime.memory, connections.embedder)
             for size in bench.profile.scale_sizes:
                 try:
                     with anyio.fail_after(3600):
@@ -216,6 +228,7 @@ async def measure_cell(bench: Bench, subjects: Subjects, data: Dataset, size: in
     truth_cache: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
     vector_cache: dict[str, np.ndarray] = {}
     raw_t, store_t, api_t, recalls, complete = [], [], [], [], 0
+    raw_hybrid_t, hybrid_t = [], []
     raw_recalls = []
     for _ in range(bench.profile.scale_queries):
         scope = rng.choice(scopes)
@@ -237,14 +250,23 @@ async def measure_cell(bench: Bench, subjects: Subjects, data: Dataset, size: in
         raw_t.append(time.perf_counter() - start)
 
         start = time.perf_counter()
-        await subjects.store.search(
-            scope.tenant, Scope("user", scope.scope_id), vector, model_id=MODEL_ID, limit=10, min_similarity=-1.0
-        )
+        await subjects.store.candidates(
+            scope.tenant, Scope("user", scope.scope_id), EventFilter(), vector=vector, query=None,
+            model_id=MODEL_ID, per_ranking=10,
+        )  # fmt: skip
         store_t.append(time.perf_counter() - start)
 
         start = time.perf_counter()
-        events = await subjects.memory.search_shared(principal, query, limit=10, min_similarity=-1.0)
+        events = await subjects.memory.search_shared(principal, query, limit=10, min_similarity=-1.0, mode="semantic")
         api_t.append(time.perf_counter() - start)
+
+        start = time.perf_counter()
+        await subjects.raw.fetch(RAW_HYBRID, scope.tenant, scope.scope_id, vector, query)
+        raw_hybrid_t.append(time.perf_counter() - start)
+
+        start = time.perf_counter()
+        await subjects.memory.search_shared(principal, query, limit=10)
+        hybrid_t.append(time.perf_counter() - start)
 
         got = {e.id for e in events}
         recalls.append(len(got & exact) / len(exact))
@@ -255,14 +277,26 @@ async def measure_cell(bench: Bench, subjects: Subjects, data: Dataset, size: in
     raw_s, store_s, api_s = Summary.of(raw_t), Summary.of(store_t), Summary.of(api_t)
     embed = await bench.try_floor(SECTION, "embed_query")
     bench.add(latency_metric(SECTION, f"{prefix}: raw SQL k-NN (floor)", raw_s))
-    bench.add(latency_metric(SECTION, f"{prefix}: episodic.search(vector)", store_s, floor=raw_s, floor_name="raw SQL"))
+    bench.add(latency_metric(SECTION, f"{prefix}: store vector candidates", store_s, floor=raw_s, floor_name="raw SQL"))
     bench.add(
         latency_metric(
             SECTION,
-            f"{prefix}: SharedMemory.search_shared",
+            f"{prefix}: search_shared semantic",
             api_s,
             floor=compose([embed, raw_s]),
             floor_name="embed query + raw SQL",
+        )
+    )
+    raw_hybrid_s, hybrid_s = Summary.of(raw_hybrid_t), Summary.of(hybrid_t)
+    bench.add(latency_metric(SECTION, f"{prefix}: raw hybrid SQL (floor)", raw_hybrid_s))
+    bench.add(
+        latency_metric(
+            SECTION,
+            f"{prefix}: search_shared hybrid",
+            hybrid_s,
+            floor=compose([embed, raw_hybrid_s]),
+            floor_name="embed query + raw hybrid SQL",
+            max_ratio=1.3,
         )
     )
     recall = float(np.mean(recalls))

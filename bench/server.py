@@ -147,7 +147,8 @@ async def tool_latencies(bench: Bench, client: Client, label: str) -> dict[str, 
 
 async def raw_sql_floors(bench: Bench, tenant: str) -> dict[str, Summary]:
     """The package's own SQL on the scope the tools just used, over one raw connection."""
-    from mcp_shared_memory.stores.episodic import SEARCH_EVENTS, SELECT_AGENT_HISTORY
+    from mcp_shared_memory.models import EventFilter, Scope
+    from mcp_shared_memory.stores.event_search import FILTERED_RECENT, SEARCH, filter_args
     from mcp_shared_memory.stores.facts_pg import NEAREST
 
     from .context import MODEL_ID
@@ -157,12 +158,14 @@ async def raw_sql_floors(bench: Bench, tenant: str) -> dict[str, Summary]:
     conn = await connect_pg(bench.backends.database_url)
     n, w = bench.profile.floor_calls, bench.profile.warmup
     try:
+        everything = filter_args(tenant, Scope("user", "alice"), EventFilter())
+        one_agent = filter_args(tenant, Scope("user", "alice"), EventFilter(agent_ids=[AGENT]))
 
-        async def search(_: int) -> None:
-            await conn.fetch(SEARCH_EVENTS, tenant, "user", "alice", unit_vector(rng), MODEL_ID, 10, floor_similarity)
+        async def search(_: int) -> None:  # hybrid: both candidate lists, 30 each for 10 results
+            await conn.fetch(SEARCH, *everything, unit_vector(rng), MODEL_ID, 30, "what failed in the deploy?")
 
         async def history(_: int) -> None:
-            await conn.fetch(SELECT_AGENT_HISTORY, tenant, "user", "alice", AGENT, 30)
+            await conn.fetch(FILTERED_RECENT, *one_agent, None, 30)
 
         async def facts(_: int) -> None:
             await conn.fetch(NEAREST, tenant, "user", "alice", unit_vector(rng), MODEL_ID, 10, floor_similarity)

@@ -81,31 +81,6 @@ WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3 AND importance >= $4 
 ORDER BY seq ASC LIMIT $6
 """
 
-SELECT_AGENT_HISTORY = f"""
-SELECT {EVENT_COLUMNS} FROM shared_episodic_memories
-WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3 AND agent_id = $4
-ORDER BY seq DESC LIMIT $5
-"""
-
-# Exact k-NN over the scope's rows, in two phases: rank (id, distance) only, then fetch the k winners'
-# columns, so the scan neither builds every row nor computes the distance twice. "+ 0" keeps the planner
-# from ever using an ANN index here: with a selective tenant/scope filter an HNSW scan silently returns
-# fewer rows than match. The similarity floor applies to the top-k, where it cannot disturb the plan.
-SEARCH_EVENTS = f"""
-WITH top_k AS (
-  SELECT id, (embedding <=> $4) + 0 AS distance
-  FROM shared_episodic_memories
-  WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3
-    AND embedding IS NOT NULL AND embedding_model = $5
-  ORDER BY distance
-  LIMIT $6
-)
-SELECT {M_COLUMNS}, 1 - t.distance AS similarity
-FROM top_k t JOIN shared_episodic_memories m ON m.id = t.id
-WHERE 1 - t.distance >= $7::float8
-ORDER BY t.distance
-"""
-
 COUNT_EVENTS = """
 SELECT count(*) FROM shared_episodic_memories WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3
 """
@@ -273,18 +248,6 @@ class PostgresEpisodicStore:
             rows = await self._db.fetch(SELECT_RECENT, tenant, scope.type, scope.id, min_importance, limit)
         else:
             rows = await self._db.fetch(SELECT_SINCE, tenant, scope.type, scope.id, min_importance, since_seq, limit)
-        return [row_to_event(r) for r in rows]
-
-    async def search(
-        self, tenant: str, scope: Scope, vector: np.ndarray, *, model_id: str, limit: int, min_similarity: float
-    ) -> list[Event]:
-        rows = await self._db.fetch(
-            SEARCH_EVENTS, tenant, scope.type, scope.id, vector, model_id, limit, min_similarity
-        )
-        return [row_to_event(r) for r in rows]
-
-    async def agent_history(self, tenant: str, scope: Scope, agent_id: str, *, limit: int) -> list[Event]:
-        rows = await self._db.fetch(SELECT_AGENT_HISTORY, tenant, scope.type, scope.id, agent_id, limit)
         return [row_to_event(r) for r in rows]
 
     async def count(self, tenant: str, scope: Scope) -> int:
