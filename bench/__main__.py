@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 
-from . import floors, notify, peer, report, scale, server, startup, throughput
+from . import floors, notify, peer, report, retrieval, scale, server, startup, throughput
 from .context import Bench, open_backends
 from .profile import PROFILES
 
@@ -30,6 +30,7 @@ SECTIONS: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "scale": scale.run,
     "startup": startup.run,
     "peer": peer.run,
+    "retrieval": retrieval.run,
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 log = logging.getLogger("bench")

@@ -62,7 +62,7 @@ WITH v AS (SELECT id FROM shared_episodic_memories
            ORDER BY embedding <=> $3 LIMIT 30),
 l AS (SELECT id FROM shared_episodic_memories, msm_query($4) q
       WHERE tenant_id = $1 AND scope_type = 'user' AND scope_id = $2 AND lexemes @@ q
-      ORDER BY ts_rank_cd(lexemes, q, 1) DESC LIMIT 30)
+      ORDER BY ts_rank(lexemes, q, 1) DESC LIMIT 30)
 SELECT id FROM v UNION SELECT id FROM l
 """
 

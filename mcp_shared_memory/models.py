@@ -123,13 +123,19 @@ SearchMode = Literal["hybrid", "semantic", "lexical"]
 
 
 class EventFilter(BaseModel):
-    """Which events a search or a listing considers; applied in SQL before ranking, so results stay complete."""
+    """Keep only some events (all conditions must hold); the limit then applies to what is kept."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    agent_ids: list[str] | None = Field(default=None, description="only events written by these agents")
-    agent_types: list[str] | None = Field(default=None, description="only events of these agent types")
-    event_types: list[str] | None = Field(default=None, description="e.g. ['decision', 'error']")
+    agent_ids: list[str] | None = Field(
+        default=None, max_length=MAX_FILTER_VALUES, description="only events written by these agents"
+    )
+    agent_types: list[str] | None = Field(
+        default=None, max_length=MAX_FILTER_VALUES, description="only events of these agent types"
+    )
+    event_types: list[str] | None = Field(
+        default=None, max_length=MAX_FILTER_VALUES, description="e.g. ['decision', 'error']"
+    )
     since: datetime | None = Field(default=None, description="only events written at or after this time")
     until: datetime | None = Field(default=None, description="only events written before this time")
     min_importance: float = Field(default=0.0, ge=0, le=1)

@@ -293,13 +293,13 @@ async def test_importance_filter_and_shared_context(memory: SharedMemory, alice:
     text = await memory.get_task_context(alice, scope=scope)
 
     assert [e.event_type for e in important] == ["agent_result", "workspace_created"]
-    assert text.startswith("Workspace task: Ship the v2 API")
-    assert "[research-1 (research), agent_result]: The v2 API schema is final" in text
+    assert text.startswith('Workspace task: "Ship the v2 API"')
+    assert '[research-1 (research), agent_result]: "The v2 API schema is final"' in text
     assert "minor note" not in text
 
     await memory.store_fact(alice, "The v2 API uses cursor pagination", scope=scope)
     with_facts = await memory.get_task_context(alice, scope=scope)
-    assert "--- Shared facts ---\n- The v2 API uses cursor pagination (confirmed 1x)" in with_facts
+    assert '--- Shared facts ---\n- "The v2 API uses cursor pagination" (confirmed 1x)' in with_facts
 
 
 async def test_workspace_summary_and_update(memory: SharedMemory, alice: Principal) -> None:

@@ -114,7 +114,7 @@ async def test_no_mode_or_filter_crosses_tenants_or_scopes(
     [
         ({"colour": "red"}, "colour"),
         ({"since": "2026-11-02T00:00:00Z", "until": "2026-11-01T00:00:00Z"}, "since must be before until"),
-        ({"agent_ids": [f"agent-{i}" for i in range(51)]}, "1 to 50"),
+        ({"agent_ids": [f"agent-{i}" for i in range(51)]}, "at most 50"),
         ({"agent_ids": ["a:b"]}, "invalid agent id"),
         ({"since": "2026-11-01T00:00:00"}, "timezone"),
     ],

@@ -1,19 +1,22 @@
 """MCP tools: thin translations to ``SharedMemory`` calls. No rules live here."""
 
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from functools import wraps
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import ToolAnnotations
-from pydantic import BaseModel, Field
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import BaseModel, Field, WithJsonSchema
 
+from .. import render
 from .. import validation as limits
 from ..errors import SharedMemoryError
-from ..models import Event, Fact, Workspace, WorkspaceSummary
+from ..models import Event, EventFilter, Fact, Scope, SearchMode, Workspace, WorkspaceSummary
 from ..settings import Settings
 from .state import AppState
+from .uris import context_uri, recent_uri
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -35,9 +38,22 @@ Query = Annotated[str, Field(min_length=1, max_length=limits.MAX_QUERY_CHARS)]
 Identifier = Annotated[str, Field(min_length=1, max_length=limits.MAX_IDENTIFIER_CHARS)]
 AgentIds = Annotated[list[str] | None, Field(max_length=limits.MAX_AGENTS, description="agent ids taking part")]
 Similarity = Annotated[
-    float | None, Field(ge=-1, le=1, description="minimum cosine similarity; omit for the model's default")
+    float | None,
+    Field(
+        ge=-1, le=1, description="minimum cosine similarity (hybrid also keeps hits sharing a term); omit for default"
+    ),
 ]
 Importance = Annotated[float, Field(ge=0, le=1)]
+Mode = Annotated[SearchMode, Field(description="how the query matches (see the tool description)")]
+Filters = Annotated[
+    EventFilter | None,
+    # Inlined: some clients do not resolve a $ref in an input schema.
+    WithJsonSchema({"anyOf": [EventFilter.model_json_schema(), {"type": "null"}]}),
+    Field(description="only events matching all of these; since/until are ISO 8601 with a timezone"),
+]
+MODES = (
+    "Mode: hybrid (default) matches words and meaning; lexical for exact ids, codes, names; semantic for paraphrases."
+)
 WorkspaceStatus = Literal[limits.WORKSPACE_STATUSES]  # type: ignore[valid-type]
 
 
@@ -51,6 +67,12 @@ class WriteEventResult(BaseModel):
 class EventList(BaseModel):
     events: list[Event]
     next_since_seq: int | None = Field(description="pass as since_seq to get what was written after these")
+
+
+class CreatedWorkspace(Workspace):
+    scope: str = Field(description="pass as scope to write_event, search_shared, get_recent_shared")
+    recent_uri: str = Field(description="resource to watch for the workspace's new events")
+    context_uri: str = Field(description="resource to watch for its task, status and context")
 
 
 class FactList(BaseModel):
@@ -89,11 +111,19 @@ def cursor(events: list[Event]) -> int | None:
 
 
 def register_tools(mcp: MCPServer[Any], settings: Settings) -> None:
-    """Register the tools; the configurable limits (content length) come from ``settings``."""
+    """Register the tools; the configurable limits (content length) and the text format come from ``settings``."""
     Content = Annotated[
         str, Field(min_length=1, max_length=settings.max_content_chars, description="what happened or was learned")
     ]
     shared_floor = settings.min_shared_importance
+    compact_text = settings.result_format == "text"
+
+    def answer(structured: BaseModel, text: Callable[[datetime], str]) -> CallToolResult:
+        """The typed record as structured content; for the model, a compact rendering (or the same JSON)."""
+        body = text(datetime.now(UTC)) if compact_text else structured.model_dump_json(indent=2)
+        return CallToolResult(
+            content=[TextContent(type="text", text=body)], structured_content=structured.model_dump(mode="json")
+        )
 
     @mcp.tool(title="Write a shared event", annotations=APPEND)
     @domain_errors
@@ -133,7 +163,11 @@ def register_tools(mcp: MCPServer[Any], settings: Settings) -> None:
             scope=str(principal.resolve_scope(scope)),
         )
 
-    @mcp.tool(title="Search shared memory", annotations=READ_ONLY)
+    @mcp.tool(
+        title="Search shared memory",
+        description=f"Search every agent's events in a scope, best first. {MODES} Filters narrow before ranking.",
+        annotations=READ_ONLY,
+    )
     @domain_errors
     async def search_shared(
         query: Query,
@@ -141,15 +175,25 @@ def register_tools(mcp: MCPServer[Any], settings: Settings) -> None:
         limit: Limit = 10,
         min_similarity: Similarity = None,
         scope: Scope_ = None,
-    ) -> EventList:
-        """Semantic search over every agent's events in a scope, most similar first."""
+        mode: Mode = "hybrid",
+        filters: Filters = None,
+        recency_half_life: Annotated[
+            float | None, Field(gt=0, description="seconds; prefer newer events (an event this old counts half)")
+        ] = None,
+    ) -> Annotated[CallToolResult, EventList]:
         state = state_of(ctx)
         events = await state.memory.search_shared(
-            state.principal(), query, scope=scope, limit=limit, min_similarity=min_similarity
-        )
-        return EventList(events=events, next_since_seq=None)
+            state.principal(), query, scope=scope, limit=limit, min_similarity=min_similarity, mode=mode,
+            filters=filters, recency_half_life=recency_half_life,
+        )  # fmt: skip
+        return answer(EventList(events=events, next_since_seq=None), lambda now: render.search_results(events, now=now))
 
-    @mcp.tool(title="Recent shared events", annotations=READ_ONLY)
+    @mcp.tool(
+        title="Recent shared events",
+        description="The newest events written by any agent in a scope (newest first), or those after since_seq. "
+        "Filters keep only some agents', event types' or a period's events.",
+        annotations=READ_ONLY,
+    )
     @domain_errors
     async def get_recent_shared(
         ctx: Context[Any],
@@ -159,13 +203,20 @@ def register_tools(mcp: MCPServer[Any], settings: Settings) -> None:
             int | None, Field(ge=0, description="only events after this seq, oldest first (for paging)")
         ] = None,
         scope: Scope_ = None,
-    ) -> EventList:
-        """The newest events written by any agent in a scope (newest first), or those after since_seq."""
+        filters: Filters = None,
+    ) -> Annotated[CallToolResult, EventList]:
         state = state_of(ctx)
         events = await state.memory.get_recent_shared(
-            state.principal(), scope=scope, limit=limit, min_importance=min_importance, since_seq=since_seq
+            state.principal(), scope=scope, limit=limit, min_importance=min_importance, since_seq=since_seq,
+            filters=filters,
+        )  # fmt: skip
+        listed = EventList(events=events, next_since_seq=cursor(events))
+        return answer(
+            listed,
+            lambda now: render.recent_events(
+                events, now=now, since_seq=since_seq, next_since_seq=listed.next_since_seq
+            ),
         )
-        return EventList(events=events, next_since_seq=cursor(events))
 
     @mcp.tool(title="One agent's history", annotations=READ_ONLY)
     @domain_errors
@@ -174,11 +225,17 @@ def register_tools(mcp: MCPServer[Any], settings: Settings) -> None:
         ctx: Context[Any],
         limit: Limit = 30,
         scope: Scope_ = None,
-    ) -> EventList:
+        filters: Filters = None,
+    ) -> Annotated[CallToolResult, EventList]:
         """Events one agent wrote in a scope, newest first."""
         state = state_of(ctx)
-        events = await state.memory.get_agent_history(state.principal(), agent_id, scope=scope, limit=limit)
-        return EventList(events=events, next_since_seq=None)
+        events = await state.memory.get_agent_history(
+            state.principal(), agent_id, scope=scope, limit=limit, filters=filters
+        )
+        return answer(
+            EventList(events=events, next_since_seq=None),
+            lambda now: render.agent_history(events, agent_id, now=now),
+        )
 
     @mcp.tool(title="Create a workspace", annotations=APPEND)
     @domain_errors
@@ -189,10 +246,22 @@ def register_tools(mcp: MCPServer[Any], settings: Settings) -> None:
         ctx: Context[Any],
         agents: AgentIds = None,
         context: Annotated[dict[str, Any] | None, Field(description="initial structured context")] = None,
-    ) -> Workspace:
-        """Create a shared workspace for agents collaborating on one task; use scope 'workspace:<id>'."""
+    ) -> Annotated[CallToolResult, CreatedWorkspace]:
+        """Create a shared workspace for agents working on one task; returns the scope to pass, URIs to watch."""
         state = state_of(ctx)
-        return await state.memory.create_workspace(state.principal(), task, agents, context=context)
+        principal = state.principal()
+        workspace = await state.memory.create_workspace(principal, task, agents, context=context)
+        scope = Scope("workspace", workspace.id)
+        created = CreatedWorkspace(
+            **workspace.model_dump(), scope=str(scope), recent_uri=recent_uri(principal.tenant, scope),
+            context_uri=context_uri(principal.tenant, workspace.id),
+        )  # fmt: skip
+        return answer(
+            created,
+            lambda now: render.created_workspace(
+                workspace, scope=created.scope, recent_uri=created.recent_uri, context_uri=created.context_uri, now=now
+            ),
+        )
 
     @mcp.tool(title="Workspace summary", annotations=READ_ONLY)
     @domain_errors
@@ -200,10 +269,11 @@ def register_tools(mcp: MCPServer[Any], settings: Settings) -> None:
         workspace_id: Identifier,
         ctx: Context[Any],
         limit: Annotated[int, Field(ge=1, le=limits.MAX_WORKSPACE_EVENTS)] = 50,
-    ) -> WorkspaceSummary:
+    ) -> Annotated[CallToolResult, WorkspaceSummary]:
         """A workspace's task, status, context, recent events and total event count."""
         state = state_of(ctx)
-        return await state.memory.get_workspace_summary(state.principal(), workspace_id, limit=limit)
+        summary = await state.memory.get_workspace_summary(state.principal(), workspace_id, limit=limit)
+        return answer(summary, lambda now: render.workspace_summary(summary, now=now))
 
     @mcp.tool(title="Update a workspace", annotations=UPDATE)
     @domain_errors
@@ -236,7 +306,10 @@ def register_tools(mcp: MCPServer[Any], settings: Settings) -> None:
         written = await state.memory.store_fact(state.principal(), fact, scope=scope)
         return StoreFactResult(status=written.status, fact=written.fact)
 
-    @mcp.tool(title="Search shared facts", annotations=READ_ONLY)
+    @mcp.tool(
+        title="Search shared facts", description=f"Search the scope's shared facts, best first. {MODES}",
+        annotations=READ_ONLY,
+    )  # fmt: skip
     @domain_errors
     async def search_facts(
         query: Query,
@@ -244,13 +317,13 @@ def register_tools(mcp: MCPServer[Any], settings: Settings) -> None:
         top_k: Limit = 10,
         min_similarity: Similarity = None,
         scope: Scope_ = None,
-    ) -> FactList:
-        """Semantic search over the scope's shared facts, most similar first."""
+        mode: Mode = "hybrid",
+    ) -> Annotated[CallToolResult, FactList]:
         state = state_of(ctx)
         facts = await state.memory.search_facts(
-            state.principal(), query, scope=scope, top_k=top_k, min_similarity=min_similarity
+            state.principal(), query, scope=scope, top_k=top_k, min_similarity=min_similarity, mode=mode
         )
-        return FactList(facts=facts)
+        return answer(FactList(facts=facts), lambda now: render.facts(facts, now=now))
 
     @mcp.tool(title="Forget a shared fact", annotations=DELETE)
     @domain_errors

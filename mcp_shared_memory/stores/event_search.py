@@ -45,10 +45,11 @@ WHERE {SCOPE_AND_FILTER} AND embedding IS NOT NULL AND embedding_model = $12
 ORDER BY distance LIMIT $13
 """
 
-# The question's terms OR-ed (msm_query); cover-density rank, normalised by document length (flag 1:
-# divide by 1 + log(length)), so a long event does not win by mentioning every word once.
+# The question's terms OR-ed (msm_query), ranked by ts_rank normalised by document length (flag 1:
+# divide by 1 + log(length)), so a long event does not win by mentioning every word once. Not
+# ts_rank_cd: cover density ignores lexemes without positions, which is how whole identifiers are kept.
 LEXICAL_CANDIDATES = f"""
-SELECT id, ts_rank_cd(lexemes, q.tsq, 1) AS rank
+SELECT id, ts_rank(lexemes, q.tsq, 1) AS rank
 FROM shared_episodic_memories, (SELECT msm_query($14) AS tsq) q
 WHERE {SCOPE_AND_FILTER} AND q.tsq IS NOT NULL AND lexemes @@ q.tsq
 ORDER BY rank DESC, seq DESC LIMIT $13
@@ -73,7 +74,7 @@ LEFT JOIN vec ON vec.id = c.id
 
 # Lexical mode: no vector (no embedding of the question); $11 the question, $12 the candidate count.
 SEARCH_LEXICAL = f"""
-SELECT {M_COLUMNS}, NULL::float8 AS similarity, ts_rank_cd(m.lexemes, q.tsq, 1) AS lexical
+SELECT {M_COLUMNS}, NULL::float8 AS similarity, ts_rank(m.lexemes, q.tsq, 1) AS lexical
 FROM shared_episodic_memories m, (SELECT msm_query($11) AS tsq) q
 WHERE {SCOPE_AND_FILTER} AND q.tsq IS NOT NULL AND m.lexemes @@ q.tsq
 ORDER BY lexical DESC, m.seq DESC LIMIT $12

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..models import Fact, FactWrite, Scope
-from .facts import Embed
+from ..models import Fact, FactWrite, Scope, SearchMode
+from .facts import Embed, lexical_weight
 from .postgres import PostgresPool, Record
 
 FACT_COLUMNS = "id, scope_type, scope_id, fact, source_event_ids, source_agents, confirmations, first_seen, last_seen"
@@ -30,6 +30,36 @@ SELECT {", ".join(f"f.{c.strip()}" for c in FACT_COLUMNS.split(","))}, 1 - t.dis
 FROM top_k t JOIN semantic_facts f ON f.id = t.id
 WHERE 1 - t.distance >= $7::float8
 ORDER BY t.distance
+"""
+
+# Lexical and hybrid search: every fact of the scope is scored, so the result is exact and complete (facts
+# tables are small: one row per distinct fact). ``$9`` is the weight of keyword relevance (1 in lexical
+# mode), ``$10`` keeps only the facts sharing a query term (lexical mode); see stores/facts.py. ts_rank, not
+# ts_rank_cd: cover density skips lexemes without positions, which is what msm_lexemes makes identifiers
+# (array_to_tsvector), so "ERR_4417" would weigh nothing and a look-alike sharing "checkout" would win.
+# Flag 1 divides by 1 + log(length), as events do, so a long fact does not win by mentioning every word.
+RANKED = f"""
+WITH q AS MATERIALIZED (SELECT msm_query($6) AS query),
+scored AS (
+  SELECT f.id, 1 - (f.embedding <=> $4) AS similarity,
+         -- Ranked only where a term matches; no query term (NULL) matches nothing.
+         CASE WHEN f.lexemes @@ q.query THEN ts_rank(f.lexemes, q.query, 1) END AS relevance
+  FROM semantic_facts f, q
+  WHERE f.tenant_id = $1 AND f.scope_type = $2 AND f.scope_id = $3 AND f.embedding_model = $5
+),
+shares AS (
+  SELECT id, similarity, relevance,
+         COALESCE(GREATEST(similarity, 0) / NULLIF(max(similarity) OVER (), 0), 0) AS semantic_share,
+         COALESCE(relevance / NULLIF(max(relevance) OVER (), 0), 0) AS lexical_share
+  FROM scored
+)
+SELECT {", ".join(f"f.{c.strip()}" for c in FACT_COLUMNS.split(","))}, s.similarity,
+       COALESCE(s.relevance, 0) AS lexical,
+       (1 - $9::float8) * s.semantic_share + $9::float8 * s.lexical_share AS score
+FROM shares s JOIN semantic_facts f ON f.id = s.id
+WHERE s.relevance IS NOT NULL OR (NOT $10::bool AND s.similarity >= $7::float8)
+ORDER BY score DESC, s.similarity DESC, f.id
+LIMIT $8
 """
 
 CONFIRM = f"""
@@ -95,9 +125,25 @@ class PgVectorFactsStore:
             return FactWrite(status="stored", fact=row_to_fact(row))
 
     async def search(
-        self, tenant: str, scope: Scope, vector: np.ndarray, *, top_k: int, min_similarity: float
+        self,
+        tenant: str,
+        scope: Scope,
+        vector: np.ndarray,
+        *,
+        query: str,
+        top_k: int,
+        min_similarity: float,
+        mode: SearchMode = "hybrid",
     ) -> list[Fact]:
-        rows = await self._db.fetch(NEAREST, tenant, scope.type, scope.id, vector, self.model_id, top_k, min_similarity)
+        if mode == "semantic":
+            rows = await self._db.fetch(
+                NEAREST, tenant, scope.type, scope.id, vector, self.model_id, top_k, min_similarity
+            )
+            return [row_to_fact(r).model_copy(update={"score": r["similarity"]}) for r in rows]
+        rows = await self._db.fetch(
+            RANKED, tenant, scope.type, scope.id, vector, self.model_id, query, min_similarity, top_k,
+            lexical_weight(mode), mode == "lexical",
+        )  # fmt: skip
         return [row_to_fact(r) for r in rows]
 
     async def reembed(self, embed: Embed) -> int:

@@ -1,7 +1,10 @@
 """Semantic facts in Qdrant: used when ``MSM_QDRANT_URL`` is configured.
 
 Behaves exactly like the pgvector backend (``facts_pg.py``): the same duplicate rule, the same
-confirmation rule, the same scope isolation, the same exact (complete) nearest-neighbour search.
+confirmation rule, the same scope isolation, the same exact (complete) search in every mode. Keyword
+relevance is Qdrant's own: a sparse vector of term frequencies per fact, weighed by IDF at query time (the
+statistics are the collection's, across tenants); lexical and hybrid results are fused in Python
+(``qdrant_search.py``); the collection's schema, and its upgrade to keyword vectors, is ``qdrant_collection.py``.
 
 One collection per embedding model and dimension (``msm_facts__<model>__<dims>``), cosine distance,
 ``tenant_id`` indexed as the tenant key (Qdrant multitenancy). Every read, update and delete is filtered
@@ -41,11 +44,20 @@ from qdrant_client import AsyncQdrantClient, models
 from qdrant_client.http.exceptions import ApiException
 
 from ..errors import ConfigError, StoreUnavailable
-from ..models import Fact, FactWrite, Scope
+from ..models import Fact, FactWrite, Scope, SearchMode
 from ..settings import Settings
-from .facts import Embed
-from .qdrant_points import COLLECTION_PREFIX, collection_name, fact_point_id, unavailable
-from .qdrant_points import already_exists as _already_exists
+from .facts import Embed, lexical_weight
+from .qdrant_collection import ensure_collection
+from .qdrant_points import (
+    COLLECTION_PREFIX,
+    DENSE,
+    LEXICAL,
+    collection_name,
+    fact_point_id,
+    lexical_vector,
+    query_vector,
+    unavailable,
+)
 from .qdrant_points import fact_text as _text
 from .qdrant_points import in_scope as _in_scope
 from .qdrant_points import match as _match
@@ -54,6 +66,7 @@ from .qdrant_points import now_iso as _now
 from .qdrant_points import scope_filter as _scope_filter
 from .qdrant_points import to_fact as _to_fact
 from .qdrant_points import union as _union
+from .qdrant_search import EXACT, FUSION_POOL, ranked_search
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +81,23 @@ TRANSPORT_ERRORS = (ApiException, httpx.HTTPError, grpc.RpcError, OSError, Timeo
 
 
 class QdrantFactsStore:
-    def __init__(self, client: AsyncQdrantClient, *, model_id: str, dimension: int, owns_client: bool = False) -> None:
+    def __init__(
+        self,
+        client: AsyncQdrantClient,
+        *,
+        model_id: str,
+        dimension: int,
+        owns_client: bool = False,
+        fusion_pool: int = FUSION_POOL,
+    ) -> None:
         self.client = client
         self.model_id = model_id
         self.dimension = dimension
         self.collection = collection_name(model_id, dimension)
         self._owns_client = owns_client
+        self._fusion_pool = fusion_pool
         self._ready = False
+        self._lexical = False  # whether the collection has keyword vectors (known once ready)
         self._ready_lock = asyncio.Lock()
         self._scope_locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
@@ -143,11 +166,29 @@ class QdrantFactsStore:
         raise StoreUnavailable("Qdrant: too many concurrent writers on this fact; retry later")
 
     async def search(
-        self, tenant: str, scope: Scope, vector: np.ndarray, *, top_k: int, min_similarity: float
+        self,
+        tenant: str,
+        scope: Scope,
+        vector: np.ndarray,
+        *,
+        query: str,
+        top_k: int,
+        min_similarity: float,
+        mode: SearchMode = "hybrid",
     ) -> list[Fact]:
         await self._ensure_collection()
-        points = await self._query(tenant, scope, vector, limit=top_k, score_threshold=min_similarity)
-        return [_to_fact(p.id, p.payload or {}, p.score) for p in points]
+        if mode == "semantic" or not self._lexical:  # without keyword vectors: semantic (warned at open)
+            points = await self._query(tenant, scope, vector, limit=top_k, score_threshold=min_similarity)
+            return [_to_fact(p.id, p.payload or {}, p.score, score=p.score) for p in points]
+        terms = query_vector(query)
+        if terms is None and mode == "lexical":
+            return []
+        scoped = _scope_filter(tenant, scope, _match("embedding_model", self.model_id))
+        with self._translate("search facts"):
+            return await ranked_search(
+                self.client, self.collection, scoped, vector, terms, top_k=top_k, floor=min_similarity,
+                weight=lexical_weight(mode), lexical_only=mode == "lexical", pool=self._fusion_pool,
+            )  # fmt: skip
 
     async def forget(self, tenant: str, scope: Scope, fact_id: uuid.UUID) -> bool:
         await self._ensure_collection()
@@ -203,10 +244,11 @@ class QdrantFactsStore:
                 vectors = await embed([_text(r) for r in records])
                 points = [
                     models.PointStruct(
-                        id=r.id, vector=v.tolist(), payload={**(r.payload or {}), "embedding_model": self.model_id}
+                        id=r.id, vector=self._vectors(v, _text(r)),
+                        payload={**(r.payload or {}), "embedding_model": self.model_id},
                     )
                     for r, v in zip(records, vectors, strict=True)
-                ]
+                ]  # fmt: skip
                 with self._translate("re-embed facts"):
                     # insert_only: a fact already written here with the new model is newer; keep it.
                     await self.client.upsert(
@@ -241,43 +283,13 @@ class QdrantFactsStore:
             if self._ready:
                 return
             with self._translate("open the facts collection"):
-                if not await self.client.collection_exists(self.collection):
-                    try:
-                        await self.client.create_collection(
-                            self.collection,
-                            vectors_config=models.VectorParams(size=self.dimension, distance=models.Distance.COSINE),
-                            # Per-tenant graphs only (Qdrant's multitenancy layout): no global graph to build.
-                            hnsw_config=models.HnswConfigDiff(m=0, payload_m=16),
-                        )
-                    except Exception as exc:
-                        if not _already_exists(exc):  # another process created it first
-                            raise
-                else:
-                    await self._check_vectors()
-                await self._create_indexes()
+                self._lexical = await ensure_collection(self.client, self.collection, dimension=self.dimension)
             self._ready = True
 
-    async def _check_vectors(self) -> None:
-        info = await self.client.get_collection(self.collection)
-        params = info.config.params.vectors
-        if isinstance(params, models.VectorParams) and (
-            params.size != self.dimension or params.distance != models.Distance.COSINE
-        ):
-            raise ConfigError(
-                f"Qdrant collection {self.collection} holds {params.size}-dim {params.distance.value} vectors, "
-                f"expected {self.dimension}-dim Cosine: delete it or point MSM_QDRANT_URL elsewhere"
-            )
-
-    async def _create_indexes(self) -> None:
-        # Idempotent on the server, also when several processes create them at once; a no-op in local mode.
-        await self.client.create_payload_index(
-            self.collection, "tenant_id",
-            field_schema=models.KeywordIndexParams(type=models.KeywordIndexType.KEYWORD, is_tenant=True), wait=True,
-        )  # fmt: skip
-        for field in ("scope_type", "scope_id", "embedding_model"):
-            await self.client.create_payload_index(
-                self.collection, field, field_schema=models.PayloadSchemaType.KEYWORD, wait=True
-            )
+    def _vectors(self, dense: np.ndarray, text: str) -> models.VectorStruct:
+        values: list[float] = dense.tolist()
+        sparse = lexical_vector(text) if self._lexical else None
+        return values if sparse is None else {DENSE: values, LEXICAL: sparse}
 
     async def _query(
         self, tenant: str, scope: Scope, vector: np.ndarray, *, limit: int, score_threshold: float
@@ -291,7 +303,7 @@ class QdrantFactsStore:
                 score_threshold=score_threshold,
                 with_payload=True,
                 # Exact over the scope, as in pgvector: complete results, no approximate misses of a duplicate.
-                search_params=models.SearchParams(exact=True),
+                search_params=EXACT,
                 consistency=models.ReadConsistencyType.MAJORITY,
             )
         return response.points
@@ -327,8 +339,9 @@ class QdrantFactsStore:
             "confirmations": 1, "first_seen": now, "last_seen": now, "revision": token, "writes": [token],
         }  # fmt: skip
         with self._translate("store a fact"):
+            point = models.PointStruct(id=point_id, vector=self._vectors(vector, fact), payload=payload)
             await self.client.upsert(
-                self.collection, points=[models.PointStruct(id=point_id, vector=vector.tolist(), payload=payload)],
+                self.collection, points=[point],
                 wait=True, ordering=models.WriteOrdering.STRONG, update_mode=models.UpdateMode.INSERT_ONLY,
             )  # fmt: skip
         if not await self._applied(tenant, scope, point_id, token):

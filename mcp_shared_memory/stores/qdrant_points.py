@@ -1,5 +1,5 @@
-"""Qdrant points of the facts store, as pure functions: ids, filters, payload <-> ``Fact``, and Qdrant's
-errors turned into safe messages (never the URL or the API key)."""
+"""Qdrant points of the facts store, as pure functions: ids, filters, payload <-> ``Fact``, the keyword
+(sparse) vectors, and Qdrant's errors turned into safe messages (never the URL or the API key)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import json
 import re
 import unicodedata
 import uuid
+import zlib
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from datetime import UTC, datetime
@@ -20,6 +22,10 @@ from ..errors import StoreUnavailable
 from ..models import Fact, Scope
 
 COLLECTION_PREFIX = "msm_facts"
+# The named sparse vector holding a fact's term frequencies; Qdrant weighs the terms by IDF at query time.
+LEXICAL = "lexical"
+# The dense vector keeps Qdrant's default (unnamed) name, so collections created before LEXICAL still fit.
+DENSE = ""
 _ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "mcp-shared-memory/semantic-facts")
 
 
@@ -56,7 +62,88 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def to_fact(point_id: Any, payload: Mapping[str, Any], similarity: float | None = None) -> Fact:
+# The terms of a text, close to PostgreSQL's msm_lexemes (sql/008_lexical_search.sql), so both facts
+# backends match the same facts: lower-cased words without PostgreSQL's english stop words, plurals
+# stripped (a light stemmer, where PostgreSQL uses Snowball), and identifiers (tokens with a digit or an
+# inner separator: ERR_4417, payments-api, v2.3.1, src/app/main.py) kept whole; those joined by _ or -
+# also give their parts (err, 4417), as PostgreSQL's parser does.
+_STOP_WORDS = (
+    "i me my myself we our ours ourselves you your yours yourself yourselves he him his himself she her hers "
+    "herself it its itself they them their theirs themselves what which who whom this that these those am is "
+    "are was were be been being have has had having do does did doing a an the and but if or because as until "
+    "while of at by for with about against between into through during before after above below to from up "
+    "down in out on off over under again further then once here there when where why how all any both each few "
+    "more most other some such no nor not only own same so than too very s t can will just don should now"
+)
+STOP_WORDS = frozenset(_STOP_WORDS.split())
+_TOKEN = re.compile(r"[\w./:@#-]+")
+_IDENTIFIER = re.compile(r"[a-z0-9_./:@#-]+")
+_SEPARATORS = "_./:@#-"
+
+
+def _word(word: str) -> str | None:
+    if not word.isalpha():
+        return word  # a number, or letters and digits (v2)
+    if word in STOP_WORDS:
+        return None
+    # Harman's S-stemmer: plurals only.
+    if len(word) > 3 and word.endswith("ies") and not word.endswith(("eies", "aies")):
+        return word[:-3] + "y"
+    if len(word) > 3 and word.endswith("es") and not word.endswith(("aes", "ees", "oes")):
+        return word[:-1]
+    if len(word) > 2 and word.endswith("s") and not word.endswith(("us", "ss")):
+        return word[:-1]
+    return word
+
+
+def terms(text: str) -> Counter[str]:
+    """How many times each term occurs in ``text``."""
+    words: Counter[str] = Counter()
+    identifiers: Counter[str] = Counter()
+    for match in _TOKEN.finditer(unicodedata.normalize("NFKC", text).lower()):
+        token = match.group().strip(_SEPARATORS)
+        if token.isalpha():
+            parts = [token]
+        else:
+            if _IDENTIFIER.fullmatch(token):
+                identifiers[token] += 1
+            parts = [] if any(c in token for c in "./:@#") else re.split(r"[_-]+", token)
+        words.update(w for w in map(_word, parts) if w)
+    return words | identifiers  # a number is both a word and an identifier: count it once
+
+
+def _sparse(weights: Mapping[int, float]) -> models.SparseVector | None:
+    if not weights:
+        return None
+    indices = sorted(weights)
+    return models.SparseVector(indices=indices, values=[weights[i] for i in indices])
+
+
+def _index(term: str) -> int:
+    return zlib.crc32(term.encode())  # stable across processes and versions, unlike hash()
+
+
+def lexical_vector(text: str) -> models.SparseVector | None:
+    """A fact's term frequencies; None when it has no term."""
+    weights: Counter[int] = Counter()
+    for term, count in terms(text).items():
+        weights[_index(term)] += count
+    return _sparse(weights)
+
+
+def query_vector(text: str) -> models.SparseVector | None:
+    """A query's distinct terms, each weighing 1 (Qdrant applies the IDF); None when it has no term."""
+    return _sparse({_index(term): 1.0 for term in terms(text)})
+
+
+def to_fact(
+    point_id: Any,
+    payload: Mapping[str, Any],
+    similarity: float | None = None,
+    *,
+    lexical: float | None = None,
+    score: float | None = None,
+) -> Fact:
     return Fact(
         id=uuid.UUID(str(point_id)),
         scope_type=payload["scope_type"],
@@ -68,6 +155,8 @@ def to_fact(point_id: Any, payload: Mapping[str, Any], similarity: float | None 
         first_seen=datetime.fromisoformat(payload["first_seen"]),
         last_seen=datetime.fromisoformat(payload["last_seen"]),
         similarity=similarity,
+        lexical=lexical,
+        score=score,
     )
 
 

@@ -70,7 +70,7 @@ async def test_workspace_creation_sends_list_changed(
         listed = json.loads((await w.read_resource(f"memory://{alice.tenant}/workspaces")).contents[0].text)
         assert [ws["id"] for ws in listed["workspaces"]] == [workspace_id]
         prompt = await w.get_prompt("shared_context", {"scope": f"workspace:{workspace_id}"})
-        assert "Workspace task: Ship v2" in prompt.messages[0].content.text
+        assert 'Workspace task: "Ship v2' in prompt.messages[0].content.text
 
 
 # The hub with misbehaving legacy sessions (a unit test over the real bus).
