@@ -56,7 +56,7 @@ ORDER BY embedding <=> $4 LIMIT $5
 RAW_LEXICAL = """
 SELECT id FROM shared_episodic_memories, msm_query($4) q
 WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3 AND lexemes @@ q
-ORDER BY ts_rank_cd(lexemes, q, 1) DESC LIMIT $5
+ORDER BY ts_rank(lexemes, q, 1) DESC LIMIT $5
 """
 RAW_HYBRID = """
 WITH v AS (SELECT id FROM shared_episodic_memories
@@ -64,7 +64,7 @@ WITH v AS (SELECT id FROM shared_episodic_memories
            ORDER BY embedding <=> $4 LIMIT $6),
 l AS (SELECT id FROM shared_episodic_memories, msm_query($5) q
       WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3 AND lexemes @@ q
-      ORDER BY ts_rank_cd(lexemes, q, 1) DESC LIMIT $6)
+      ORDER BY ts_rank(lexemes, q, 1) DESC LIMIT $6)
 SELECT id FROM v UNION SELECT id FROM l
 """
 LOAD_CHECK = """
@@ -94,6 +94,7 @@ class Timings:
     embed: list[float] = field(default_factory=list)
     raw: dict[str, list[float]] = field(default_factory=dict)  # mode -> its raw SQL floor
     search: dict[str, list[float]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # a raw floor that failed (the schema moved on)
 
 
 async def run(bench: Bench) -> None:
@@ -119,18 +120,13 @@ def supported_modes(runtime: Runtime) -> tuple[str, ...]:
     return MODES if "mode" in inspect.signature(runtime.memory.search_shared).parameters else ("semantic",)
 
 
-def questions_for(bench: Bench, corpus: Corpus) -> list[Question]:
-    """Every question in both profiles (the whole set runs in about a minute per corpus)."""
-    return corpus.questions
-
-
 async def measure(
     bench: Bench, connections: Connections, runtime: Runtime, corpus: Corpus, modes: tuple[str, ...]
 ) -> None:
     print(f"    {corpus.name}: {corpus.describe()}", file=sys.stderr, flush=True)
     tenant = bench.tenant(f"rt-{corpus.name}")
     started = time.perf_counter()
-    ids = await load(runtime, tenant, corpus)
+    ids, seqs = await load(runtime, tenant, corpus)
     seconds = time.perf_counter() - started
     check = await load_check(bench, tenant)
     bench.add(
@@ -140,11 +136,11 @@ async def measure(
             unit="events/s",
             n=len(ids),
             value=len(ids) / seconds,
-            note=f"{seconds:.1f} s; {check}",
+            note=f"{seconds:.1f} s; {check}; {out_of_order(corpus, seqs)} written out of timeline order",
             extra={"seconds": seconds},
         )
     )
-    questions = questions_for(bench, corpus)
+    questions = corpus.questions  # all of them in --quick and --full: both corpora take about 90 s
     conn = await connect_pg(bench.backends.database_url)
     try:
         timings, outcomes = await evaluate(conn, connections, runtime, tenant, questions, ids, modes)
@@ -154,9 +150,11 @@ async def measure(
     latency(bench, corpus, timings, modes)
 
 
-async def load(runtime: Runtime, tenant: str, corpus: Corpus) -> dict[str, uuid.UUID]:
-    """Writes every event in timeline order with ``WRITERS`` concurrent writers; returns key -> event id."""
+async def load(runtime: Runtime, tenant: str, corpus: Corpus) -> tuple[dict[str, uuid.UUID], dict[str, int]]:
+    """Writes every event in timeline order with ``WRITERS`` concurrent writers; returns the event id and
+    seq of each key."""
     ids: dict[str, uuid.UUID] = {}
+    seqs: dict[str, int] = {}
     principals: dict[tuple[str, str, str], Principal] = {}
     pending = iter(corpus.docs)  # shared: each writer takes the next event, so the order holds within WRITERS
 
@@ -169,14 +167,24 @@ async def load(runtime: Runtime, tenant: str, corpus: Corpus) -> dict[str, uuid.
                 principals[who], doc.content, event_type=doc.event_type, importance=doc.importance,
                 metadata=doc.metadata, scope=doc.scope,
             )  # fmt: skip
-            if result.status != "written" or result.event_id is None:
+            if result.status != "written" or result.event is None:
                 raise RuntimeError(f"event {doc.key} was {result.status}, not written")
-            ids[doc.key] = result.event_id
+            ids[doc.key], seqs[doc.key] = result.event.id, result.event.seq
 
     async with anyio.create_task_group() as tg:
         for _ in range(WRITERS):
             tg.start_soon(writer)
-    return ids
+    return ids, seqs
+
+
+def out_of_order(corpus: Corpus, seqs: dict[str, int]) -> int:
+    """Events whose seq is below that of an event before them in their scope's timeline."""
+    newest: dict[str, int] = {}
+    late = 0
+    for doc in corpus.docs:
+        late += seqs[doc.key] < newest.get(doc.scope, -1)
+        newest[doc.scope] = max(newest.get(doc.scope, -1), seqs[doc.key])
+    return late
 
 
 async def load_check(bench: Bench, tenant: str) -> str:
@@ -230,8 +238,14 @@ async def evaluate(
             ("lexical", RAW_LEXICAL, (*where, q.text, depth)),
             ("hybrid", RAW_HYBRID, (*where, vector, q.text, depth)),
         ):
+            if mode in timings.failed:
+                continue
             start = time.perf_counter()
-            await raw.fetch(sql, *args)
+            try:
+                await raw.fetch(sql, *args)
+            except asyncpg.PostgresError as exc:
+                timings.failed[mode] = f"{type(exc).__name__}: {exc}"
+                continue
             timings.raw[mode].append(time.perf_counter() - start)
         evidence = [ids[key] for key in q.evidence]
         for mode in modes[i % len(modes) :] + modes[: i % len(modes)]:
@@ -316,7 +330,9 @@ def matrix(name: str, table: dict[str, dict[str, dict[str, float]]]) -> str:
 
 def latency(bench: Bench, corpus: Corpus, timings: Timings, modes: tuple[str, ...]) -> None:
     embed = Summary.of(timings.embed)
-    raw = {mode: Summary.of(samples) for mode, samples in timings.raw.items()}
+    for mode, error in timings.failed.items():
+        bench.error(SECTION, f"{corpus.name}: raw {mode} SQL floor", RuntimeError(error))
+    raw = {mode: Summary.of(samples) for mode, samples in timings.raw.items() if mode not in timings.failed}
     bench.add(latency_metric(SECTION, f"{corpus.name}: query embedding (floor)", embed))
     for mode, summary in raw.items():
         bench.add(
@@ -324,7 +340,7 @@ def latency(bench: Bench, corpus: Corpus, timings: Timings, modes: tuple[str, ..
         )
     for mode in modes:
         # lexical search embeds nothing: its floor is the SQL alone
-        parts = [raw[mode]] if mode == "lexical" else [embed, raw[mode]]
+        parts = [raw.get(mode)] if mode == "lexical" else [embed, raw.get(mode)]
         name = f"raw {mode} SQL" if mode == "lexical" else f"embed query + raw {mode} SQL"
         bench.add(
             latency_metric(

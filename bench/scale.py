@@ -60,7 +60,7 @@ RAW_HYBRID = """
 WITH v AS (SELECT id FROM shared_episodic_memories
            WHERE tenant_id = $1 AND scope_type = 'user' AND scope_id = $2
            ORDER BY embedding <=> $3 LIMIT 30),
-l AS (SELECT id FROM shared_episodic_memories, msm_query($4) q
+l AS (SELECT id FROM shared_episodic_memories, msm_query($4) AS q(q)
       WHERE tenant_id = $1 AND scope_type = 'user' AND scope_id = $2 AND lexemes @@ q
       ORDER BY ts_rank(lexemes, q, 1) DESC LIMIT 30)
 SELECT id FROM v UNION SELECT id FROM l

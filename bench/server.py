@@ -162,7 +162,8 @@ async def raw_sql_floors(bench: Bench, tenant: str) -> dict[str, Summary]:
         one_agent = filter_args(tenant, Scope("user", "alice"), EventFilter(agent_ids=[AGENT]))
 
         async def search(_: int) -> None:  # hybrid: both candidate lists, 30 each for 10 results
-            await conn.fetch(SEARCH, *everything, unit_vector(rng), MODEL_ID, 30, "what failed in the deploy?")
+            question = "what failed in the deploy?"
+            await conn.fetch(SEARCH["ts_rank"], *everything, unit_vector(rng), MODEL_ID, 30, question)
 
         async def history(_: int) -> None:
             await conn.fetch(FILTERED_RECENT, *one_agent, None, 30)

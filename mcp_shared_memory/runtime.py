@@ -206,9 +206,9 @@ async def open_runtime(
 
         episodic = PostgresEpisodicStore(db)
         announcer = Announcer(cache, bus, workspace_ttl=settings.workspace_cache_ttl)
+        search = PostgresEventSearch(db, lexical_rank=settings.search_lexical_rank)
         memory = SharedMemory(
-            settings=settings, episodic=episodic, search=PostgresEventSearch(db), workspaces=PostgresWorkspaceStore(db),
-            cache=cache,
+            settings=settings, episodic=episodic, search=search, workspaces=PostgresWorkspaceStore(db), cache=cache,
             announcer=announcer, embedder=embedder, facts=facts,
         )  # fmt: skip
         consolidator = Consolidator(

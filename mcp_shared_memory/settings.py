@@ -94,7 +94,9 @@ class Settings(BaseSettings):
     min_shared_importance: float = Field(default=0.6, ge=0, le=1)
     search_min_similarity: float | None = Field(default=None, ge=-1, le=1)
     # How hybrid search fuses the vector and full-text rankings: reciprocal rank, or weighted scores.
-    search_fusion: Literal["rrf", "weighted"] = "rrf"
+    search_fusion: Literal["rrf", "weighted"] = "weighted"
+    # The full-text rank: PostgreSQL's ts_rank, or a BM25-style sum of the shared terms' IDF in the scope.
+    search_lexical_rank: Literal["ts_rank", "idf"] = "ts_rank"
     duplicate_fact_similarity: float | None = Field(default=None, ge=-1, le=1)
     max_content_chars: int = Field(default=32_000, ge=1)
     # The text block of tool results: a compact rendering for models ("text") or the JSON ("json").

@@ -2,6 +2,15 @@
 -- write path), GIN-indexed. Ordinary words are stemmed (english); identifiers are also kept whole, so
 -- ERR_4417, payments-api, v2.3.1, src/app/main.py and JIRA-1234 match exactly.
 
+-- english, except that hyphenated words, file paths, host names, URLs and versions are kept whole and
+-- unstemmed (payments-apis must not become payments-api); their parts are still indexed, stemmed.
+DO $$ BEGIN
+  CREATE TEXT SEARCH CONFIGURATION msm_english (COPY = english);
+EXCEPTION WHEN unique_violation THEN NULL;
+END $$;
+ALTER TEXT SEARCH CONFIGURATION msm_english
+  ALTER MAPPING FOR asciihword, hword, numhword, file, host, url, url_path, version, email WITH simple;
+
 -- The identifiers of a text: lower-cased tokens of letters, digits and _ . / : @ # - that contain a digit
 -- or an inner separator (plain words are left to the stemmed part), trailing punctuation removed.
 CREATE OR REPLACE FUNCTION msm_identifiers(body text) RETURNS text[]
@@ -17,7 +26,7 @@ $$;
 
 CREATE OR REPLACE FUNCTION msm_lexemes(body text) RETURNS tsvector
 LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT AS $$
-  SELECT to_tsvector('english'::regconfig, body) || array_to_tsvector(msm_identifiers(body))
+  SELECT to_tsvector('msm_english'::regconfig, body) || array_to_tsvector(msm_identifiers(body))
 $$;
 
 -- A question's terms combined with OR (AND, as plainto_tsquery builds it, matches nothing for most

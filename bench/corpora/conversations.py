@@ -1,6 +1,6 @@
 """The "conversations" corpus: six pairs of friends chatting over twenty sessions each (about nine months).
 
-Each pair is a user scope (``user:maya-jonas``); each turn is an event written by its speaker,
+Each pair is a user scope (``user:maya-hannah``); each turn is an event written by its speaker,
 ``"Maya: ..."``. Between greetings, small talk and goodbyes, each friend mentions their job (and later a
 new one), where they grew up, a pet, a sibling's move and wedding, children, two hobbies with progress
 over time, trips, the books they read, an injury and its recovery, and a plan with a date; the other

@@ -12,6 +12,7 @@ anything. Events are written in timeline order, so "latest" questions have one r
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -35,6 +36,9 @@ AGENTS = {
     "review": ["review-1"],
 }
 FILLER_PER_PROJECT = 640
+# Days between events whose order a question depends on (the latest deploy, the current setting): the
+# loader writes with many concurrent writers, which may swap events written close together.
+GAP = 1.5
 CHORES = [
     "clean up logging", "upgrade the base image", "tidy the config", "add request metrics", "remove dead code",
     "improve error messages", "document the environment variables", "speed up the build", "split a large module",
@@ -247,16 +251,15 @@ def deploys(p: Project) -> None:
         a.versions = [f"v{major}.{minor}.{n}" for n in (1, rng.randint(2, 5), 11)] + [f"v{major}.{minor + 1}.0"]
         twin.versions = [f"v{major}.{minor}.{n}" for n in (1, rng.randint(6, 9), 12)]
         for svc in (a, twin):
-            plans[svc.name] = [rng.uniform(1, DAYS - 2) for _ in svc.versions]
+            plans[svc.name] = spread(rng, len(svc.versions), 1, DAYS - 3)
     release_day = float(rng.randint(10, DAYS - 10))
     for name in rng.sample(sorted(plans), 2):
-        days = plans[name]
-        days[min(range(len(days)), key=lambda j: abs(days[j] - release_day))] = release_day
+        plans[name] = spread(rng, len(plans[name]), 1, DAYS - 3, fixed=release_day)
     on_day: dict[str, list[str]] = {}
     history: dict[str, list[tuple[str, str]]] = {}
     rollback_svc = rng.choice(p.services[::2])
     for svc in p.services:
-        for ver, day in zip(svc.versions, sorted(plans[svc.name]), strict=True):
+        for ver, day in zip(svc.versions, plans[svc.name], strict=True):
             values = {
                 "svc": svc.name, "ver": ver, "region": svc.region, "date": p.date(day), "pct": rng.choice((5, 10, 25)),
                 "m": rng.randint(10, 60), "ticket": p.ticket(), "person": rng.choice(p.people),
@@ -265,7 +268,7 @@ def deploys(p: Project) -> None:
             history.setdefault(svc.name, []).append((ver, tag))
             on_day.setdefault(p.date(day), []).append(tag)
         if svc is rollback_svc:
-            day = sorted(plans[svc.name])[-1] + 0.95
+            day = plans[svc.name][-1] + GAP
             (old, _), (new, deployed) = history[svc.name][-2:]
             code = f"ERR_{rng.randrange(1000, 9999)}"
             text = t.ROLLBACK.format(date=p.date(day), svc=svc.name, new=new, old=old, code=code)
@@ -282,13 +285,23 @@ def deploys(p: Project) -> None:
     p.ask("temporal", rng.choice(t.Q_DEPLOY_DAY).format(date=p.date(release_day)), *on_day[p.date(release_day)])
 
 
+def spread(rng: random.Random, n: int, low: float, high: float, *, fixed: float | None = None) -> list[float]:
+    """``n`` ascending days in [low, high], ``GAP`` apart (one of them ``fixed`` when given)."""
+    while True:
+        days = sorted(
+            [rng.uniform(low, high) for _ in range(n - (fixed is not None))] + ([fixed] if fixed is not None else [])
+        )
+        if all(b - a >= GAP for a, b in itertools.pairwise(days)):
+            return days
+
+
 def settings(p: Project) -> None:
     rng = p.rng
     for name, paras, values, unit in rng.sample(t.SETTINGS, 5):
         svc = rng.choice(p.services)
         scale = rng.choice((1, 2)) if unit != " GB" else 1
         steps = [f"{v * scale:,}{unit}" for v in values[: rng.choice((2, 3))]]
-        days = sorted(rng.uniform(1, DAYS - 2) for _ in steps)
+        days = spread(rng, len(steps), 1, DAYS - 2)
         tags = [p.add(days[0], "deploy", t.SETTING_FIRST.format(svc=svc.name, setting=name, value=steps[0]))]
         for j in range(1, len(steps)):
             text = rng.choice(t.SETTING_CHANGE).format(

@@ -8,7 +8,7 @@ domain (``ranking.py``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -45,40 +45,75 @@ WHERE {SCOPE_AND_FILTER} AND embedding IS NOT NULL AND embedding_model = $12
 ORDER BY distance LIMIT $13
 """
 
-# The question's terms OR-ed (msm_query), ranked by ts_rank normalised by document length (flag 1:
+# The question's terms OR-ed (msm_query, a function in FROM: evaluated once, where a scalar subquery was
+# re-evaluated for every row under a generic plan), ranked by ts_rank normalised by document length (flag 1:
 # divide by 1 + log(length)), so a long event does not win by mentioning every word once. Not
 # ts_rank_cd: cover density ignores lexemes without positions, which is how whole identifiers are kept.
 LEXICAL_CANDIDATES = f"""
 SELECT id, ts_rank(lexemes, q.tsq, 1) AS rank
-FROM shared_episodic_memories, (SELECT msm_query($14) AS tsq) q
+FROM shared_episodic_memories, msm_query($14) AS q(tsq)
 WHERE {SCOPE_AND_FILTER} AND q.tsq IS NOT NULL AND lexemes @@ q.tsq
 ORDER BY rank DESC, seq DESC LIMIT $13
 """
 
-# Both candidate lists, and both signals for every candidate (similarity NULL without a vector of this
-# model; lexical 0 without a shared term).
-SEARCH = f"""
+# A BM25-style alternative (MSM_SEARCH_LEXICAL_RANK=idf): each question term weighs its inverse document
+# frequency within the scope (an error code counts far more than "deploy"), summed over the terms an event
+# shares with the question and normalised by the event's length. Measured better (fleet corpus recall@5
+# 0.63 against 0.56) but 3-4x slower, as it reads every event sharing any term; not the default.
+LEXICAL_CANDIDATES_IDF = f"""
+WITH question AS MATERIALIZED (SELECT msm_query($14) AS tsq),
+terms AS MATERIALIZED (
+  SELECT quote_literal(term)::tsquery AS term FROM unnest(tsvector_to_array(msm_lexemes($14))) AS term
+),
+matched AS MATERIALIZED (
+  SELECT id, length(lexemes) AS terms_in_event, lexemes
+  FROM shared_episodic_memories, question
+  WHERE {SCOPE_AND_FILTER} AND question.tsq IS NOT NULL AND lexemes @@ question.tsq
+),
+hits AS (
+  SELECT matched.id, matched.terms_in_event, terms.term FROM matched JOIN terms ON matched.lexemes @@ terms.term
+),
+scope_size AS (SELECT count(*) AS total FROM shared_episodic_memories WHERE {SCOPE_AND_FILTER}),
+idf AS (
+  SELECT term, ln(1 + (scope_size.total - count(*) + 0.5) / (count(*) + 0.5)) AS weight
+  FROM hits, scope_size GROUP BY term, scope_size.total
+)
+SELECT hits.id, sum(idf.weight) / (1 + ln(1 + min(hits.terms_in_event))) AS rank
+FROM hits JOIN idf USING (term)
+GROUP BY hits.id ORDER BY rank DESC, hits.id LIMIT $13
+"""
+
+
+def _search(lexical: str) -> str:
+    """Both candidate lists, and both signals for every candidate (similarity NULL without a vector of
+    this model; lexical 0 without a shared term)."""
+    return f"""
 WITH vec AS ({VECTOR_CANDIDATES}),
-lex AS ({LEXICAL_CANDIDATES}),
+lex AS ({lexical}),
 candidates AS (SELECT id FROM vec UNION SELECT id FROM lex)
 SELECT {M_COLUMNS},
   CASE WHEN m.embedding IS NOT NULL AND m.embedding_model = $12 THEN 1 - (m.embedding <=> $11) END
     AS similarity,
-  COALESCE(lex.rank, 0) AS lexical,
-  vec.id IS NOT NULL AS vector_candidate
+  COALESCE(lex.rank, 0) AS lexical
 FROM candidates c
 JOIN shared_episodic_memories m ON m.id = c.id
 LEFT JOIN lex ON lex.id = c.id
-LEFT JOIN vec ON vec.id = c.id
 """
 
-# Lexical mode: no vector (no embedding of the question); $11 the question, $12 the candidate count.
-SEARCH_LEXICAL = f"""
-SELECT {M_COLUMNS}, NULL::float8 AS similarity, ts_rank(m.lexemes, q.tsq, 1) AS lexical
-FROM shared_episodic_memories m, (SELECT msm_query($11) AS tsq) q
-WHERE {SCOPE_AND_FILTER} AND q.tsq IS NOT NULL AND m.lexemes @@ q.tsq
-ORDER BY lexical DESC, m.seq DESC LIMIT $12
+
+def _search_lexical(lexical: str) -> str:
+    """Lexical mode: no vector (no embedding of the question); $11 the question, $12 the candidate count."""
+    renumbered = lexical.replace("$13", "$12").replace("$14", "$11")
+    return f"""
+WITH lex AS ({renumbered})
+SELECT {M_COLUMNS}, NULL::float8 AS similarity, lex.rank AS lexical
+FROM lex JOIN shared_episodic_memories m ON m.id = lex.id
 """
+
+
+SEARCH = {"ts_rank": _search(LEXICAL_CANDIDATES), "idf": _search(LEXICAL_CANDIDATES_IDF)}
+SEARCH_LEXICAL = {"ts_rank": _search_lexical(LEXICAL_CANDIDATES), "idf": _search_lexical(LEXICAL_CANDIDATES_IDF)}
+LexicalRank = Literal["ts_rank", "idf"]
 
 
 def filter_args(tenant: str, scope: Scope, filters: EventFilter) -> tuple[Any, ...]:
@@ -89,8 +124,10 @@ def filter_args(tenant: str, scope: Scope, filters: EventFilter) -> tuple[Any, .
 
 
 class PostgresEventSearch:
-    def __init__(self, db: PostgresPool) -> None:
+    def __init__(self, db: PostgresPool, *, lexical_rank: LexicalRank = "ts_rank") -> None:
         self._db = db
+        self._search = SEARCH[lexical_rank]
+        self._search_lexical = SEARCH_LEXICAL[lexical_rank]
 
     async def recent(
         self, tenant: str, scope: Scope, filters: EventFilter, *, limit: int, since_seq: int | None = None
@@ -114,14 +151,7 @@ class PostgresEventSearch:
         ``similarity`` and ``lexical`` set; no order, no floor."""
         args = filter_args(tenant, scope, filters)
         if vector is None:
-            rows = await self._db.fetch(SEARCH_LEXICAL, *args, query or "", per_ranking)
-        elif query is None:
-            rows = await self._db.fetch(SEARCH, *args, vector, model_id, per_ranking, "")
+            rows = await self._db.fetch(self._search_lexical, *args, query or "", per_ranking)
         else:
-            rows = await self._db.fetch(SEARCH, *args, vector, model_id, per_ranking, query)
-        return [_candidate(r) for r in rows]
-
-
-def _candidate(row: Any) -> Event:
-    fields = {k: v for k, v in dict(row).items() if k != "vector_candidate"}
-    return Event(**fields)
+            rows = await self._db.fetch(self._search, *args, vector, model_id, per_ranking, query or "")
+        return [row_to_event(r) for r in rows]
