@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     port: int = Field(default=8765, ge=1, le=65535)
     public_url: str | None = None  # external URL of the HTTP server, for OAuth metadata behind a proxy
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    # HTTP Host / Origin values accepted besides loopback and the public URL's (comma-separated)
+    allowed_hosts: str | None = None
+    allowed_origins: str | None = None
+    # failed bearer-token authentications accepted per client address and minute before 429
+    auth_failures_per_minute: int = Field(default=30, ge=1)
 
     # stdio binding
     tenant: str = "default"
@@ -99,6 +104,9 @@ class Settings(BaseSettings):
     search_lexical_rank: Literal["ts_rank", "idf"] = "ts_rank"
     duplicate_fact_similarity: float | None = Field(default=None, ge=-1, le=1)
     max_content_chars: int = Field(default=32_000, ge=1)
+    # Redaction before anything is stored, embedded, cached or published: secrets on by default, PII opt-in.
+    redact_secrets: bool = True
+    redact_pii: bool = False
     # The text block of tool results: a compact rendering for models ("text") or the JSON ("json").
     result_format: Literal["text", "json"] = "text"
     workspace_cache_ttl: int = Field(default=3600, ge=1)
