@@ -18,7 +18,7 @@ from typing import Any
 
 import anyio
 
-from . import floors, notify, peer, report, retrieval, scale, server, startup, throughput
+from . import floors, notify, peer, redaction, report, retrieval, scale, server, startup, throughput
 from .context import Bench, open_backends
 from .profile import PROFILES
 
@@ -31,6 +31,7 @@ SECTIONS: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "startup": startup.run,
     "peer": peer.run,
     "retrieval": retrieval.run,
+    "redaction": redaction.run,
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 log = logging.getLogger("bench")

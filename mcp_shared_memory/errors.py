@@ -6,7 +6,8 @@
     ├── EmbeddingUnavailable   the embedding model or endpoint failed
     ├── NotFound               the named workspace / fact / token does not exist (in this tenant)
     ├── AccessDenied           the caller's binding does not allow this scope
-    └── InvalidInput           an argument is malformed or out of range; nothing was changed
+    ├── InvalidInput           an argument is malformed or out of range; nothing was changed
+    └── Conflict               contradicts what is stored (an idempotency key reused); nothing was changed
 
 Every message is safe to show to an agent: no stack traces, no connection strings, no credentials.
 """
@@ -47,3 +48,7 @@ class AccessDenied(SharedMemoryError):
 
 class InvalidInput(SharedMemoryError):
     """Invalid input; nothing was changed."""
+
+
+class Conflict(SharedMemoryError):
+    """This request conflicts with what is already stored; nothing was changed."""

@@ -33,6 +33,7 @@ from .models import (
     validate_event_type,
     validate_identifier,
 )
+from .redaction import Redactor
 from .settings import Settings
 from .stores.cache import CachedRecent, CacheMiss, RedisCache
 from .stores.episodic import PostgresEpisodicStore
@@ -71,6 +72,7 @@ class SharedMemory(WorkspaceRules):
         self._announcer = announcer
         self._embedder = embedder
         self._facts = facts
+        self._redactor = Redactor.from_settings(settings)
 
     @property
     def model_id(self) -> str:
@@ -95,6 +97,8 @@ class SharedMemory(WorkspaceRules):
 
         Identical content in the same scope within the dedup window is dropped (``deduplicated``);
         a repeated ``idempotency_key`` returns the event stored the first time (``replayed``).
+        Secrets (and PII when configured) are redacted first: nothing downstream sees them, and the
+        metadata lists the redacted kinds under ``"redacted"``.
         """
         target = principal.resolve_scope(scope)
         check.text(content, "content", max_chars=self.settings.max_content_chars)
@@ -105,6 +109,7 @@ class SharedMemory(WorkspaceRules):
         idempotency_key = check.optional_text(
             idempotency_key, "idempotency_key", max_chars=check.MAX_IDEMPOTENCY_KEY_CHARS
         )
+        content, metadata = self._redactor.event(content, metadata)
         digest = content_hash(content)
         tenant = principal.tenant
 
@@ -306,6 +311,7 @@ class SharedMemory(WorkspaceRules):
         """Store a shared fact; a near-duplicate of an existing fact confirms it instead."""
         target = principal.resolve_scope(scope)
         check.text(fact, "fact", max_chars=check.MAX_FACT_CHARS)
+        fact = self._redactor.text(fact)
         vector = await self._embedder.embed(fact)
         return await self._facts.upsert(
             principal.tenant, target, fact, vector, source_event_ids=source_event_ids or [],

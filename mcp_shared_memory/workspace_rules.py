@@ -10,6 +10,7 @@ from . import validation as check
 from .announcer import Announcer
 from .errors import AccessDenied, InvalidInput, NotFound
 from .models import Principal, Scope, Workspace, WorkspaceSummary, validate_identifier
+from .redaction import Redactor
 from .settings import Settings
 from .stores.cache import RedisCache
 from .stores.episodic import PostgresEpisodicStore
@@ -27,6 +28,7 @@ class WorkspaceRules:
     _workspaces: PostgresWorkspaceStore
     _cache: RedisCache
     _announcer: Announcer
+    _redactor: Redactor
 
     if TYPE_CHECKING:
 
@@ -55,6 +57,7 @@ class WorkspaceRules:
         for agent in roster:
             validate_identifier(agent, "agent id in agents")
         context = check.metadata(context)
+        task, context = self._redactor.text(task), self._redactor.value(context)
         workspace_id = str(uuid.uuid4())
         scope = Scope("workspace", workspace_id)
         if not principal.may_use(scope):
@@ -109,7 +112,7 @@ class WorkspaceRules:
         if status is not None:
             check.status(status)
         if context is not None:
-            check.metadata(context)
+            context = self._redactor.value(check.metadata(context))
         if agents is not None:
             for agent in agents:
                 validate_identifier(agent, "agent id in agents")

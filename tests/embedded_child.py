@@ -58,7 +58,8 @@ def main() -> None:
             backends = start_embedded(data_dir, postgres=True, redis=True)
             assert backends.database_url and backends.redis_url
             client = redis.Redis.from_url(backends.redis_url)
-            postmaster = int((data_dir / "pg" / "postmaster.pid").read_text().split()[0])
+            assert backends.postgres is not None
+            postmaster = int((backends.postgres.pgdata / "postmaster.pid").read_text().split()[0])
             reply(
                 json.dumps(
                     {

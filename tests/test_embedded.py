@@ -24,7 +24,7 @@ import psutil
 import pytest
 import redis
 
-from mcp_shared_memory.embedded import EmbeddedPostgres, EmbeddedValkey, start_embedded
+from mcp_shared_memory.embedded import EmbeddedPostgres, EmbeddedValkey, _root, remove_data_dir, start_embedded
 from mcp_shared_memory.errors import ConfigError, StoreUnavailable
 
 CHILD = Path(__file__).with_name("embedded_child.py")
@@ -46,7 +46,9 @@ def in_thread(fn: Callable[[], T]) -> T:
 def data_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="msm-emb-", dir="/tmp"))
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    for reference in sorted(path.rglob("service-dir"), reverse=True):  # it and data dirs made below it
+        remove_data_dir(reference.parent)
+    remove_data_dir(path)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 10) -> bool:
@@ -61,7 +63,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 10) -> bool:
 
 def postgres_pids(data_dir: Path) -> list[int]:
     """Live (non-zombie) postgres processes working in this PGDATA: the postmaster and its children."""
-    pgdata = (data_dir / "pg").resolve()
+    pgdata = EmbeddedPostgres(data_dir).pgdata
     found = []
     for proc in psutil.process_iter(["name", "status"]):
         if proc.info["name"] == "postgres" and proc.info["status"] != psutil.STATUS_ZOMBIE:
@@ -87,7 +89,7 @@ def valkey_running(valkey: EmbeddedValkey) -> bool:
 def assert_stopped(data_dir: Path) -> None:
     valkey = EmbeddedValkey(data_dir)
     assert wait_until(lambda: not postgres_pids(data_dir)), postgres_pids(data_dir)
-    assert wait_until(lambda: not (data_dir / "pg" / "postmaster.pid").exists())
+    assert wait_until(lambda: not (EmbeddedPostgres(data_dir).pgdata / "postmaster.pid").exists())
     assert wait_until(lambda: not valkey_running(valkey))
 
 
@@ -241,7 +243,7 @@ def test_killed_postmaster_recovers_with_its_data(data_dir: Path) -> None:
     dsn = in_thread(first.start)
     assert first.start_mode == "initdb"
     asyncio.run(_exec(dsn, "CREATE TABLE kept (v text); INSERT INTO kept VALUES ('survives')"))
-    postmaster = int((data_dir / "pg" / "postmaster.pid").read_text().split()[0])
+    postmaster = int((first.pgdata / "postmaster.pid").read_text().split()[0])
 
     os.kill(postmaster, signal.SIGKILL)  # the postmaster may stay a zombie: PID 1 here does not reap
     assert wait_until(lambda: not postgres_pids(data_dir)), postgres_pids(data_dir)
@@ -261,7 +263,8 @@ def test_killed_postmaster_recovers_with_its_data(data_dir: Path) -> None:
 def test_valkey_persists_and_restarts(data_dir: Path) -> None:
     valkey = EmbeddedValkey(data_dir)
     url = in_thread(valkey.start)
-    assert url == f"unix://{data_dir}/valkey/valkey.sock"
+    assert url == f"unix://{valkey.socket_path}"
+    assert valkey.socket_path.parent == (valkey.dir if IS_ROOT else data_dir / "valkey")
     client = redis.Redis.from_url(url)
     client.set("k", "v")
     client.close()
@@ -282,30 +285,32 @@ def test_long_data_dir_puts_sockets_under_tmp(data_dir: Path) -> None:
     backends = in_thread(lambda: start_embedded(deep, postgres=True, redis=True))
     try:
         assert backends.database_url is not None and backends.redis_url is not None
-        assert "host=/tmp/msm-pg-" in backends.database_url
-        assert backends.redis_url.startswith("unix:///tmp/msm-valkey-")
+        if not IS_ROOT:  # as root the sockets live in the short service directory
+            assert "host=/tmp/msm-pg-" in backends.database_url
+            assert backends.redis_url.startswith("unix:///tmp/msm-valkey-")
         assert asyncio.run(_fetch_one(backends.database_url, "SELECT 1")) == 1
         assert redis.Redis.from_url(backends.redis_url).ping()
     finally:
         in_thread(backends.release)
     assert_stopped(deep)
-    shutil.rmtree(unquote(backends.database_url.split("host=")[1].split("&")[0]), ignore_errors=True)
-    shutil.rmtree(EmbeddedValkey(deep).socket_path.parent, ignore_errors=True)
+    if not IS_ROOT:
+        shutil.rmtree(unquote(backends.database_url.split("host=")[1].split("&")[0]), ignore_errors=True)
+        shutil.rmtree(EmbeddedValkey(deep).socket_path.parent, ignore_errors=True)
 
 
 def test_failed_starts_name_the_log_file(data_dir: Path) -> None:
     backends = in_thread(lambda: start_embedded(data_dir, postgres=True, redis=True))
     in_thread(backends.release)
 
-    with open(data_dir / "pg" / "postgresql.conf", "a") as conf:
+    with open(EmbeddedPostgres(data_dir).pgdata / "postgresql.conf", "a") as conf:
         conf.write("\nshared_buffers = 'not a size'\n")
     with pytest.raises(StoreUnavailable, match=r"postgres\.log"):
         in_thread(EmbeddedPostgres(data_dir).start)
-    (data_dir / "pg" / "PG_VERSION").write_text("17\n")
+    (EmbeddedPostgres(data_dir).pgdata / "PG_VERSION").write_text("17\n")
     with pytest.raises(ConfigError, match="created by PostgreSQL 17"):
         in_thread(EmbeddedPostgres(data_dir).start)
 
-    for manifest in (data_dir / "valkey" / "appendonlydir").glob("*.manifest"):
+    for manifest in (EmbeddedValkey(data_dir).dir / "appendonlydir").glob("*.manifest"):
         manifest.write_text("garbage\n")
     with pytest.raises(StoreUnavailable, match=r"valkey\.log"):
         in_thread(EmbeddedValkey(data_dir).start)
@@ -314,21 +319,127 @@ def test_failed_starts_name_the_log_file(data_dir: Path) -> None:
 
 @pytest.mark.skipif(not IS_ROOT, reason="the system-user path only runs as root")
 def test_as_root_postgres_runs_as_the_system_user_under_a_private_path(data_dir: Path) -> None:
-    # Like /root/.local/share/...: a 0700 directory the system user cannot traverse yet.
+    # Like /root/.local/share/...: a 0700 directory the system user cannot traverse.
     private = data_dir / "private"
     private.mkdir(mode=0o700)
     target = private / "msm"
     postgres = EmbeddedPostgres(target)
     dsn = in_thread(postgres.start)
     try:
-        postmaster = psutil.Process(int((target / "pg" / "postmaster.pid").read_text().split()[0]))
+        postmaster = psutil.Process(int((postgres.pgdata / "postmaster.pid").read_text().split()[0]))
         assert postmaster.username() == "embedded_postgres"
-        assert (target / "pg").stat().st_uid == postmaster.uids().real
-        assert stat.S_IMODE(private.stat().st_mode) == 0o701  # search only, never read
-        assert asyncio.run(_fetch_one(dsn, "SELECT current_setting('data_directory')")) == str(target / "pg")
+        assert postgres.pgdata.stat().st_uid == postmaster.uids().real
+        assert (target / "service-dir").read_text().strip() == str(postgres.pgdata.parent)
+        assert asyncio.run(_fetch_one(dsn, "SELECT current_setting('data_directory')")) == str(postgres.pgdata)
     finally:
         in_thread(postgres.release)
     assert_stopped(target)
+
+    again = EmbeddedPostgres(target)  # a second start finds the same PGDATA through the data dir
+    assert in_thread(again.start) == dsn and again.start_mode == "start"
+    in_thread(again.release)
+
+
+def _modes_above(path: Path) -> dict[Path, int]:
+    return {d: stat.S_IMODE(d.stat().st_mode) for d in path.parents}
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="the system users only run as root")
+def test_as_root_no_directory_above_the_data_dir_changes(data_dir: Path) -> None:
+    private = data_dir / "private"
+    private.mkdir(mode=0o700)
+    target = private / "msm"
+    before = _modes_above(target)
+    backends = in_thread(lambda: start_embedded(target, postgres=True, redis=True))
+    try:
+        assert backends.database_url is not None and backends.redis_url is not None
+        assert asyncio.run(_fetch_one(backends.database_url, "SELECT 1")) == 1
+        assert redis.Redis.from_url(backends.redis_url).ping()
+        assert _modes_above(target) == before
+        assert stat.S_IMODE(target.stat().st_mode) == 0o700
+    finally:
+        in_thread(backends.release)
+    assert_stopped(target)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="the system users only run as root")
+def test_as_root_valkey_does_not_run_as_root(data_dir: Path) -> None:
+    valkey = EmbeddedValkey(data_dir)
+    client = redis.Redis.from_url(in_thread(valkey.start))
+    try:
+        uids = psutil.Process(client.info("server")["process_id"]).uids()
+        assert 0 not in uids
+        assert valkey.dir.stat().st_uid == uids.real
+        assert client.set("k", "v") and client.get("k") == b"v"
+    finally:
+        client.close()
+        in_thread(valkey.release)
+    assert not valkey_running(valkey)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="only root can give the data dir to another user")
+def test_data_dir_of_another_user_is_refused(data_dir: Path) -> None:
+    os.chown(data_dir, 65534, 65534)
+    for server in (EmbeddedPostgres(data_dir), EmbeddedValkey(data_dir)):
+        with pytest.raises(ConfigError, match=r"belongs to uid 65534.*chown"):
+            in_thread(server.start)
+    assert postgres_pids(data_dir) == []
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o770, 0o702])
+def test_data_dir_writable_by_others_is_refused(data_dir: Path, mode: int) -> None:
+    data_dir.chmod(mode)
+    for server in (EmbeddedPostgres(data_dir), EmbeddedValkey(data_dir)):
+        with pytest.raises(ConfigError, match=r"writable by other users.*chmod 700"):
+            in_thread(server.start)
+    assert postgres_pids(data_dir) == []
+
+
+def test_symlinked_logs_and_locks_are_refused(data_dir: Path, tmp_path: Path) -> None:
+    backends = in_thread(lambda: start_embedded(data_dir, postgres=True, redis=True))
+    in_thread(backends.release)
+    victim = tmp_path / "victim"
+    victim.write_text("keep\n")
+    valkey = EmbeddedValkey(data_dir)
+    for link in (
+        data_dir / "postgres.log",
+        data_dir / "postgres.lock",
+        data_dir / "postgres.holders",
+        valkey.lock_path,
+        valkey.log_path,
+    ):
+        link.unlink()
+        link.symlink_to(victim)
+        server = EmbeddedValkey(data_dir) if link.parent in (valkey.dir, valkey.lock_path.parent) else None
+        with pytest.raises(ConfigError, match="symbolic link"):
+            in_thread((server or EmbeddedPostgres(data_dir)).start)
+        link.unlink()
+    assert victim.read_text() == "keep\n"
+    assert postgres_pids(data_dir) == []
+    assert not valkey_running(valkey)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="copies are made for the system users, as root")
+def test_programs_the_system_user_cannot_reach_run_from_a_copy(data_dir: Path) -> None:
+    hidden = data_dir / "install"  # data_dir is 0700: like a package under /root
+    (hidden / "bin").mkdir(parents=True)
+    program = hidden / "bin" / "prog"
+    program.write_text("#!/bin/sh\necho ran\n")
+    program.chmod(0o700)
+    user = _root.ensure_system_user(_root.PG_SYSTEM_USER)
+    assert not _root.can_use(program, user)
+
+    copy = _root.runnable(hidden, user, probes=[program])
+    try:
+        assert copy != hidden and _root.can_use(copy / "bin" / "prog", user)
+        assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700  # the installation was not opened up
+        ran = subprocess.run(
+            [str(copy / "bin" / "prog")], user=user.uid, group=user.gid, extra_groups=[], capture_output=True
+        )
+        assert ran.stdout == b"ran\n"
+        assert _root.runnable(hidden, user, probes=[program]) == copy  # made once
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
 
 
 def _nobody_can_run_python() -> bool:

@@ -208,6 +208,26 @@ async def test_near_duplicate_confirms_the_fact(store: FactsStore, kit: Kit, ten
     assert again.status == "confirmed" and again.fact.confirmations == 2
 
 
+async def test_an_agent_restating_a_fact_adds_its_events_but_no_confirmation(
+    store: FactsStore, kit: Kit, tenant: str
+) -> None:
+    events = [uuid.uuid4() for _ in range(3)]
+    first = await put(store, kit, tenant, USER, RATE_LIMIT, agent="research-1", events=[events[0]])
+    restated = await put(
+        store, kit, tenant, USER, "the API rate-limit is 100 requests per minute!", agent="research-1",
+        events=[events[1]],
+    )  # fmt: skip
+
+    assert restated.status == "confirmed" and restated.fact.id == first.fact.id
+    assert restated.fact.confirmations == 1 and restated.fact.source_agents == ["research-1"]
+    assert set(restated.fact.source_event_ids) == {events[0], events[1]}
+
+    other = await put(store, kit, tenant, USER, RATE_LIMIT + ".", agent="code-1", events=[events[2]])
+    assert other.fact.confirmations == 2 and set(other.fact.source_agents) == {"research-1", "code-1"}
+    [stored] = await find(store, kit, tenant, USER, "API rate limit", min_similarity=-1)
+    assert stored.confirmations == 2 and set(stored.source_event_ids) == set(events)
+
+
 async def test_a_different_fact_is_stored_separately(store: FactsStore, kit: Kit, tenant: str) -> None:
     first = await put(store, kit, tenant, USER, RATE_LIMIT)
     other = await put(store, kit, tenant, USER, "Deployments happen every Tuesday")
@@ -520,6 +540,23 @@ async def test_concurrent_writers_in_separate_stores_make_one_fact(kit: Kit) -> 
         assert [r.status for r in results].count("stored") == 1
         [fact] = await find(stores[0], kit, tenant, USER, RATE_LIMIT, min_similarity=-1)
         assert fact.confirmations == 12 and len(fact.source_agents) == 12
+    await client.close()
+
+
+async def test_a_point_counted_by_the_old_rule_reads_as_its_distinct_agents(kit: Kit) -> None:
+    """Points confirmed when every restatement counted (no migration rewrites Qdrant) read right."""
+    client = YieldingQdrantClient(location=":memory:")
+    store = qdrant_store(kit, client)
+    tenant = fresh_id("tenant")
+    written = await put(store, kit, tenant, USER, RATE_LIMIT)
+    await client.set_payload(store.collection, {"confirmations": 5}, points=[str(written.fact.id)], wait=True)
+
+    [found] = await find(store, kit, tenant, USER, RATE_LIMIT, min_similarity=-1)
+    assert found.confirmations == 1
+    confirmed = await put(store, kit, tenant, USER, RATE_LIMIT + ".", agent="code-1")
+    assert confirmed.fact.confirmations == 2
+    [record] = await client.retrieve(store.collection, [str(written.fact.id)], with_payload=True)
+    assert (record.payload or {})["confirmations"] == 2
     await client.close()
 
 

@@ -213,8 +213,11 @@ async def test_no_cursor_gap_when_a_server_is_killed_between_commit_and_cache_up
         after = await survivor.memory.write_event(alice, "after the crash", importance=0.8)
         paged = await survivor.memory.get_recent_shared(alice, since_seq=first.event.seq, limit=10)
         assert [e.content for e in paged] == ["committed by the killed server", "after the crash"], paged
+        writer = Principal(
+            tenant=alice.tenant, agent_id="crashing-writer", allowed_scopes=("user:*",), default_scope=ALICE
+        )  # the killed server's agent retries (idempotency keys are per agent)
         retried = await survivor.memory.write_event(
-            alice, "committed by the killed server", idempotency_key="committed by the killed server"
+            writer, "committed by the killed server", idempotency_key="committed by the killed server"
         )
         assert retried.status == "replayed" and after.written
 

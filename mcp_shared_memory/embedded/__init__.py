@@ -13,10 +13,14 @@ The first process to call ``start()`` starts the server, later ones attach; the 
 PostgreSQL holders by their flock, Valkey holders by their named client connection. A server whose last
 holder was SIGKILLed keeps running until the next holder releases.
 
-As root, PostgreSQL runs as the system user ``embedded_postgres`` (created with ``useradd`` if missing;
-PostgreSQL refuses to run as root) and PGDATA is owned by it. That user must be able to traverse every
-directory above PGDATA: directories lacking search permission for it get ``o+x`` (never ``o+r``), logged
-as a warning. As an ordinary user, everything runs as that user (the library default).
+The data dir must belong to the current user and be writable by nobody else; logs, locks and sockets
+that are symbolic links are refused.
+
+As root, PostgreSQL runs as the system user ``embedded_postgres`` and Valkey as ``embedded_valkey`` (created
+with ``useradd`` if missing). No permission above the data dir is changed: ``pg/`` and ``valkey/`` (except its
+start lock) live in ``/var/lib/mcp-shared-memory/<hash>/`` (root-owned 0711; ``/tmp/msm-root`` when /var/lib is
+read-only), recorded in ``<data_dir>/service-dir``; programs installed where those users cannot reach them
+run from a root-owned copy there. As an ordinary user, everything runs as that user (the library default).
 
 Unix socket paths are limited to 107 bytes (103 on macOS): when ``<data_dir>/pg/.s.PGSQL.5432`` or
 ``<data_dir>/valkey/valkey.sock`` is longer, the socket goes to ``/tmp/msm-pg-<hash>`` /
@@ -31,14 +35,24 @@ The library installs no signal handlers. A program holding these servers calls
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import _root
 from ._signals import install_exit_signal_handlers
 from .postgres import EmbeddedPostgres
 from .valkey import EmbeddedValkey
 
-__all__ = ["EmbeddedBackends", "EmbeddedPostgres", "EmbeddedValkey", "install_exit_signal_handlers", "start_embedded"]
+__all__ = [
+    "EmbeddedBackends",
+    "EmbeddedPostgres",
+    "EmbeddedValkey",
+    "install_exit_signal_handlers",
+    "remove_data_dir",
+    "start_embedded",
+]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -76,3 +90,11 @@ def start_embedded(data_dir: Path, *, postgres: bool, redis: bool) -> EmbeddedBa
         backends.release()
         raise
     return backends
+
+
+def remove_data_dir(data_dir: Path) -> None:
+    """Delete a data dir and, as root, its service directory (for throwaway data dirs; servers stopped)."""
+    data_dir = Path(data_dir).expanduser().resolve()
+    if os.geteuid() == 0 and (data_dir / _root.REFERENCE).exists():
+        shutil.rmtree(_root.service_dir(data_dir), ignore_errors=True)
+    shutil.rmtree(data_dir, ignore_errors=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -37,7 +38,7 @@ class RunAs:
 @contextlib.contextmanager
 def flock(path: Path, *, timeout: float, what: str) -> Iterator[None]:
     """Exclusive flock on ``path``; polled so that a stuck peer cannot block us (or our exit) forever."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = open_nofollow(path, os.O_RDWR | os.O_CREAT)
     try:
         deadline = time.monotonic() + timeout
         delay = 0.001
@@ -100,18 +101,52 @@ def path_hash(path: Path) -> str:
     return hashlib.sha256(os.fsencode(path)).hexdigest()[:12]
 
 
-def private_dir(path: Path, uid: int, gid: int) -> None:
-    """A 0700 directory owned by ``uid`` (for sockets under /tmp); refuses one that someone else owns."""
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o700)
-        if os.geteuid() == 0 and uid != 0:
+def symlink_error(path: Path) -> ConfigError:
+    return ConfigError(f"{path} is a symbolic link; remove it (the embedded servers never follow links)")
+
+
+def open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
+    """``os.open`` that refuses a symlink (a planted link would make us write or lock its target)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise symlink_error(path) from None
+        raise
+
+
+def refuse_symlink(path: Path) -> None:
+    """Refuse ``path`` when it is a symbolic link (for files a server program opens itself)."""
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISLNK(path.lstat().st_mode):
+            raise symlink_error(path)
+
+
+def safe_dir(path: Path, *, uid: int, gid: int, mode: int, what: str) -> None:
+    """Create ``path`` (not its parents) owned by ``uid`` with ``mode``, or check the one that exists.
+
+    Refuses a symlink, a directory owned by someone else and one writable by group or others (beyond
+    ``mode``): such a directory may be someone else's trap, e.g. under /tmp.
+    """
+    try:
+        path.mkdir(mode=mode)
+    except FileExistsError:
+        pass
+    else:
+        os.chmod(path, mode)  # mkdir's mode went through the umask
+        if os.geteuid() == 0 and (uid, gid) != (0, 0):
             os.chown(path, uid, gid)
     st = path.lstat()
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or st.st_mode & 0o077:
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid or stat.S_IMODE(st.st_mode) & ~mode & 0o077:
         raise ConfigError(
-            f"{path} (socket directory) must be a directory owned by uid {uid} with mode 0700; remove it "
-            "or set MSM_DATA_DIR to a shorter path"
+            f"{path} ({what}) must be a directory (not a link) owned by uid {uid} with mode {mode:04o}; "
+            "remove it and retry, or set MSM_DATA_DIR elsewhere"
         )
+
+
+def private_dir(path: Path, uid: int, gid: int) -> None:
+    """A 0700 directory owned by ``uid`` (for sockets under /tmp); refuses one that someone else owns."""
+    safe_dir(path, uid=uid, gid=gid, mode=0o700, what="socket directory")
 
 
 def check_path(path: Path) -> None:
@@ -120,16 +155,32 @@ def check_path(path: Path) -> None:
 
 
 def make_data_dir(data_dir: Path) -> None:
+    """Create the data dir (0700) or check the existing one: ours, and writable by nobody else."""
     try:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create the data dir {data_dir} ({exc.strerror}); set MSM_DATA_DIR") from None
+    st = data_dir.lstat()
+    if not stat.S_ISDIR(st.st_mode):
+        raise ConfigError(f"the data dir {data_dir} is not a directory; set MSM_DATA_DIR")
+    if st.st_uid != os.geteuid():
+        raise ConfigError(
+            f"the data dir {data_dir} belongs to uid {st.st_uid}, not to this user (uid {os.geteuid()}): "
+            f"run as its owner, `chown {os.geteuid()} {data_dir}`, or set MSM_DATA_DIR"
+        )
+    if st.st_mode & 0o022:
+        raise ConfigError(
+            f"the data dir {data_dir} is writable by other users (mode {stat.S_IMODE(st.st_mode):04o}): "
+            f"`chmod 700 {data_dir}`, or set MSM_DATA_DIR"
+        )
     if not os.access(data_dir, os.W_OK | os.X_OK):
         raise ConfigError(f"the data dir {data_dir} is not writable; set MSM_DATA_DIR")
 
 
 def log_tail(path: Path, lines: int = 20) -> str:
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 64 * 1024))
+            return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from ..errors import ConfigError, StoreUnavailable
-from ._common import RunAs, check_path, flock, log_tail, make_data_dir
+from ._common import RunAs, check_path, flock, log_tail, make_data_dir, open_nofollow, safe_dir
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,8 @@ class EmbeddedServer(abc.ABC):
     def _start(self) -> tuple[StartMode, str]:
         check_path(self.data_dir)
         make_data_dir(self.data_dir)
-        self.lock_path.parent.mkdir(mode=0o700, exist_ok=True)
+        if self.lock_path.parent != self.data_dir:
+            safe_dir(self.lock_path.parent, uid=os.geteuid(), gid=os.getegid(), mode=0o700, what=self.name)
         with flock(self.lock_path, timeout=LOCK_TIMEOUT, what=f"the {self.name}"):
             mode, url = self._ensure_running()
             if not self._holds():
@@ -104,7 +105,9 @@ class EmbeddedServer(abc.ABC):
     ) -> None:
         """Run a program of the server with its output appended to the log; raise when it fails."""
         other = run_as if run_as is not None and run_as.name is not None else None  # a user to switch to
-        with open(os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as logf:
+        with open(open_nofollow(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab") as logf:
+            if other is not None and self.log_path.parent.stat().st_uid == other.uid:
+                os.fchown(logf.fileno(), other.uid, other.gid)  # a log in the server's own dir: it reopens it
             logf.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} pid {os.getpid()}: {what}\n".encode())
             logf.flush()
             try:

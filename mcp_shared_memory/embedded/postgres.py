@@ -18,7 +18,17 @@ import psutil
 
 from ..errors import ConfigError, StoreUnavailable
 from . import _root
-from ._common import RunAs, path_hash, pid_alive, private_dir, process_in, socket_path_fits, wait_until
+from ._common import (
+    RunAs,
+    open_nofollow,
+    path_hash,
+    pid_alive,
+    private_dir,
+    process_in,
+    refuse_symlink,
+    socket_path_fits,
+    wait_until,
+)
 from ._server import EmbeddedServer, StartMode
 
 log = logging.getLogger(__name__)
@@ -95,12 +105,15 @@ class EmbeddedPostgres(EmbeddedServer):
 
     def __init__(self, data_dir: Path) -> None:
         super().__init__(data_dir)
-        self.pgdata = self.home = self.data_dir / "pg"
+        # As root, PGDATA lives in a service directory the system user can reach (see _root).
+        base = _root.service_dir(self.data_dir) if os.geteuid() == 0 else self.data_dir
+        self.pgdata = self.home = base / "pg"
         self.log_path = self.data_dir / "postgres.log"
         self.lock_path = self.data_dir / "postgres.lock"
         self._holders_path = self.data_dir / "postgres.holders"
         self._hold_fd: int | None = None
         self._run_as: RunAs | None = None
+        self._bin = Path()
 
     @property
     def dsn(self) -> str | None:
@@ -113,7 +126,7 @@ class EmbeddedPostgres(EmbeddedServer):
         return self._hold_fd is not None
 
     def _hold(self) -> None:
-        fd = os.open(self._holders_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_nofollow(self._holders_path, os.O_RDWR | os.O_CREAT)
         # Only a releaser holds it exclusively, under the lock we hold: this cannot block.
         fcntl.flock(fd, fcntl.LOCK_SH)
         self._hold_fd = fd
@@ -125,7 +138,7 @@ class EmbeddedPostgres(EmbeddedServer):
 
     def _leave(self) -> bool:
         self._drop_hold()
-        fd = os.open(self._holders_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_nofollow(self._holders_path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return True
@@ -137,13 +150,33 @@ class EmbeddedPostgres(EmbeddedServer):
     # -- start -------------------------------------------------------------------------------------------
 
     def _prepare(self) -> RunAs:
-        if self._run_as is None:
-            root = os.geteuid() == 0
-            self._run_as = _root.system_user_for(self.data_dir, _pg_bin().parent) if root else RunAs.current()
-        return self._run_as
+        """Under the lock: who runs PostgreSQL, and (as root) where its files and programs are."""
+        if self._run_as is not None:
+            return self._run_as
+        if os.geteuid() != 0:
+            self._bin = _pg_bin()
+            self._run_as = RunAs.current()
+            return self._run_as
+        run_as = _root.ensure_system_user(_root.PG_SYSTEM_USER)
+        self.pgdata = self.home = _root.prepare_service_dir(self.data_dir) / "pg"
+        install = _pg_bin().parent
+        probes = [install / "bin" / "postgres", install / "lib" / "vector.so", install / "share" / "postgres.bki"]
+        self._bin = _root.runnable(install, run_as, probes=probes) / "bin"
+        legacy = self.data_dir / "pg"  # where earlier builds kept PGDATA as root
+        if (legacy / "PG_VERSION").exists() and not os.path.lexists(self.pgdata):
+            old = _Postmaster.read(legacy)
+            if old is not None and old.is_live(legacy):
+                raise ConfigError(
+                    f"an embedded PostgreSQL started by an older version runs on {legacy}; stop it "
+                    f"(`pg_ctl -D {legacy} stop` as {run_as.name}) and retry"
+                )
+            _root.move_legacy(legacy, self.pgdata, run_as)
+        self._run_as = run_as
+        return run_as
 
     def _ensure_running(self) -> tuple[StartMode, str]:
         run_as = self._prepare()
+        refuse_symlink(self._holders_path)  # now, rather than once the server runs
         postmaster = _Postmaster.read(self.pgdata)
         if postmaster is not None and postmaster.is_live(self.pgdata):
             ready = self._wait_ready(postmaster.pid, timeout=PG_START_TIMEOUT)
@@ -226,13 +259,13 @@ class EmbeddedPostgres(EmbeddedServer):
                 f"{self.pgdata} exists but is not a PostgreSQL data directory (no PG_VERSION); move it away"
             )
         # initdb into a scratch dir and rename: a crash mid-initdb never leaves a half-made PGDATA behind.
-        scratch = self.data_dir / "pg.initdb"
+        scratch = self.pgdata.with_name("pg.initdb")
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.mkdir(mode=0o700)
         if run_as.name is not None:
             os.chown(scratch, run_as.uid, run_as.gid)
         args = [
-            str(_pg_bin() / "initdb"),
+            str(self._bin / "initdb"),
             "-D",
             str(scratch),
             "--username=postgres",
@@ -276,7 +309,7 @@ class EmbeddedPostgres(EmbeddedServer):
         socket_dir = self._socket_dir(run_as)
         # -o goes through /bin/sh; the socket dir is also a GUC list, hence both quotings.
         options = f"-h '' -p {PG_PORT} -k {shlex.quote(chr(34) + str(socket_dir) + chr(34))}"
-        args = [str(_pg_bin() / "pg_ctl"), "-D", str(self.pgdata), "-w", "-s"]
+        args = [str(self._bin / "pg_ctl"), "-D", str(self.pgdata), "-w", "-s"]
         args += ["-t", str(int(PG_START_TIMEOUT)), "-o", options, "start"]
         self._pg_run(args, run_as, timeout=PG_START_TIMEOUT + 10, what="start")
         postmaster = _Postmaster.read(self.pgdata)
@@ -287,10 +320,10 @@ class EmbeddedPostgres(EmbeddedServer):
     # -- stop --------------------------------------------------------------------------------------------
 
     def _stop(self) -> None:
+        run_as = self._prepare()
         postmaster = _Postmaster.read(self.pgdata)
         if postmaster is None or not postmaster.is_live(self.pgdata):
             return
-        run_as = self._prepare()
         try:
             self._pg_ctl_stop(run_as, "fast")
         except StoreUnavailable:
@@ -299,5 +332,5 @@ class EmbeddedPostgres(EmbeddedServer):
         log.info("embedded PostgreSQL stopped (%s)", self.pgdata)
 
     def _pg_ctl_stop(self, run_as: RunAs, mode: str) -> None:
-        args = [str(_pg_bin() / "pg_ctl"), "-D", str(self.pgdata), "-m", mode, "-w", "-t", "30", "stop"]
+        args = [str(self._bin / "pg_ctl"), "-D", str(self.pgdata), "-m", mode, "-w", "-t", "30", "stop"]
         self._pg_run(args, run_as, timeout=40, what=f"{mode} stop")

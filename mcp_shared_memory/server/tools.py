@@ -145,7 +145,8 @@ def register_tools(mcp: MCPServer[Any], settings: Settings) -> None:
         idempotency_key: Annotated[
             str | None,
             Field(
-                max_length=limits.MAX_IDEMPOTENCY_KEY_CHARS, description="same key on a retry returns the first write"
+                max_length=limits.MAX_IDEMPOTENCY_KEY_CHARS,
+                description="your retry with the same key returns your first write",
             ),
         ] = None,
     ) -> WriteEventResult:

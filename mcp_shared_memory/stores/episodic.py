@@ -19,7 +19,7 @@ from typing import Any
 import anyio
 import numpy as np
 
-from ..errors import StoreUnavailable
+from ..errors import Conflict, StoreUnavailable
 from ..models import Event, NewEvent, Scope, UnconsolidatedEvent
 from .postgres import PgConnection, PostgresPool, Record
 
@@ -64,9 +64,10 @@ WHERE queued_at < now() - make_interval(secs => $1) LIMIT $2
 LOCK_SCOPE = "SELECT pg_advisory_lock(hashtextextended($1, 7340004))"
 TRY_LOCK_SCOPE = "SELECT pg_try_advisory_lock(hashtextextended($1, 7340004))"
 
+# Idempotency keys are per agent (migration 010): another agent's key is not this agent's.
 SELECT_BY_IDEMPOTENCY_KEY = f"""
-SELECT {EVENT_COLUMNS} FROM shared_episodic_memories
-WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3 AND idempotency_key = $4
+SELECT {EVENT_COLUMNS}, content_hash FROM shared_episodic_memories
+WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3 AND agent_id = $4 AND idempotency_key = $5
 """
 
 SELECT_RECENT = f"""
@@ -137,13 +138,13 @@ UNLOCK_CONSOLIDATION = "SELECT pg_advisory_unlock(hashtextextended($1, 7340003))
 
 
 def row_to_event(row: Record) -> Event:
-    return Event(**{k: v for k, v in dict(row).items() if k != "inserted"})
+    return Event(**{k: v for k, v in dict(row).items() if k not in ("inserted", "content_hash")})
 
 
 @dataclass(frozen=True, slots=True)
 class Appended:
-    """What ``ScopeWriter.append`` did: the event (new, or the one stored first under the same
-    idempotency key) and the scope's events still waiting for the cache and bus, oldest first."""
+    """What ``ScopeWriter.append`` did: the event (new, or the one this agent stored first under the
+    same idempotency key) and the scope's events still waiting for the cache and bus, oldest first."""
 
     event: Event
     inserted: bool
@@ -160,7 +161,10 @@ class ScopeWriter:
         self._published: list[uuid.UUID] = []
 
     async def append(self, new: NewEvent) -> Appended:
-        """Commit ``new`` (queued for publishing); returns it with the scope's earlier backlog."""
+        """Commit ``new`` (queued for publishing); returns it with the scope's earlier backlog.
+
+        An idempotency key this agent already used returns that event (not inserted) when the content is
+        the same, and raises ``Conflict`` (nothing written) when it differs."""
         args = (
             self.tenant, self.scope.type, self.scope.id, new.agent_id, new.agent_type, new.event_type, new.role,
             new.content, new.content_hash, new.embedding,
@@ -173,10 +177,17 @@ class ScopeWriter:
         if created:
             return Appended(created[0], True, backlog)
         row = await self._conn.fetchrow(
-            SELECT_BY_IDEMPOTENCY_KEY, self.tenant, self.scope.type, self.scope.id, new.idempotency_key
+            SELECT_BY_IDEMPOTENCY_KEY, self.tenant, self.scope.type, self.scope.id, new.agent_id, new.idempotency_key
         )
         if row is None:  # the conflicting row was committed by another writer and cannot vanish
             raise StoreUnavailable("the event with this idempotency key could not be read back; retry")
+        if row["content_hash"] != new.content_hash:
+            # A retry carries the same content; different content under the key is another write, and
+            # replaying the first one would silently drop it.
+            raise Conflict(
+                f"idempotency key {new.idempotency_key!r} was already used by this agent for different content;"
+                " use a new key"
+            )
         return Appended(row_to_event(row), False, backlog)
 
     async def backlog(self) -> list[Event]:

@@ -62,11 +62,12 @@ ORDER BY score DESC, s.similarity DESC, f.id
 LIMIT $8
 """
 
+# Confirmations count distinct agents (migration 010): an agent re-stating a fact, in other words or from
+# other events, adds its events but not a confirmation; a consolidation rerun changes nothing but last_seen.
+# The right-hand sides read the row before the update.
 CONFIRM = f"""
 UPDATE semantic_facts
-SET confirmations = confirmations + CASE
-      -- Re-confirming from events already recorded (a consolidation rerun) changes nothing.
-      WHEN cardinality($2::uuid[]) > 0 AND $2::uuid[] <@ source_event_ids THEN 0 ELSE 1 END,
+SET confirmations = GREATEST(1, (SELECT count(DISTINCT a) FROM unnest(source_agents || $3::text[]) AS a)),
     last_seen = now(),
     source_event_ids = ARRAY(SELECT DISTINCT unnest(source_event_ids || $2::uuid[])),
     source_agents = ARRAY(SELECT DISTINCT unnest(source_agents || $3::text[]))

@@ -58,6 +58,7 @@ from .qdrant_points import (
     query_vector,
     unavailable,
 )
+from .qdrant_points import confirmations as _confirmations
 from .qdrant_points import fact_text as _text
 from .qdrant_points import in_scope as _in_scope
 from .qdrant_points import match as _match
@@ -354,15 +355,15 @@ class QdrantFactsStore:
     ) -> Fact | None:  # fmt: skip
         """Compare-and-set on the revision read; the confirmed fact, or None if the point changed or vanished."""
         old = target.payload or {}
-        recorded = old.get("source_event_ids", [])
-        # Re-confirming from events already recorded (a consolidation rerun) changes nothing but last_seen.
-        repeat = bool(events) and set(events) <= set(recorded)
+        # Confirmations count distinct agents: an agent re-stating the fact adds its events but not a
+        # confirmation, and a consolidation rerun changes nothing but last_seen.
+        source_agents = _union(old.get("source_agents", []), agents)
         token = uuid.uuid4().hex
         update: dict[str, Any] = {
-            "confirmations": int(old.get("confirmations", 1)) + (0 if repeat else 1),
+            "confirmations": _confirmations(source_agents),
             "last_seen": _now(),
-            "source_event_ids": _union(recorded, events),
-            "source_agents": _union(old.get("source_agents", []), agents),
+            "source_event_ids": _union(old.get("source_event_ids", []), events),
+            "source_agents": source_agents,
             "revision": token,
             "writes": [*old.get("writes", []), token][-WRITES_KEPT:],
         }

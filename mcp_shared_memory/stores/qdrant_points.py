@@ -58,6 +58,11 @@ def union(old: Sequence[str], new: Sequence[str]) -> list[str]:
     return list(dict.fromkeys([*old, *new]))
 
 
+def confirmations(source_agents: Sequence[str]) -> int:
+    """A fact's confirmations: the distinct agents that stated it (at least 1, for a fact of no agent)."""
+    return max(1, len(set(source_agents)))
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -144,14 +149,17 @@ def to_fact(
     lexical: float | None = None,
     score: float | None = None,
 ) -> Fact:
+    agents = list(dict.fromkeys(payload.get("source_agents", [])))
     return Fact(
         id=uuid.UUID(str(point_id)),
         scope_type=payload["scope_type"],
         scope_id=payload["scope_id"],
         fact=payload["fact"],
         source_event_ids=[uuid.UUID(e) for e in payload.get("source_event_ids", [])],
-        source_agents=list(payload.get("source_agents", [])),
-        confirmations=int(payload.get("confirmations", 1)),
+        source_agents=agents,
+        # From the agents, not the stored count: points confirmed before confirmations counted distinct
+        # agents (pgvector's rows were recounted by migration 010) read right without a rewrite.
+        confirmations=confirmations(agents),
         first_seen=datetime.fromisoformat(payload["first_seen"]),
         last_seen=datetime.fromisoformat(payload["last_seen"]),
         similarity=similarity,
