@@ -7,7 +7,6 @@ gets its own runtime on top of it, with its own Redis key prefix, and fresh tena
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from mcp_shared_memory.embedded import remove_data_dir
 from mcp_shared_memory.embeddings import Embedder
 from mcp_shared_memory.memory import SharedMemory
 from mcp_shared_memory.models import Principal, Scope
@@ -38,7 +38,7 @@ def anyio_backend() -> str:
 def data_dir() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="msm-test-", dir="/tmp"))
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    remove_data_dir(path)  # as root also the service directory outside it
 
 
 @pytest.fixture(scope="session")

@@ -419,6 +419,31 @@ def test_symlinked_logs_and_locks_are_refused(data_dir: Path, tmp_path: Path) ->
     assert not valkey_running(valkey)
 
 
+@pytest.mark.skipif(not IS_ROOT, reason="the service directory is only used as root")
+def test_as_root_data_kept_in_the_data_dir_by_earlier_builds_moves_to_the_service_directory(data_dir: Path) -> None:
+    backends = in_thread(lambda: start_embedded(data_dir, postgres=True, redis=True))
+    assert backends.database_url is not None and backends.redis_url is not None
+    asyncio.run(_exec(backends.database_url, "CREATE TABLE kept (v text); INSERT INTO kept VALUES ('old')"))
+    redis.Redis.from_url(backends.redis_url).set("k", "old")
+    in_thread(backends.release)
+    # The layout of earlier builds: everything in the data dir, no service directory.
+    service = Path((data_dir / "service-dir").read_text().strip())
+    (service / "pg").rename(data_dir / "pg")
+    (service / "valkey" / "appendonlydir").rename(data_dir / "valkey" / "appendonlydir")
+    shutil.rmtree(service)
+    (data_dir / "service-dir").unlink()
+
+    backends = in_thread(lambda: start_embedded(data_dir, postgres=True, redis=True))
+    try:
+        assert backends.database_url is not None and backends.redis_url is not None
+        assert asyncio.run(_fetch_one(backends.database_url, "SELECT v FROM kept")) == "old"
+        assert redis.Redis.from_url(backends.redis_url).get("k") == b"old"
+        assert not (data_dir / "pg").exists() and not (data_dir / "valkey" / "appendonlydir").exists()
+    finally:
+        in_thread(backends.release)
+    assert_stopped(data_dir)
+
+
 @pytest.mark.skipif(not IS_ROOT, reason="copies are made for the system users, as root")
 def test_programs_the_system_user_cannot_reach_run_from_a_copy(data_dir: Path) -> None:
     hidden = data_dir / "install"  # data_dir is 0700: like a package under /root

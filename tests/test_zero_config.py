@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from mcp_shared_memory.embedded import remove_data_dir
 
 from .zero_config_child import FACTS
 
@@ -35,7 +36,7 @@ def test_two_processes_see_each_others_events_by_recency_and_meaning() -> None:
             assert child.returncode == 0, err[-3000:]
             outputs[name] = json.loads(out.strip().splitlines()[-1])
     finally:
-        shutil.rmtree(data_dir, ignore_errors=True)
+        remove_data_dir(data_dir)
 
     for name, other in (("one", "two"), ("two", "one")):
         assert outputs[name]["recent"] == ["agent-one", "agent-two"]

@@ -7,6 +7,7 @@ Layout of ``data_dir``::
     postgres.lock        exclusive flock around start/stop
     postgres.holders     every holder keeps a shared flock on it; the kernel drops it when a holder dies
     valkey/              AOF, valkey.log, valkey.pid, valkey.sock, start.lock
+    service-dir          as root only: where pg/ and valkey/ (but its start.lock) are instead
 
 The first process to call ``start()`` starts the server, later ones attach; the last holder to
 ``release()`` (or to exit) stops it. Holders that die without releasing (SIGKILL, OOM) stop counting:
@@ -21,6 +22,7 @@ with ``useradd`` if missing). No permission above the data dir is changed: ``pg/
 start lock) live in ``/var/lib/mcp-shared-memory/<hash>/`` (root-owned 0711; ``/tmp/msm-root`` when /var/lib is
 read-only), recorded in ``<data_dir>/service-dir``; programs installed where those users cannot reach them
 run from a root-owned copy there. As an ordinary user, everything runs as that user (the library default).
+Deleting a data dir as root leaves its service directory behind: use ``remove_data_dir()``.
 
 Unix socket paths are limited to 107 bytes (103 on macOS): when ``<data_dir>/pg/.s.PGSQL.5432`` or
 ``<data_dir>/valkey/valkey.sock`` is longer, the socket goes to ``/tmp/msm-pg-<hash>`` /

@@ -20,6 +20,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def prepare_service_dir(data_dir: Path) -> Path:
     safe_dir(svc, uid=0, gid=0, mode=_BASE_MODE, what=f"service directory of the data dir {data_dir}")
     reference = data_dir / REFERENCE
     if _read_reference(reference) != svc:
-        tmp = reference.with_name(f".{REFERENCE}.{os.getpid()}")
+        tmp = reference.with_name(f".{REFERENCE}.{os.getpid()}.{threading.get_ident()}")
         with open(open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w") as f:
             f.write(f"{svc}\n")
         os.replace(tmp, reference)
