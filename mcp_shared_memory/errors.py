@@ -9,7 +9,10 @@
     ├── InvalidInput           an argument is malformed or out of range; nothing was changed
     └── Conflict               contradicts what is stored (an idempotency key reused); nothing was changed
 
-Every message is safe to show to an agent: no stack traces, no connection strings, no credentials.
+Every message is safe to show to an agent: no stack traces, no connection strings, no credentials, and no
+infrastructure detail (a backend's address, host:port, file paths, its own error text or HTTP reason). Where
+that detail matters, the code that raises logs it at WARNING (credentials masked) and the message stays
+generic but says what to do: retry later, or which setting the operator fixes.
 """
 
 from __future__ import annotations

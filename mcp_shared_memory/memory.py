@@ -109,6 +109,7 @@ class SharedMemory(WorkspaceRules):
         idempotency_key = check.optional_text(
             idempotency_key, "idempotency_key", max_chars=check.MAX_IDEMPOTENCY_KEY_CHARS
         )
+        await self._workspace_access(principal, target, write=True)
         content, metadata = self._redactor.event(content, metadata)
         digest = content_hash(content)
         tenant = principal.tenant
@@ -178,6 +179,7 @@ class SharedMemory(WorkspaceRules):
         if since_seq is not None:
             check.bounded_int(since_seq, "since_seq", low=0, high=2**62)
         wanted = EventFilter.parse(filters)
+        await self._workspace_access(principal, target, write=False)
         if not wanted.is_empty:
             wanted = wanted.model_copy(update={"min_importance": max(wanted.min_importance, min_importance)})
             return await self._search.recent(principal.tenant, target, wanted, limit=limit, since_seq=since_seq)
@@ -225,6 +227,7 @@ class SharedMemory(WorkspaceRules):
         if recency_half_life is not None:
             check.positive(recency_half_life, "recency_half_life")
         floor = self._floor(min_similarity)
+        await self._workspace_access(principal, target, write=False)
         vector = None if mode == "lexical" else await self._embedder.embed(query)
         candidates = await self._search.candidates(
             principal.tenant, target, wanted, vector=vector, query=None if mode == "semantic" else query,
@@ -255,6 +258,7 @@ class SharedMemory(WorkspaceRules):
         validate_identifier(agent_id, "agent_id")
         check.bounded_int(limit, "limit", low=1, high=MAX_LIMIT)
         wanted = EventFilter.parse(filters).model_copy(update={"agent_ids": [agent_id]})
+        await self._workspace_access(principal, target, write=False)
         return await self._search.recent(principal.tenant, target, wanted, limit=limit)
 
     async def shared_context_events(
@@ -281,7 +285,7 @@ class SharedMemory(WorkspaceRules):
         check.bounded_int(max_facts, "max_facts", low=0, high=100)
         if query is not None:
             check.text(query, "query", max_chars=check.MAX_QUERY_CHARS)
-        workspace = await self.get_workspace(principal, target.id) if target.type == "workspace" else None
+        workspace = await self._workspace_access(principal, target, write=False)
         events = await self.shared_context_events(principal, scope=target, max_events=max_events)
         query = query or (workspace.task if workspace else " ".join(e.content for e in events[:5]))
         query = query[: check.MAX_QUERY_CHARS]
@@ -311,6 +315,7 @@ class SharedMemory(WorkspaceRules):
         """Store a shared fact; a near-duplicate of an existing fact confirms it instead."""
         target = principal.resolve_scope(scope)
         check.text(fact, "fact", max_chars=check.MAX_FACT_CHARS)
+        await self._workspace_access(principal, target, write=True)
         fact = self._redactor.text(fact)
         vector = await self._embedder.embed(fact)
         return await self._facts.upsert(
@@ -334,6 +339,7 @@ class SharedMemory(WorkspaceRules):
         check.text(query, "query", max_chars=check.MAX_QUERY_CHARS)
         mode = check.search_mode(mode)
         floor = self._floor(min_similarity)
+        await self._workspace_access(principal, target, write=False)
         vector = await self._embedder.embed(query)
         return await self._facts.search(
             principal.tenant, target, vector, query=query, top_k=top_k, min_similarity=floor, mode=mode
@@ -344,6 +350,7 @@ class SharedMemory(WorkspaceRules):
         parsed = as_uuid(fact_id)
         if parsed is None:
             raise InvalidInput(f"invalid fact id {fact_id!r}: expected a UUID")
+        await self._workspace_access(principal, target, write=True)
         if not await self._facts.forget(principal.tenant, target, parsed):
             raise NotFound(f"fact {fact_id} does not exist in scope {target}")
 

@@ -20,6 +20,12 @@ if TYPE_CHECKING:
     from .models import Event, WriteResult
 
 MAX_LIMIT = check.MAX_LIMIT
+CLOSED_STATUSES = ("completed", "cancelled")
+
+
+def is_member(principal: Principal, workspace: Workspace) -> bool:
+    """The workspace's owner (its creator) or an agent on its roster."""
+    return principal.agent_id == workspace.created_by or principal.agent_id in workspace.agents
 
 
 class WorkspaceRules:
@@ -60,6 +66,8 @@ class WorkspaceRules:
         task, context = self._redactor.text(task), self._redactor.value(context)
         workspace_id = str(uuid.uuid4())
         scope = Scope("workspace", workspace_id)
+        if not principal.can_create_workspaces:
+            raise AccessDenied("this connection may not create workspaces; ask the orchestrator to create one")
         if not principal.may_use(scope):
             raise AccessDenied("this connection may not create workspaces (its allowed scopes exclude them)")
         workspace = await self._workspaces.create(
@@ -75,15 +83,53 @@ class WorkspaceRules:
         return workspace
 
     async def get_workspace(self, principal: Principal, workspace_id: str) -> Workspace:
+        """The workspace, for its owner and its members."""
         validate_identifier(workspace_id, "workspace_id")
-        principal.resolve_scope(Scope("workspace", workspace_id))
-        cached = await self._cache.get_workspace(principal.tenant, workspace_id)
-        if cached is not None:
-            return cached
-        workspace = await self._workspaces.get(principal.tenant, workspace_id)
+        scope = principal.resolve_scope(Scope("workspace", workspace_id))
+        workspace = await self._workspace_access(principal, scope, write=False)
+        assert workspace is not None
+        return workspace
+
+    async def _workspace_access(
+        self, principal: Principal, scope: Scope, *, write: bool, manage: bool = False
+    ) -> Workspace | None:
+        """The workspace behind ``scope`` if the caller may use it (None for a scope that is no workspace).
+
+        Its creator owns it and its roster are members: both read and write its events and facts; only the
+        owner changes it (``manage``). Writes into a completed or cancelled workspace are refused. The
+        scope must already have passed ``principal.resolve_scope``."""
+        if scope.type != "workspace":
+            return None
+        # A change is checked against PostgreSQL (rare, and never against a stale roster); reads and
+        # writes of events and facts against the cached copy, to spare the write path a round trip.
+        workspace = await self._load_workspace(principal.tenant, scope.id, cached=not manage)
+        if not is_member(principal, workspace):
+            raise AccessDenied(
+                f"agent {principal.agent_id} is not a member of workspace {scope.id}: "
+                "ask its owner to add it to the workspace's agents"
+            )
+        if manage and principal.agent_id != workspace.created_by:
+            raise AccessDenied(f"only the workspace's owner ({workspace.created_by}) may change workspace {scope.id}")
+        if write and workspace.status in CLOSED_STATUSES:
+            raise InvalidInput(
+                f"workspace {scope.id} is {workspace.status}: nothing more can be written to it; "
+                "its owner may reopen it (update_workspace status='active') or create a new workspace"
+            )
+        return workspace
+
+    async def _load_workspace(self, tenant: str, workspace_id: str, *, cached: bool = True) -> Workspace:
+        """The workspace from the Redis cache, else from PostgreSQL (then cached); with ``cached=False``
+        from PostgreSQL only (the change that follows refreshes the cache)."""
+        hit = await self._cache.get_workspace(tenant, workspace_id) if cached else None
+        if hit is not None:
+            return hit
+        workspace = await self._workspaces.get(tenant, workspace_id)
         if workspace is None:
-            raise NotFound(f"workspace {workspace_id} does not exist in this tenant")
-        await self._cache.put_workspace(principal.tenant, workspace, ttl=self.settings.workspace_cache_ttl)
+            raise NotFound(
+                f"workspace {workspace_id} does not exist in this tenant: create it with create_workspace first"
+            )
+        if cached:
+            await self._cache.put_workspace(tenant, workspace, ttl=self.settings.workspace_cache_ttl)
         return workspace
 
     async def get_workspace_summary(
@@ -104,9 +150,9 @@ class WorkspaceRules:
         context: dict[str, Any] | None = None,
         agents: list[str] | None = None,
     ) -> Workspace:
-        """Change status, merge keys into the context, or replace the agent roster."""
+        """Change status, merge keys into the context, or replace the agent roster (the owner only)."""
         validate_identifier(workspace_id, "workspace_id")
-        principal.resolve_scope(Scope("workspace", workspace_id))
+        scope = principal.resolve_scope(Scope("workspace", workspace_id))
         if status is None and context is None and agents is None:
             raise InvalidInput("nothing to update: pass status, context or agents")
         if status is not None:
@@ -116,6 +162,7 @@ class WorkspaceRules:
         if agents is not None:
             for agent in agents:
                 validate_identifier(agent, "agent id in agents")
+        await self._workspace_access(principal, scope, write=False, manage=True)
         workspace = await self._workspaces.update(
             principal.tenant, workspace_id, status=status, context_patch=context, agents=agents
         )
@@ -131,4 +178,4 @@ class WorkspaceRules:
             check.status(status)
         check.bounded_int(limit, "limit", low=1, high=MAX_LIMIT)
         found = await self._workspaces.list(principal.tenant, status=status, limit=limit)
-        return [w for w in found if principal.may_use(Scope("workspace", w.id))]
+        return [w for w in found if principal.may_use(Scope("workspace", w.id)) and is_member(principal, w)]

@@ -132,7 +132,7 @@ async def test_dedup_window_keys_include_tenant_and_scope_type(
     memory: SharedMemory, alice: Principal, other_tenant: Principal
 ) -> None:
     """Defect 3: user `x` and workspace `x` (and tenants) never share a dedup key."""
-    ws = await memory.create_workspace(alice, "dedup scopes")
+    ws = await memory.create_workspace(alice, "dedup scopes", ["a"])
     user_scope, ws_scope = f"user:{ws.id}", f"workspace:{ws.id}"
     both = Principal(tenant=alice.tenant, agent_id="a", allowed_scopes=(user_scope, ws_scope))
 

@@ -203,7 +203,8 @@ async def test_pii_is_kept_by_default_and_redacted_when_configured(
     kept = await memory.write_event(alice, text)
     assert kept.event is not None and kept.event.content == text
     async with open_runtime(isolated(settings, redact_pii=True), connections=connections) as runtime:
-        written = await runtime.memory.write_event(alice, text, scope="workspace:pii")
+        workspace = await runtime.memory.create_workspace(alice, "pii")
+        written = await runtime.memory.write_event(alice, text, scope=f"workspace:{workspace.id}")
     assert written.event is not None
     assert written.event.content == "the user [REDACTED:email] paid with [REDACTED:card_number]"
     assert written.event.metadata[REDACTED_KEY] == ["card_number", "email"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 from pathlib import Path
@@ -19,6 +20,8 @@ ONNX_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
 TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
 TOKENIZER_PATH = Path(__file__).parent / "tokenizer.json"
 MAX_TOKENS = 256
+
+logger = logging.getLogger(__name__)
 
 # Verified files by (path, size, mtime): hashing the 23 MB model costs ~60 ms, pay it once per process.
 _verified: set[tuple[str, int, int]] = set()
@@ -41,7 +44,9 @@ def verify_file(path: Path, sha256: str, what: str) -> None:
     try:
         stat = path.stat()
     except OSError as exc:
-        raise ConfigError(f"The {what} file {path} is missing; reinstall mcp-shared-memory.") from exc
+        # The path is the server's file system: the log has it, the message (agents may see it) does not.
+        logger.warning("the %s file %s is missing: %s", what, path, exc)
+        raise ConfigError(f"The {what} file is missing; reinstall mcp-shared-memory.") from exc
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     with _verified_lock:
         if key in _verified:
@@ -51,8 +56,9 @@ def verify_file(path: Path, sha256: str, what: str) -> None:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     if digest.hexdigest() != sha256:
+        logger.warning("the %s file %s has sha256 %s, expected %s", what, path, digest.hexdigest(), sha256)
         raise ConfigError(
-            f"The {what} file {path} does not match its pinned sha256 (corrupt or replaced); "
+            f"The {what} file does not match its pinned sha256 (corrupt or replaced); "
             "reinstall mcp-shared-memory (pip install --force-reinstall mcp-shared-memory)."
         )
     with _verified_lock:
@@ -112,6 +118,7 @@ class OnnxEmbedder(Embedder):
             session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
             tokenizer = Tokenizer.from_file(str(self._tokenizer_path))
         except Exception as exc:
+            logger.warning("cannot load the local embedding model from %s: %r", model_path, exc)
             raise ConfigError(
                 f"Cannot load the local embedding model ({type(exc).__name__}); reinstall mcp-shared-memory."
             ) from exc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -145,34 +146,75 @@ class OpenAIEmbedder(Embedder):
         return np.stack(rows)
 
     def _translate(self, exc: openai.OpenAIError) -> SharedMemoryError:
-        where = safe_url(self._base_url)
+        """A generic error for callers (agents see it); the detail goes to the server log.
+
+        The endpoint's address, the server's own text and the transport's message are infrastructure: they
+        are logged here (credentials masked) and never put in the returned message.
+        """
+        status = getattr(exc, "status_code", None)
+        logger.warning(
+            "embedding endpoint %s failed: %s%s: %s",
+            safe_url(self._base_url),
+            type(exc).__name__,
+            f" (HTTP {status})" if status is not None else "",
+            self._scrub(_describe(exc)),
+        )
         if isinstance(exc, openai.APITimeoutError):
-            return EmbeddingUnavailable(f"The embedding endpoint {where} timed out; retry later.")
+            return EmbeddingUnavailable("The embedding service is unavailable (timeout); retry later.")
         if isinstance(exc, openai.APIConnectionError):
-            return EmbeddingUnavailable(f"Cannot connect to the embedding endpoint {where}; retry later.")
+            return EmbeddingUnavailable("The embedding service is unavailable (connection failed); retry later.")
         if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
-            # The server's own message may echo part of the key: never pass it on.
-            return ConfigError(
-                f"The embedding endpoint {where} rejected the API key (HTTP {exc.status_code}); check OPENAI_API_KEY."
-            )
+            return ConfigError(f"The embedding service rejected the API key (HTTP {status}); check OPENAI_API_KEY.")
         if isinstance(exc, openai.RateLimitError):
-            return EmbeddingUnavailable(f"The embedding endpoint {where} is rate limiting (HTTP 429); retry later.")
+            return EmbeddingUnavailable("The embedding service is rate limiting (HTTP 429); retry later.")
         if isinstance(exc, openai.APIStatusError):
-            detail = self._scrub(exc.message)
-            if exc.status_code in (400, 404, 422):
+            if status in (400, 404, 422):
                 return ConfigError(
-                    f"The embedding endpoint {where} rejected model {self.model_id!r} "
-                    f"(HTTP {exc.status_code}: {detail}); check MSM_EMBEDDING_MODEL, "
-                    "MSM_EMBEDDING_DIMENSIONS and OPENAI_BASE_URL."
+                    f"The embedding service rejected model {self.model_id!r} (HTTP {status}); check "
+                    "MSM_EMBEDDING_MODEL, MSM_EMBEDDING_DIMENSIONS and OPENAI_BASE_URL."
                 )
-            return EmbeddingUnavailable(f"The embedding endpoint {where} failed (HTTP {exc.status_code}); retry later.")
-        return EmbeddingUnavailable(f"The embedding endpoint {where} failed ({type(exc).__name__}).")
+            return EmbeddingUnavailable(f"The embedding service failed (HTTP {status}); retry later.")
+        return EmbeddingUnavailable(f"The embedding service failed ({type(exc).__name__}); retry later.")
 
     def _scrub(self, message: str) -> str:
+        """For the log: the API key and anything that looks like a credential masked, length capped."""
         key = self._api_key.get_secret_value()
         if key and key != _NO_KEY:
             message = message.replace(key, "***")
-        return message[:200]
+        return mask_credentials(message)[:500]
+
+
+_CREDENTIAL = re.compile(
+    r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?(?:bearer|basic)?\s*|bearer\s+|api[-_]?key[\"']?\s*[:=]\s*[\"']?)"
+    r"[^\s\"',;}]+"
+)
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+_KEY_LIKE = re.compile(r"\bsk-[A-Za-z0-9_-]{6,}")
+
+
+def mask_credentials(text: str) -> str:
+    """``text`` with bearer tokens, API keys, ``sk-...`` keys and URL user:password replaced by ``***``."""
+    text = _CREDENTIAL.sub(lambda m: m.group(1) + "***", text)
+    text = _URL_USERINFO.sub(lambda m: m.group(1) + "***@", text)
+    return _KEY_LIKE.sub("sk-***", text)
+
+
+def _describe(exc: openai.OpenAIError) -> str:
+    """The exception's text with the server's answer or the transport error it wraps, for the log."""
+    text = str(exc)
+    extra = ""
+    if isinstance(exc, openai.APIStatusError):
+        try:
+            extra = exc.response.text
+        except Exception:  # a streamed body that was never read: the status is enough
+            extra = ""
+    else:
+        cause = exc.__cause__ or exc.__context__
+        if cause is not None:
+            extra = f"{type(cause).__name__}: {cause}"
+    if extra and extra not in text:
+        text = f"{text} ({extra})"
+    return text
 
 
 def _as_floats(embedding: object) -> npt.NDArray[np.float32]:

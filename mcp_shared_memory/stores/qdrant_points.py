@@ -1,9 +1,10 @@
 """Qdrant points of the facts store, as pure functions: ids, filters, payload <-> ``Fact``, the keyword
-(sparse) vectors, and Qdrant's errors turned into safe messages (never the URL or the API key)."""
+(sparse) vectors, and Qdrant's errors turned into generic messages (the detail goes to the log)."""
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import unicodedata
 import uuid
@@ -26,6 +27,7 @@ COLLECTION_PREFIX = "msm_facts"
 LEXICAL = "lexical"
 # The dense vector keeps Qdrant's default (unnamed) name, so collections created before LEXICAL still fit.
 DENSE = ""
+logger = logging.getLogger(__name__)
 _ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "mcp-shared-memory/semantic-facts")
 
 
@@ -200,20 +202,41 @@ def not_found(exc: BaseException) -> bool:
 
 
 def unavailable(action: str, exc: BaseException) -> StoreUnavailable:
-    """A safe message: status and Qdrant's own error text, never the URL or the API key."""
+    """A generic message for callers (agents see it); Qdrant's own text, the HTTP reason and the transport's
+    message are infrastructure, logged at WARNING (credentials masked), never in the message."""
     if isinstance(exc, UnexpectedResponse):
-        status = f"HTTP {exc.status_code} {exc.reason_phrase}".strip()
-        if exc.status_code in (401, 403):
-            return StoreUnavailable(f"Qdrant refused to {action} ({status}): check MSM_QDRANT_API_KEY")
         detail = ""
         with suppress(ValueError, KeyError, TypeError):
-            detail = str(json.loads(exc.content)["status"]["error"])[:200]
-        suffix = f": {detail}" if detail else ""
-        return StoreUnavailable(f"Qdrant failed to {action} ({status}){suffix}; retry later")
+            detail = str(json.loads(exc.content)["status"]["error"])
+        if not detail:
+            detail = exc.content.decode("utf-8", "replace") if isinstance(exc.content, bytes) else str(exc.content)
+        logger.warning(
+            "Qdrant could not %s: HTTP %s %s: %s", action, exc.status_code, exc.reason_phrase, _mask(detail)[:500]
+        )
+        if exc.status_code in (401, 403):
+            # Configuration the operator fixes: say which setting, not where Qdrant is.
+            return StoreUnavailable(f"Qdrant refused to {action} (HTTP {exc.status_code}): check MSM_QDRANT_API_KEY")
+        return StoreUnavailable(f"Qdrant is unavailable (HTTP {exc.status_code}) and could not {action}; retry later")
     if isinstance(exc, ResponseHandlingException):
         exc = exc.source
     if isinstance(exc, grpc.RpcError):
         code = getattr(exc, "code", None)
         name = code().name if callable(code) else type(exc).__name__
+        details = getattr(exc, "details", None)
+        text = str(details() if callable(details) else exc)
+        logger.warning("Qdrant could not %s: %s: %s", action, name, _mask(text)[:500])
         return StoreUnavailable(f"Qdrant is unavailable ({name}) and could not {action}; retry later")
+    logger.warning("Qdrant could not %s: %s: %s", action, type(exc).__name__, _mask(str(exc))[:500])
     return StoreUnavailable(f"Qdrant is unavailable ({type(exc).__name__}) and could not {action}; retry later")
+
+
+_CREDENTIAL = re.compile(
+    r"(?i)((?:authorization|api[-_]?key)[\"']?\s*[:=]\s*[\"']?(?:bearer\s+|basic\s+)?|bearer\s+)[^\s\"',;}]+"
+)
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@]+@")
+
+
+def _mask(text: str) -> str:
+    """For the log: API keys, bearer tokens and URL passwords replaced by ``***``."""
+    text = _CREDENTIAL.sub(lambda m: m.group(1) + "***", text)
+    return _URL_USERINFO.sub(lambda m: m.group(1) + "***@", text)

@@ -250,14 +250,14 @@ async def test_server_down_is_unavailable_quickly_and_hides_credentials() -> Non
         elapsed = time.monotonic() - start
     assert elapsed < 5, elapsed
     message = str(info.value)
-    assert "127.0.0.1" in message
+    assert "127.0.0.1" not in message and "retry later" in message  # the address is in the log only
     assert "pa55word" not in message and "user:" not in message and API_KEY not in message
 
 
 async def test_server_down_fails_open_when_the_dimension_is_unknown() -> None:
     e = OpenAIEmbedder(model="acme-embed", api_key=API_KEY, base_url=f"http://127.0.0.1:{free_port()}/v1")
     start = time.monotonic()
-    with pytest.raises(EmbeddingUnavailable, match="Cannot connect"):
+    with pytest.raises(EmbeddingUnavailable, match="unavailable"):
         await e.open()
     assert time.monotonic() - start < 5
     assert not e.is_open
