@@ -1,4 +1,4 @@
-"""The ``mcp-shared-memory`` command: serve (stdio or HTTP), migrate, tokens, re-embedding."""
+"""The ``mcp-shared-memory`` command: serve (stdio or HTTP), migrate, tokens, re-embedding, the audit trail."""
 
 from __future__ import annotations
 
@@ -220,6 +220,58 @@ def token_revoke(token_id: str, data_dir: DataDir = None) -> None:
         async with open_admin(settings) as admin:
             await admin.tokens.revoke(token_id)
         typer.echo(f"revoked {token_id}")
+
+    run(main)
+
+
+def parse_time(value: str | None, option: str) -> datetime | None:
+    """An ISO 8601 time; without a zone it is UTC."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        fail(f"{option}: expected an ISO 8601 time such as 2026-01-31 or 2026-01-31T12:00:00+00:00")
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+@app.command()
+def audit(
+    tenant: Annotated[str | None, typer.Option(help="only this tenant")] = None,
+    agent: Annotated[str | None, typer.Option(help="only this agent id")] = None,
+    tool: Annotated[str | None, typer.Option(help="only this tool name or resource URI")] = None,
+    outcome: Annotated[str | None, typer.Option(help="ok, error (any failure), or an error class name")] = None,
+    since: Annotated[str | None, typer.Option(help="from this ISO 8601 time (UTC unless given)")] = None,
+    until: Annotated[str | None, typer.Option(help="before this ISO 8601 time (UTC unless given)")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100_000)] = 100,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Show the audit trail, newest first: who called which tool or read which resource, when, with which
+    outcome (never content)."""
+    settings = start(data_dir=data_dir)
+    window = parse_time(since, "--since"), parse_time(until, "--until")
+
+    async def main() -> None:
+        from .runtime import open_admin
+
+        async with open_admin(settings) as admin:
+            records = await admin.audit.query(
+                tenant=tenant, agent=agent, target=tool, outcome=outcome, since=window[0], until=window[1],
+                limit=limit,
+            )  # fmt: skip
+        if as_json:
+            typer.echo(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+            return
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table("time", "tenant", "agent", "method", "target", "scope", "outcome", "results", "ms")
+        for r in records:
+            table.add_row(r.at.strftime("%Y-%m-%d %H:%M:%S"), r.tenant_id, f"{r.agent_id} ({r.agent_type})",
+                          r.method, r.target, r.scope or "", r.outcome,
+                          "" if r.result_count is None else str(r.result_count), f"{r.latency_ms:.1f}")  # fmt: skip
+        Console().print(table)
 
     run(main)
 

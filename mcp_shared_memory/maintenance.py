@@ -21,6 +21,7 @@ from .consolidation import Consolidator
 from .embeddings import Embedder
 from .errors import EmbeddingUnavailable, SharedMemoryError
 from .settings import Settings
+from .stores.audit import PostgresAuditLog
 from .stores.episodic import PostgresEpisodicStore
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ EMBED_EVERY = 6  # sweeps: every 30 s
 EMBEDDING_LEASE = 120.0
 RETRY_REJECTED = 3600.0  # the model rejected this text: try it hourly, never block the others
 RETRY_OUTAGE = 60.0
+AUDIT_RETENTION_EVERY = 720  # sweeps: hourly
 LEXEME_BATCH = 5000  # the model failed every text of a batch: it is down, try again soon
 
 
@@ -44,12 +46,14 @@ class Maintenance:
         announcer: Announcer,
         embedder: Embedder,
         consolidator: Consolidator,
+        audit: PostgresAuditLog | None = None,
     ) -> None:
         self._settings = settings
         self._episodic = episodic
         self._announcer = announcer
         self._embedder = embedder
         self.consolidator = consolidator
+        self._audit = audit
 
     async def publish_queued(self, *, older_than: float = SWEEP_AFTER) -> int:
         """Announce events committed but never announced (their writer died, or Redis failed), scope by
@@ -84,6 +88,12 @@ class Maintenance:
         returns how many were indexed."""
         return await fill_lexemes(self._episodic, batch=batch)
 
+    async def expire_audit(self) -> int:
+        """Delete audit rows older than ``MSM_AUDIT_RETENTION_DAYS``; returns how many."""
+        if self._audit is None:
+            return 0
+        return await self._audit.delete_older_than(self._settings.audit_retention_days)
+
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Sweep every few seconds, back-fill every half minute, consolidate every
         ``MSM_CONSOLIDATION_INTERVAL`` seconds (0: never) until cancelled. Never raises."""
@@ -107,6 +117,8 @@ class Maintenance:
                     log.info("announced %d committed events that had not reached Redis", done)
                 if passes % EMBED_EVERY == 0 and (done := await self.embed_missing()):
                     log.info("embedded %d events stored without a vector", done)
+                if passes % AUDIT_RETENTION_EVERY == 1 and (done := await self.expire_audit()):
+                    log.info("deleted %d audit rows past their retention", done)
             except SharedMemoryError as exc:
                 log.warning("repair pass skipped: %s", exc.message)
 

@@ -27,6 +27,7 @@ from .embeddings import Embedder, create_embedder
 from .maintenance import Maintenance
 from .memory import SharedMemory
 from .settings import Settings
+from .stores.audit import PostgresAuditLog
 from .stores.bus import RedisBus
 from .stores.cache import RedisCache
 from .stores.episodic import PostgresEpisodicStore
@@ -143,6 +144,7 @@ class Runtime:
         tokens: PostgresTokenStore,
         maintenance: Maintenance,
         facts: FactsStore,
+        audit: PostgresAuditLog | None = None,
     ) -> None:
         self.settings = settings
         self._connections = connections
@@ -151,6 +153,8 @@ class Runtime:
         self.tokens = tokens
         self.maintenance = maintenance
         self._facts = facts
+        # None when MSM_AUDIT=false
+        self.audit = audit
 
     async def health(self) -> Health:
         redis_ok = True
@@ -215,17 +219,21 @@ async def open_runtime(
             settings=settings, episodic=episodic, facts=facts, embedder=embedder,
             extractor=Consolidator.extractor_for(settings),
         )  # fmt: skip
+        audit = PostgresAuditLog(db) if settings.audit else None
         maintenance = Maintenance(
-            settings=settings, episodic=episodic, announcer=announcer, embedder=embedder, consolidator=consolidator
-        )
+            settings=settings, episodic=episodic, announcer=announcer, embedder=embedder, consolidator=consolidator,
+            audit=audit,
+        )  # fmt: skip
         runtime = Runtime(
             settings=settings, connections=connections, memory=memory, bus=bus, tokens=PostgresTokenStore(db),
-            maintenance=maintenance, facts=facts,
+            maintenance=maintenance, facts=facts, audit=audit,
         )  # fmt: skip
 
         tasks = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(tasks.cancel_scope.cancel)
         await tasks.start(bus.run)
+        if audit is not None:
+            await tasks.start(audit.run)
         if background:
             await tasks.start(maintenance.run)
         log.info("shared memory ready in %.0f ms", (time.perf_counter() - started) * 1000)
@@ -239,6 +247,7 @@ class AdminRuntime:
     tokens: PostgresTokenStore
     applied_migrations: list[str]
     episodic: PostgresEpisodicStore
+    audit: PostgresAuditLog
 
 
 @asynccontextmanager
@@ -250,8 +259,9 @@ async def open_admin(settings: Settings) -> AsyncIterator[AdminRuntime]:
         await db.open(migrate=False)
         try:
             yield AdminRuntime(
-                tokens=PostgresTokenStore(db), applied_migrations=applied, episodic=PostgresEpisodicStore(db)
-            )
+                tokens=PostgresTokenStore(db), applied_migrations=applied, episodic=PostgresEpisodicStore(db),
+                audit=PostgresAuditLog(db),
+            )  # fmt: skip
         finally:
             await db.close()
 

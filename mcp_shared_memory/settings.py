@@ -110,6 +110,10 @@ class Settings(BaseSettings):
     # The text block of tool results: a compact rendering for models ("text") or the JSON ("json").
     result_format: Literal["text", "json"] = "text"
     workspace_cache_ttl: int = Field(default=3600, ge=1)
+    # The audit trail of every tool call, read, subscription and listen (never content); rows older than
+    # the retention are deleted by the background maintenance.
+    audit: bool = True
+    audit_retention_days: int = Field(default=90, ge=1)
 
     # consolidation of the episodic log into shared facts
     consolidation_interval: int = Field(default=300, ge=0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,11 +20,12 @@ from mcp.types import (
     SubscriptionsListenRequestParams,
     UnsubscribeRequestParams,
 )
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .. import __version__
 from ..errors import AccessDenied, InvalidInput
-from ..models import Principal
+from ..models import Principal, Scope
+from ..stores.audit import AuditEntry
 from ..stores.bus import Topic
 from . import sdk_adapter
 from .notifications import LISTEN_TENANT
@@ -36,6 +39,9 @@ get_recent_shared; search_shared finds what other agents wrote; write_event reco
 (importance >= 0.6 reaches the other agents' context). Workspaces scope memory to one task."""
 
 LEGACY_KEY = "msm_registered"
+AUDITED = frozenset({"tools/call", "resources/read", "resources/subscribe", "subscriptions/listen"})
+TOOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+LISTEN_TARGETS = 10
 
 
 def authorize_uri(principal: Principal, uri: str) -> ParsedUri:
@@ -46,6 +52,54 @@ def authorize_uri(principal: Principal, uri: str) -> ParsedUri:
     if parsed.scope is not None:
         principal.resolve_scope(parsed.scope)
     return parsed
+
+
+def audit_target(method: str, params: dict[str, Any]) -> tuple[str, str | None]:
+    """(target, scope) of a request: a tool's name or a resource's URI, and the scope it names. No other
+    argument is read, and a string that is not a well-formed name, scope or URI is not recorded."""
+    if method == "tools/call":
+        name = params.get("name")
+        arguments = params.get("arguments")
+        arguments = arguments if isinstance(arguments, dict) else {}
+        scope = arguments.get("scope")
+        if scope is None and isinstance(workspace := arguments.get("workspace_id"), str):
+            scope = f"workspace:{workspace}"
+        return (name if isinstance(name, str) and TOOL_NAME.match(name) else "<invalid>"), valid_scope(scope)
+    if method == "subscriptions/listen":
+        notifications = params.get("notifications")
+        uris = notifications.get("resourceSubscriptions") if isinstance(notifications, dict) else None
+        parsed = [str(u) for u in uris if isinstance(u, str) and parse_uri(u)] if isinstance(uris, list) else []
+        more = f" +{len(parsed) - LISTEN_TARGETS} more" if len(parsed) > LISTEN_TARGETS else ""
+        return " ".join(parsed[:LISTEN_TARGETS]) + more or "<no resources>", None
+    uri = params.get("uri")
+    found = parse_uri(uri) if isinstance(uri, str) else None
+    if found is None:
+        return "<invalid uri>", None
+    return str(uri), str(found.scope) if found.scope is not None else None
+
+
+def valid_scope(scope: object) -> str | None:
+    if not isinstance(scope, str):
+        return None
+    try:
+        return str(Scope.parse(scope))
+    except InvalidInput:
+        return None
+
+
+def audit_outcome(result: HandlerResult) -> tuple[str, int | None]:
+    """("ok" or "ToolError", the length of the first list in the structured result, if any)."""
+    data = result.model_dump(by_alias=True) if isinstance(result, BaseModel) else result
+    if not isinstance(data, dict):
+        return "ok", None
+    if data.get("isError"):
+        return "ToolError", None
+    structured = data.get("structuredContent")
+    if isinstance(structured, dict):
+        for value in structured.values():
+            if isinstance(value, list):
+                return "ok", len(value)
+    return "ok", None
 
 
 def topic_of(parsed: ParsedUri) -> Topic:
@@ -69,7 +123,36 @@ def build_server(
             await register_legacy_connection(ctx)
         if ctx.method == "subscriptions/listen":
             return await guarded_listen(ctx, call_next)
-        return await call_next(ctx)
+        if ctx.method not in AUDITED or ctx.lifespan_context.runtime.audit is None:
+            return await call_next(ctx)
+        started = time.perf_counter()
+        try:
+            result = await call_next(ctx)
+        except Exception as exc:
+            audit(ctx, started, type(exc).__name__, None)
+            raise
+        audit(ctx, started, *audit_outcome(result))
+        return result
+
+    def audit(ctx: ServerRequestContext[AppState, Any], started: float, outcome: str, result_count: int | None) -> None:
+        """Buffer the request's audit row (unauthenticated requests never reach a handler: not recorded)."""
+        state = ctx.lifespan_context
+        if state.runtime.audit is None:
+            return
+        try:
+            principal = state.principal()
+        except AccessDenied:
+            return
+        params = ctx.params if isinstance(ctx.params, dict) else {}
+        target, scope = audit_target(ctx.method, params)
+        state.runtime.audit.record(
+            AuditEntry(
+                tenant_id=principal.tenant, agent_id=principal.agent_id, agent_type=principal.agent_type,
+                token_id=principal.token_id, method=ctx.method, target=target, scope=scope, outcome=outcome,
+                result_count=result_count, latency_ms=(time.perf_counter() - started) * 1000,
+                transport="stdio" if state.local_principal is not None else "http",
+            )
+        )  # fmt: skip
 
     async def register_legacy_connection(ctx: ServerRequestContext[AppState, Any]) -> None:
         """Legacy clients get list_changed when their tenant gains a workspace."""
@@ -96,6 +179,7 @@ def build_server(
 
     async def guarded_listen(ctx: ServerRequestContext[AppState, Any], call_next: CallNext) -> HandlerResult:
         state = ctx.lifespan_context
+        started = time.perf_counter()
         try:
             # Parsed exactly as the SDK's handler will parse it, so no spelling of the filter escapes the check.
             params = SubscriptionsListenRequestParams.model_validate(ctx.params or {})
@@ -106,7 +190,10 @@ def build_server(
             principal = state.principal()
             parsed = [authorize_uri(principal, uri) for uri in uris]
         except (AccessDenied, InvalidInput) as exc:
+            audit(ctx, started, type(exc).__name__, None)
             raise MCPError(INVALID_PARAMS, exc.message) from exc
+        # Recorded when the stream opens (its handler returns only when the stream ends).
+        audit(ctx, started, "ok", len(uris))
         wanted = {topic_of(p) for p in parsed}
         if params.notifications.resources_list_changed:
             wanted.add(Topic(principal.tenant))
