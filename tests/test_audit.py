@@ -68,7 +68,7 @@ async def test_tool_calls_and_reads_are_audited_without_content(
     assert calls == [
         ("tools/call", "write_event", None, "ok"),
         ("tools/call", "get_recent_shared", "user:alice", "ok"),
-        ("tools/call", "write_event", "user:bob", "ToolError"),
+        ("tools/call", "write_event", "user:bob", "AccessDenied"),
         ("resources/read", uri, "user:alice", "ok"),
     ]
     assert {(r.agent_id, r.agent_type, r.transport) for r in rows} == {("research-1", "research", "stdio")}

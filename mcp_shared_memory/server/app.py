@@ -31,7 +31,7 @@ from . import sdk_adapter
 from .notifications import LISTEN_TENANT
 from .resources import register_resources
 from .state import AppState, ServerLifespan
-from .tools import register_tools
+from .tools import TOOL_FAILURE, register_tools
 from .uris import ParsedUri, parse_uri
 
 INSTRUCTIONS = """Shared memory for a team of agents. Before starting, read the `shared_context` prompt or call
@@ -126,12 +126,17 @@ def build_server(
         if ctx.method not in AUDITED or ctx.lifespan_context.runtime.audit is None:
             return await call_next(ctx)
         started = time.perf_counter()
+        failure: dict[str, str] = {}
+        token = TOOL_FAILURE.set(failure)
         try:
             result = await call_next(ctx)
         except Exception as exc:
             audit(ctx, started, type(exc).__name__, None)
             raise
-        audit(ctx, started, *audit_outcome(result))
+        finally:
+            TOOL_FAILURE.reset(token)
+        outcome, count = audit_outcome(result)
+        audit(ctx, started, failure.get("error", outcome) if outcome != "ok" else outcome, count)
         return result
 
     def audit(ctx: ServerRequestContext[AppState, Any], started: float, outcome: str, result_count: int | None) -> None:

@@ -1,6 +1,7 @@
 """MCP tools: thin translations to ``SharedMemory`` calls. No rules live here."""
 
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from functools import wraps
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
@@ -88,6 +89,11 @@ class Forgotten(BaseModel):
     forgotten: str
 
 
+# Set by the audit middleware around a call: the domain error a tool failed with (the SDK turns it into
+# an error result before the middleware sees it).
+TOOL_FAILURE: ContextVar[dict[str, str] | None] = ContextVar("msm_tool_failure", default=None)
+
+
 def domain_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     """A domain error reaches the agent as its own message; anything else stays in the server log."""
 
@@ -96,6 +102,8 @@ def domain_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         try:
             return await fn(*args, **kwargs)
         except SharedMemoryError as exc:
+            if (failure := TOOL_FAILURE.get()) is not None:
+                failure["error"] = type(exc).__name__
             raise ToolError(exc.message) from exc
 
     return wrapper
