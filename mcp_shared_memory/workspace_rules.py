@@ -177,5 +177,5 @@ class WorkspaceRules:
         if status is not None:
             check.status(status)
         check.bounded_int(limit, "limit", low=1, high=MAX_LIMIT)
-        found = await self._workspaces.list(principal.tenant, status=status, limit=limit)
+        found = await self._workspaces.list(principal.tenant, status=status, limit=limit, member=principal.agent_id)
         return [w for w in found if principal.may_use(Scope("workspace", w.id)) and is_member(principal, w)]

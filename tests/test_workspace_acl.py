@@ -193,3 +193,14 @@ async def test_another_tenant_gets_not_found(memory: SharedMemory, alice: Princi
         await memory.get_recent_shared(other_tenant, scope=ws(workspace))
     with pytest.raises(NotFound):
         await memory.write_event(other_tenant, "cross-tenant", scope=ws(workspace))
+
+
+async def test_a_members_list_is_complete_among_many_workspaces_it_cannot_see(
+    memory: SharedMemory, alice: Principal, alice_coder: Principal
+) -> None:
+    """The membership condition is applied before the limit: 3 of 13 workspaces, limit 3, all three."""
+    for i in range(10):
+        await memory.create_workspace(alice, f"alice's private task {i}")
+    mine = [await memory.create_workspace(alice, f"shared task {i}", ["code-1"]) for i in range(3)]
+    listed = await memory.list_workspaces(alice_coder, limit=3)
+    assert {w.id for w in listed} == {w.id for w in mine}

@@ -27,9 +27,11 @@ WHERE tenant_id = $1 AND id = $2
 RETURNING {WORKSPACE_COLUMNS}
 """
 
+# $4: only workspaces this agent owns or is on the roster of (the limit applies to those).
 LIST_WORKSPACES = f"""
 SELECT {WORKSPACE_COLUMNS} FROM workspaces
 WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2)
+  AND ($4::text IS NULL OR created_by = $4 OR $4 = ANY(agents))
 ORDER BY created_at DESC LIMIT $3
 """
 
@@ -65,6 +67,6 @@ class PostgresWorkspaceStore:
         row = await self._db.fetchrow(UPDATE_WORKSPACE, tenant, workspace_id, status, context_patch, agents)
         return row_to_workspace(row) if row else None
 
-    async def list(self, tenant: str, *, status: str | None, limit: int) -> list[Workspace]:
-        rows = await self._db.fetch(LIST_WORKSPACES, tenant, status, limit)
+    async def list(self, tenant: str, *, status: str | None, limit: int, member: str | None = None) -> list[Workspace]:
+        rows = await self._db.fetch(LIST_WORKSPACES, tenant, status, limit, member)
         return [row_to_workspace(r) for r in rows]
