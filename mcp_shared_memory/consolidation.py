@@ -27,15 +27,13 @@ from .validation import MAX_FACT_CHARS
 
 log = logging.getLogger(__name__)
 
-PendingEvent = UnconsolidatedEvent
-
 
 @dataclass
 class Candidate:
     """A fact to store and the events it came from."""
 
     text: str
-    events: list[PendingEvent]
+    events: list[UnconsolidatedEvent]
     vector: np.ndarray | None = None
 
 
@@ -64,7 +62,7 @@ class RuleExtractor:
         self.min_importance = min_importance
         self.event_types = event_types
 
-    async def extract(self, events: Sequence[PendingEvent]) -> list[Candidate]:
+    async def extract(self, events: Sequence[UnconsolidatedEvent]) -> list[Candidate]:
         return [
             Candidate(text=e.content[:MAX_FACT_CHARS], events=[e], vector=e.embedding)
             for e in events
@@ -86,7 +84,7 @@ class ChatExtractor:
         self.model = model
         self.fallback = fallback
 
-    async def extract(self, events: Sequence[PendingEvent]) -> list[Candidate]:
+    async def extract(self, events: Sequence[UnconsolidatedEvent]) -> list[Candidate]:
         if not events:
             return []
         listing = "\n".join(
@@ -105,7 +103,7 @@ class ChatExtractor:
             return await self.fallback.extract(events)
 
     @staticmethod
-    def _parse(text: str, events: Sequence[PendingEvent]) -> list[Candidate]:
+    def _parse(text: str, events: Sequence[UnconsolidatedEvent]) -> list[Candidate]:
         start, end = text.find("{"), text.rfind("}")
         payload = json.loads(text[start : end + 1])
         by_seq = {e.seq: e for e in events}
@@ -181,7 +179,7 @@ class Consolidator:
         return report
 
     async def _consolidate_batch(
-        self, tenant: str, scope: Scope, events: list[PendingEvent], report: ConsolidationReport
+        self, tenant: str, scope: Scope, events: list[UnconsolidatedEvent], report: ConsolidationReport
     ) -> None:
         candidates = await self.extractor.extract(events)
         missing = [c for c in candidates if c.vector is None]

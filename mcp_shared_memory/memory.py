@@ -44,7 +44,6 @@ from .workspace_rules import WorkspaceRules
 
 log = logging.getLogger(__name__)
 
-MAX_LIMIT = check.MAX_LIMIT
 SHARED_CONTEXT_MAX_EVENTS = 20
 SHARED_CONTEXT_MAX_FACTS = 10
 
@@ -174,22 +173,29 @@ class SharedMemory(WorkspaceRules):
         """The scope's newest events from every agent (newest first); with ``since_seq``, the events
         after that cursor (oldest first) so a reader can page without gaps. ``filters`` narrow them."""
         target = principal.resolve_scope(scope)
-        check.bounded_int(limit, "limit", low=1, high=MAX_LIMIT)
+        check.bounded_int(limit, "limit", low=1, high=check.MAX_LIMIT)
         min_importance = check.unit_interval(min_importance, "min_importance")
         if since_seq is not None:
             check.bounded_int(since_seq, "since_seq", low=0, high=2**62)
         wanted = EventFilter.parse(filters)
         await self._workspace_access(principal, target, write=False)
+        return await self._recent(principal.tenant, target, wanted, limit, min_importance, since_seq)
+
+    async def _recent(
+        self, tenant: str, scope: Scope, wanted: EventFilter, limit: int, min_importance: float, since_seq: int | None
+    ) -> list[Event]:
+        """``get_recent_shared`` once the caller is checked: filtered reads from PostgreSQL, others from the
+        cache when it provably holds the answer."""
         if not wanted.is_empty:
             wanted = wanted.model_copy(update={"min_importance": max(wanted.min_importance, min_importance)})
-            return await self._search.recent(principal.tenant, target, wanted, limit=limit, since_seq=since_seq)
+            return await self._search.recent(tenant, scope, wanted, limit=limit, since_seq=since_seq)
         query = recent.RecentQuery(limit=limit, min_importance=min_importance, since_seq=since_seq)
         if recent.cacheable(query, recent_max=self.settings.recent_max):
-            answer = await self._recent_from_cache(principal.tenant, target, query)
+            answer = await self._recent_from_cache(tenant, scope, query)
             if answer is not None:
                 return answer
         return await self._episodic.recent(
-            principal.tenant, target, limit=limit, min_importance=min_importance, since_seq=since_seq
+            tenant, scope, limit=limit, min_importance=min_importance, since_seq=since_seq
         )
 
     async def _recent_from_cache(self, tenant: str, scope: Scope, query: recent.RecentQuery) -> list[Event] | None:
@@ -220,7 +226,7 @@ class SharedMemory(WorkspaceRules):
         ``hybrid`` matches words and meaning, ``lexical`` exact terms (ids, codes, names), ``semantic``
         meaning only. ``recency_half_life`` (seconds) discounts older events."""
         target = principal.resolve_scope(scope)
-        check.bounded_int(limit, "limit", low=1, high=MAX_LIMIT)
+        check.bounded_int(limit, "limit", low=1, high=check.MAX_LIMIT)
         check.text(query, "query", max_chars=check.MAX_QUERY_CHARS)
         mode = check.search_mode(mode)
         wanted = EventFilter.parse(filters)
@@ -256,7 +262,7 @@ class SharedMemory(WorkspaceRules):
         """Events one agent wrote in the scope, newest first."""
         target = principal.resolve_scope(scope)
         validate_identifier(agent_id, "agent_id")
-        check.bounded_int(limit, "limit", low=1, high=MAX_LIMIT)
+        check.bounded_int(limit, "limit", low=1, high=check.MAX_LIMIT)
         wanted = EventFilter.parse(filters).model_copy(update={"agent_ids": [agent_id]})
         await self._workspace_access(principal, target, write=False)
         return await self._search.recent(principal.tenant, target, wanted, limit=limit)
@@ -285,12 +291,14 @@ class SharedMemory(WorkspaceRules):
         check.bounded_int(max_facts, "max_facts", low=0, high=100)
         if query is not None:
             check.text(query, "query", max_chars=check.MAX_QUERY_CHARS)
+        # One access check for the whole context (the parts below are read without repeating it).
         workspace = await self._workspace_access(principal, target, write=False)
-        events = await self.shared_context_events(principal, scope=target, max_events=max_events)
+        floor = self.settings.min_shared_importance
+        events = await self._recent(principal.tenant, target, EventFilter(), max_events, floor, None)
         query = query or (workspace.task if workspace else " ".join(e.content for e in events[:5]))
         query = query[: check.MAX_QUERY_CHARS]
         facts = (
-            await self.search_facts(principal, query, scope=target, top_k=max_facts)
+            await self._search_facts(principal.tenant, target, query, max_facts, self.settings.search_floor, "hybrid")
             if max_facts and query.strip()
             else []
         )
@@ -335,14 +343,19 @@ class SharedMemory(WorkspaceRules):
     ) -> list[Fact]:
         """The scope's shared facts that answer ``query``, best first (modes as in ``search_shared``)."""
         target = principal.resolve_scope(scope)
-        check.bounded_int(top_k, "top_k", low=1, high=MAX_LIMIT)
+        check.bounded_int(top_k, "top_k", low=1, high=check.MAX_LIMIT)
         check.text(query, "query", max_chars=check.MAX_QUERY_CHARS)
         mode = check.search_mode(mode)
         floor = self._floor(min_similarity)
         await self._workspace_access(principal, target, write=False)
+        return await self._search_facts(principal.tenant, target, query, top_k, floor, mode)
+
+    async def _search_facts(
+        self, tenant: str, scope: Scope, query: str, top_k: int, floor: float, mode: SearchMode
+    ) -> list[Fact]:
         vector = await self._embedder.embed(query)
         return await self._facts.search(
-            principal.tenant, target, vector, query=query, top_k=top_k, min_similarity=floor, mode=mode
+            tenant, scope, vector, query=query, top_k=top_k, min_similarity=floor, mode=mode
         )
 
     async def forget_fact(self, principal: Principal, fact_id: str, *, scope: str | Scope | None = None) -> None:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from . import validation as check
 from .announcer import Announcer
 from .errors import AccessDenied, InvalidInput, NotFound
-from .models import Principal, Scope, Workspace, WorkspaceSummary, validate_identifier
+from .models import EventFilter, Principal, Scope, Workspace, WorkspaceSummary, validate_identifier
 from .redaction import Redactor
 from .settings import Settings
 from .stores.cache import RedisCache
@@ -19,7 +19,6 @@ from .stores.workspaces import PostgresWorkspaceStore
 if TYPE_CHECKING:
     from .models import Event, WriteResult
 
-MAX_LIMIT = check.MAX_LIMIT
 CLOSED_STATUSES = ("completed", "cancelled")
 
 
@@ -43,9 +42,10 @@ class WorkspaceRules:
             scope: str | Scope | None = ..., dedup: bool = ...,
         ) -> WriteResult: ...  # fmt: skip
 
-        async def get_recent_shared(
-            self, principal: Principal, *, scope: str | Scope | None = ..., limit: int = ...
-        ) -> list[Event]: ...
+        async def _recent(
+            self, tenant: str, scope: Scope, wanted: EventFilter, limit: int, min_importance: float,
+            since_seq: int | None,
+        ) -> list[Event]: ...  # fmt: skip
 
     async def create_workspace(
         self,
@@ -135,9 +135,10 @@ class WorkspaceRules:
     async def get_workspace_summary(
         self, principal: Principal, workspace_id: str, *, limit: int = 50
     ) -> WorkspaceSummary:
-        workspace = await self.get_workspace(principal, workspace_id)
+        check.bounded_int(limit, "limit", low=1, high=check.MAX_LIMIT)
+        workspace = await self.get_workspace(principal, workspace_id)  # the access check, once
         scope = Scope("workspace", workspace_id)
-        recent = await self.get_recent_shared(principal, scope=scope, limit=limit)
+        recent = await self._recent(principal.tenant, scope, EventFilter(), limit, 0.0, None)
         count = await self._episodic.count(principal.tenant, scope)
         return WorkspaceSummary(workspace=workspace, recent_events=recent, event_count=count)
 
@@ -176,6 +177,6 @@ class WorkspaceRules:
     ) -> list[Workspace]:
         if status is not None:
             check.status(status)
-        check.bounded_int(limit, "limit", low=1, high=MAX_LIMIT)
+        check.bounded_int(limit, "limit", low=1, high=check.MAX_LIMIT)
         found = await self._workspaces.list(principal.tenant, status=status, limit=limit, member=principal.agent_id)
         return [w for w in found if principal.may_use(Scope("workspace", w.id)) and is_member(principal, w)]

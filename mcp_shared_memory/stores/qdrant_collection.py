@@ -91,6 +91,7 @@ def _unsupported(exc: BaseException) -> bool:
     if isinstance(exc, grpc.RpcError):
         code = getattr(exc, "code", None)
         return callable(code) and code() == grpc.StatusCode.UNIMPLEMENTED
+    # qdrant-client's local mode (tests, embedded use) has no such route and says so this way.
     return isinstance(exc, NotImplementedError)
 
 
