@@ -43,6 +43,7 @@ class Backends:
             MSM_REDIS_URL=self.redis_url,
             MSM_DATA_DIR=str(self.data_dir / "server-data"),
             MSM_LOG_LEVEL="WARNING",
+            MSM_RATE_LIMIT_PER_MINUTE="0",  # the bench drives far more calls than one agent may make
         )
         env.update({f"MSM_{k.upper()}": v for k, v in binding.items()})
         return env

@@ -15,6 +15,7 @@ Nothing here knows which corpus it runs: no per-corpus setting reaches the searc
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import sys
 import time
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from .context import Bench
 
 SECTION = "retrieval"
+READER = "retrieval-bench"  # asks every question; owns the corpus's workspaces
 MODES = ("semantic", "lexical", "hybrid")
 LIMIT = 10
 WRITERS = 48  # concurrent write_event calls while loading
@@ -125,6 +127,7 @@ async def measure(
 ) -> None:
     print(f"    {corpus.name}: {corpus.describe()}", file=sys.stderr, flush=True)
     tenant = bench.tenant(f"rt-{corpus.name}")
+    corpus = await with_workspaces(runtime, tenant, corpus)
     started = time.perf_counter()
     ids, seqs = await load(runtime, tenant, corpus)
     seconds = time.perf_counter() - started
@@ -177,6 +180,27 @@ async def load(runtime: Runtime, tenant: str, corpus: Corpus) -> tuple[dict[str,
     return ids, seqs
 
 
+async def with_workspaces(runtime: Runtime, tenant: str, corpus: Corpus) -> Corpus:
+    """The corpus with each ``workspace:<name>`` scope replaced by a workspace created for it (owned by the
+    bench's reader, its writers on the roster), as an orchestrator would set it up."""
+    rosters: dict[str, list[str]] = {}
+    for doc in corpus.docs:
+        if doc.scope.startswith("workspace:"):
+            rosters.setdefault(doc.scope, []).append(doc.agent_id)
+    owner = Principal(tenant, READER, "orchestrator")
+    created: dict[str, str] = {}
+    for scope, agents in rosters.items():
+        workspace = await runtime.memory.create_workspace(
+            owner, f"retrieval corpus {scope}", list(dict.fromkeys(agents))
+        )
+        created[scope] = f"workspace:{workspace.id}"
+    return dataclasses.replace(
+        corpus,
+        docs=[dataclasses.replace(d, scope=created.get(d.scope, d.scope)) for d in corpus.docs],
+        questions=[dataclasses.replace(q, scope=created.get(q.scope, q.scope)) for q in corpus.questions],
+    )
+
+
 def out_of_order(corpus: Corpus, seqs: dict[str, int]) -> int:
     """Events whose seq is below that of an event before them in their scope's timeline."""
     newest: dict[str, int] = {}
@@ -219,7 +243,7 @@ async def evaluate(
 
     async def search(q: Question, mode: str) -> list[Event]:
         if q.scope not in readers:
-            readers[q.scope] = Principal(tenant, "retrieval-bench", allowed_scopes=(q.scope,))
+            readers[q.scope] = Principal(tenant, READER, allowed_scopes=(q.scope,))
         if modes == ("semantic",):
             return await memory.search_shared(readers[q.scope], q.text, scope=q.scope, limit=LIMIT)
         return await memory.search_shared(readers[q.scope], q.text, scope=q.scope, limit=LIMIT, mode=mode)

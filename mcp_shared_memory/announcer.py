@@ -34,8 +34,19 @@ class Announcer:
         writer.published(announced)
         return len(announced)
 
-    async def workspace(self, tenant: str, workspace: Workspace, *, created: bool) -> None:
-        """A workspace was created or changed in PostgreSQL: refresh the cached copy and tell subscribers.
-        Best effort: a reader falls back to PostgreSQL, and the cached copy only replaces an older one."""
+    async def workspace(
+        self, tenant: str, workspace: Workspace, *, created: bool, before: Workspace | None = None
+    ) -> None:
+        """A workspace was created or changed in PostgreSQL (``before``: as it was): refresh the cached copy
+        and tell subscribers, with its owner and roster so that only its members hear of it, and the agents
+        added to or removed from the roster. Best effort: a reader falls back to PostgreSQL, and the cached
+        copy only replaces an older one."""
         await self._cache.put_workspace(tenant, workspace, ttl=self._workspace_ttl, force=True)
-        await self._bus.publish(WorkspaceChanged(tenant, workspace.id, created))
+        earlier = set(before.agents) if before is not None else set()
+        await self._bus.publish(
+            WorkspaceChanged(
+                tenant, workspace.id, created, owner=workspace.created_by, agents=tuple(workspace.agents),
+                added=tuple(a for a in workspace.agents if a not in earlier) if before is not None else (),
+                removed=tuple(a for a in sorted(earlier) if a not in workspace.agents),
+            )
+        )  # fmt: skip

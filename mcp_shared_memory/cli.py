@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -141,24 +142,49 @@ def migrate(data_dir: DataDir = None, log_level: LogLevel = None) -> None:
     run(main)
 
 
+DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+DURATION_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(value: str, option: str) -> timedelta:
+    """``90s``, ``30m``, ``12h``, ``7d``, ``2w``."""
+    match = DURATION.match(value)
+    if match is None or int(match[1]) == 0:
+        fail(f"{option}: expected a positive duration such as 30m, 12h, 7d or 2w, not {value!r}")
+    return timedelta(**{DURATION_UNITS[match[2]]: int(match[1])})
+
+
 @token_app.command("create")
 def token_create(
     tenant: Annotated[str, typer.Option(help="the tenant this token is bound to")],
     agent_id: Annotated[str, typer.Option(help="the agent id writes are attributed to")],
     scope: Annotated[
-        list[str], typer.Option("--scope", help="allowed scope pattern (repeatable): user:alice, workspace:*, *")
+        list[str],
+        typer.Option(
+            "--scope",
+            help="grant (repeatable): a scope or a prefix ending in *, then =r (read), =rw (read and write, the "
+            "default) or =rwa (also manage workspaces): user:alice, user:alice=r, workspace:*=rw, *=r",
+        ),
     ],
     agent_type: Annotated[str, typer.Option()] = "agent",
     default_scope: Annotated[str | None, typer.Option(help="scope used when a tool names none")] = None,
     description: Annotated[str, typer.Option()] = "",
-    expires_days: Annotated[int | None, typer.Option(min=1)] = None,
+    expires_in: Annotated[
+        str | None, typer.Option(help="lifetime, e.g. 30m, 12h, 7d, 2w (default: until revoked)")
+    ] = None,
+    expires_days: Annotated[int | None, typer.Option(min=1, hidden=True)] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Create a token. It is printed once and only its hash is stored."""
+    if expires_in is not None and expires_days is not None:
+        fail("give --expires-in or --expires-days, not both")
+    lifetime = parse_duration(expires_in, "--expires-in") if expires_in is not None else None
+    if expires_days is not None:
+        lifetime = timedelta(days=expires_days)
     settings = start(data_dir=data_dir)
-    expires = datetime.now(UTC) + timedelta(days=expires_days) if expires_days else None
+    expires = datetime.now(UTC) + lifetime if lifetime is not None else None
     if default_scope is None and len(scope) == 1 and "*" not in scope[0]:
-        default_scope = scope[0]
+        default_scope = scope[0].partition("=")[0]
 
     async def main() -> None:
         from .runtime import open_admin
@@ -169,6 +195,8 @@ def token_create(
                 default_scope=default_scope, description=description, expires_at=expires,
             )  # fmt: skip
         typer.echo(f"token id: {record.id}", err=True)
+        if record.expires_at is not None:
+            typer.echo(f"expires: {record.expires_at.isoformat(timespec='seconds')}", err=True)
         typer.echo("store this token now; it cannot be shown again:", err=True)
         typer.echo(token)
 
@@ -195,15 +223,12 @@ def token_list(
         from rich.console import Console
         from rich.table import Table
 
-        table = Table("id", "tenant", "agent", "scopes", "created", "state")
+        table = Table("id", "tenant", "agent", "grants", "created", "expires", "state")
         for r in records:
-            state = (
-                "revoked"
-                if r.revoked_at
-                else ("expired" if r.expires_at and r.expires_at < datetime.now(UTC) else "active")
-            )
+            state = "revoked" if r.revoked_at else ("expired" if r.expired() else "active")
+            expires = r.expires_at.strftime("%Y-%m-%d %H:%M") if r.expires_at else ""
             table.add_row(r.id, r.tenant_id, f"{r.agent_id} ({r.agent_type})", ",".join(r.allowed_scopes),
-                          r.created_at.strftime("%Y-%m-%d %H:%M"), state)  # fmt: skip
+                          r.created_at.strftime("%Y-%m-%d %H:%M"), expires, state)  # fmt: skip
         Console().print(table)
 
     run(main)

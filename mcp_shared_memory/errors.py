@@ -7,7 +7,11 @@
     ├── NotFound               the named workspace / fact / token does not exist (in this tenant)
     ├── AccessDenied           the caller's binding does not allow this scope
     ├── InvalidInput           an argument is malformed or out of range; nothing was changed
-    └── Conflict               contradicts what is stored (an idempotency key reused); nothing was changed
+    ├── Conflict               contradicts what is stored (an idempotency key reused); nothing was changed
+    └── LimitExceeded          a configured limit was reached (subscriptions, listen URIs); nothing was changed
+        ├── RateLimited        too many calls for this token or agent; retry after ``retry_after`` seconds
+        ├── QuotaExceeded      the tenant's storage quota is full; nothing was written
+        └── ResultTooLarge     a result would exceed the response size limit; ask for less
 
 Every message is safe to show to an agent: no stack traces, no connection strings, no credentials, and no
 infrastructure detail (a backend's address, host:port, file paths, its own error text or HTTP reason). Where
@@ -55,3 +59,23 @@ class InvalidInput(SharedMemoryError):
 
 class Conflict(SharedMemoryError):
     """This request conflicts with what is already stored; nothing was changed."""
+
+
+class LimitExceeded(SharedMemoryError):
+    """A configured limit was reached; nothing was changed."""
+
+
+class RateLimited(LimitExceeded):
+    """Too many calls; retry later."""
+
+    def __init__(self, message: str | None = None, *, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class QuotaExceeded(LimitExceeded):
+    """The tenant's storage quota is full; nothing was written. Ask the operator to raise it."""
+
+
+class ResultTooLarge(LimitExceeded):
+    """The result is larger than the response size limit; ask for less."""

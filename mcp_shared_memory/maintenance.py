@@ -2,7 +2,8 @@
 
 Every process may run these at once: the outbox sweep takes a scope's writer lock without waiting,
 the embedding back-fill claims rows with a lease (``SKIP LOCKED``), and consolidation takes a per-scope
-lock. None of them holds a transaction open while it calls Redis, the model or the network.
+lock. None of them holds a transaction open while it calls Redis, the model or the network. They work
+across tenants, so their stores are on the owner's pool (the composition root sees to it).
 """
 
 from __future__ import annotations

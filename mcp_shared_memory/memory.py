@@ -39,6 +39,7 @@ from .stores.cache import CachedRecent, CacheMiss, RedisCache
 from .stores.episodic import PostgresEpisodicStore
 from .stores.event_search import PostgresEventSearch
 from .stores.facts import FactsStore
+from .stores.quota import TenantEventQuota
 from .stores.workspaces import PostgresWorkspaceStore
 from .workspace_rules import WorkspaceRules
 
@@ -62,6 +63,7 @@ class SharedMemory(WorkspaceRules):
         announcer: Announcer,
         embedder: Embedder,
         facts: FactsStore,
+        quota: TenantEventQuota,
     ) -> None:
         self.settings = settings
         self._episodic = episodic
@@ -71,6 +73,7 @@ class SharedMemory(WorkspaceRules):
         self._announcer = announcer
         self._embedder = embedder
         self._facts = facts
+        self._quota = quota
         self._redactor = Redactor.from_settings(settings)
 
     @property
@@ -94,12 +97,13 @@ class SharedMemory(WorkspaceRules):
     ) -> WriteResult:
         """Append an event to the scope's shared log; acknowledged only once PostgreSQL committed it.
 
-        Identical content in the same scope within the dedup window is dropped (``deduplicated``);
+        Identical content in the same scope within the dedup window is dropped (``deduplicated``, naming
+        the agent whose write was kept);
         a repeated ``idempotency_key`` returns the event stored the first time (``replayed``).
         Secrets (and PII when configured) are redacted first: nothing downstream sees them, and the
         metadata lists the redacted kinds under ``"redacted"``.
         """
-        target = principal.resolve_scope(scope)
+        target = principal.resolve_scope(scope, need="write")
         check.text(content, "content", max_chars=self.settings.max_content_chars)
         validate_event_type(event_type)
         role = check.optional_text(role, "role", max_chars=check.MAX_ROLE_CHARS)
@@ -109,6 +113,7 @@ class SharedMemory(WorkspaceRules):
             idempotency_key, "idempotency_key", max_chars=check.MAX_IDEMPOTENCY_KEY_CHARS
         )
         await self._workspace_access(principal, target, write=True)
+        await self._quota.check(principal.tenant)
         content, metadata = self._redactor.event(content, metadata)
         digest = content_hash(content)
         tenant = principal.tenant
@@ -118,10 +123,15 @@ class SharedMemory(WorkspaceRules):
         embedding = asyncio.ensure_future(self._embed_or_none(content))
         try:
             if idempotency_key is None and dedup and self.settings.dedup_window > 0:
-                earlier = await self._cache.claim_dedup(tenant, target, digest, self.settings.dedup_window)
+                earlier = await self._cache.claim_dedup(
+                    tenant, target, digest, self.settings.dedup_window, agent_id=principal.agent_id
+                )
                 if earlier is not None:
                     embedding.cancel()
-                    return WriteResult(status="deduplicated", event_id=as_uuid(earlier))
+                    return WriteResult(
+                        status="deduplicated", event_id=as_uuid(earlier.event_id) if earlier.event_id else None,
+                        original_agent_id=earlier.agent_id,
+                    )  # fmt: skip
                 claimed = True
             vector = await embedding
             new = NewEvent(
@@ -149,6 +159,7 @@ class SharedMemory(WorkspaceRules):
             raise
         if not appended.inserted:
             return WriteResult(status="replayed", event=appended.event, event_id=appended.event.id)
+        await self._quota.added(tenant)
         return WriteResult(status="written", event=appended.event, event_id=appended.event.id)
 
     async def _embed_or_none(self, content: str) -> np.ndarray | None:
@@ -321,9 +332,10 @@ class SharedMemory(WorkspaceRules):
         source_event_ids: list[uuid.UUID] | None = None,
     ) -> FactWrite:
         """Store a shared fact; a near-duplicate of an existing fact confirms it instead."""
-        target = principal.resolve_scope(scope)
+        target = principal.resolve_scope(scope, need="write")
         check.text(fact, "fact", max_chars=check.MAX_FACT_CHARS)
         await self._workspace_access(principal, target, write=True)
+        await self._quota.check(principal.tenant)  # facts are not counted, but none is stored past the quota
         fact = self._redactor.text(fact)
         vector = await self._embedder.embed(fact)
         return await self._facts.upsert(
@@ -359,7 +371,7 @@ class SharedMemory(WorkspaceRules):
         )
 
     async def forget_fact(self, principal: Principal, fact_id: str, *, scope: str | Scope | None = None) -> None:
-        target = principal.resolve_scope(scope)
+        target = principal.resolve_scope(scope, need="write")
         parsed = as_uuid(fact_id)
         if parsed is None:
             raise InvalidInput(f"invalid fact id {fact_id!r}: expected a UUID")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import numpy as np
@@ -23,6 +22,7 @@ from pydantic import (
 
 from .errors import AccessDenied, InvalidInput
 from .validation import MAX_EVENT_TYPE_CHARS, MAX_FILTER_METADATA_KEYS, MAX_FILTER_VALUES, MAX_IDENTIFIER_CHARS
+from .validation import metadata as stored_metadata
 
 ScopeType = Literal["user", "workspace"]
 SCOPE_TYPES: tuple[str, ...] = ("user", "workspace")
@@ -83,9 +83,71 @@ class Scope:
         return f"{self.type}:{self.id}"
 
 
+Role = Literal["read", "write", "admin"]
+ROLES: tuple[Role, ...] = ("read", "write", "admin")  # each includes the ones before it
+ROLE_NAMES: dict[str, Role] = {
+    "r": "read", "rw": "write", "rwa": "admin", "read": "read", "write": "write", "admin": "admin",
+}  # fmt: skip
+ROLE_SUFFIX: dict[Role, str] = {"read": "=r", "write": "", "admin": "=rwa"}
+ACTIONS: dict[Role, str] = {"read": "reading", "write": "writing to", "admin": "managing"}
+
+
+def role_at_least(role: Role | None, need: Role) -> bool:
+    return role is not None and ROLES.index(role) >= ROLES.index(need)
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a token or the stdio binding may do in some scopes: ``<pattern>[=<role>]``.
+
+    The pattern is ``*`` (every scope), an exact scope (``user:alice``) or a prefix ending in ``*``
+    (``workspace:*``, ``user:team-*``). The role is ``r`` (read), ``rw`` (read and write) or ``rwa`` (also
+    manage workspaces), also spelled ``read``, ``write``, ``admin``; without ``=`` a grant reads and writes."""
+
+    pattern: str
+    role: Role
+
+    @classmethod
+    def parse(cls, text: str) -> Grant:
+        pattern, sep, role_text = str(text).strip().partition("=")
+        pattern = pattern.strip()
+        role = ROLE_NAMES.get(role_text.strip().lower()) if sep else "write"
+        if role is None:
+            raise InvalidInput(
+                f"invalid grant {text!r}: the role after '=' is r (read), rw (read and write) or rwa (also manage "
+                "workspaces), e.g. 'user:alice=r'"
+            )
+        if pattern != "*":
+            kind, colon, ident = pattern.partition(":")
+            if not colon or kind not in SCOPE_TYPES or not ident:
+                raise InvalidInput(
+                    f"invalid grant {text!r}: write 'user:<id>', 'workspace:<id>', a prefix such as 'workspace:*', "
+                    "or '*', optionally followed by =r, =rw or =rwa"
+                )
+            prefix = ident.removesuffix("*")
+            if "*" in prefix or any(c in ident for c in "?[]"):
+                raise InvalidInput(
+                    f"invalid grant {text!r}: a pattern is an exact id or a prefix ending in a single '*' "
+                    "(no '?', '[...]' or inner '*')"
+                )
+            if prefix:
+                validate_identifier(prefix, f"{kind} id in grant")
+        return cls(pattern, role)
+
+    def matches(self, scope: Scope) -> bool:
+        if self.pattern.endswith("*"):
+            return str(scope).startswith(self.pattern[:-1])
+        return str(scope) == self.pattern
+
+    def __str__(self) -> str:
+        """The canonical spelling (a read-write grant without a suffix, as grants were written before roles)."""
+        return self.pattern + ROLE_SUFFIX[self.role]
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is calling: bound per connection, never taken from tool arguments."""
+    """Who is calling: bound per connection, never taken from tool arguments. ``allowed_scopes`` are its
+    grants (see ``Grant``), parsed once here: a malformed one is an ``InvalidInput``."""
 
     tenant: str
     agent_id: str
@@ -94,27 +156,44 @@ class Principal:
     default_scope: Scope | None = None
     can_create_workspaces: bool = True
     token_id: str | None = field(default=None, compare=False)
+    grants: tuple[Grant, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         validate_identifier(self.tenant, "tenant")
         validate_identifier(self.agent_id, "agent_id")
         validate_identifier(self.agent_type, "agent_type")
+        object.__setattr__(self, "grants", tuple(Grant.parse(text) for text in self.allowed_scopes))
 
-    def may_use(self, scope: Scope) -> bool:
-        text = str(scope)
-        return any(fnmatch.fnmatchcase(text, pattern) for pattern in self.allowed_scopes)
+    def role_for(self, scope: Scope) -> Role | None:
+        """The highest role of the grants that match ``scope`` (None: no grant does)."""
+        roles = [ROLES.index(g.role) for g in self.grants if g.matches(scope)]
+        return ROLES[max(roles)] if roles else None
 
-    def resolve_scope(self, scope: str | Scope | None) -> Scope:
-        """The scope a call acts on: the one named (if allowed) or the connection's default."""
+    def role_for_every(self, scope_type: ScopeType) -> Role | None:
+        """The highest role of the grants that match every scope of this type (``*``, ``<type>:*``)."""
+        roles = [ROLES.index(g.role) for g in self.grants if g.pattern in ("*", f"{scope_type}:*")]
+        return ROLES[max(roles)] if roles else None
+
+    def may_use(self, scope: Scope, *, need: Role = "read") -> bool:
+        return role_at_least(self.role_for(scope), need)
+
+    def resolve_scope(self, scope: str | Scope | None, *, need: Role = "read") -> Scope:
+        """The scope a call acts on: the one named (if a grant gives ``need`` in it) or the connection's default."""
         if scope is None or scope == "":
             if self.default_scope is None:
                 raise InvalidInput("no scope given and this connection has no default scope: pass scope")
             resolved = self.default_scope
         else:
             resolved = scope if isinstance(scope, Scope) else Scope.parse(scope)
-        if not self.may_use(resolved):
+        role = self.role_for(resolved)
+        if role is None:
             raise AccessDenied(
-                f"scope {resolved} is not allowed for this connection (allowed: {', '.join(self.allowed_scopes)})"
+                f"scope {resolved} is not allowed for this connection (allowed: {', '.join(map(str, self.grants))})"
+            )
+        if not role_at_least(role, need):
+            raise AccessDenied(
+                f"{ACTIONS[need]} scope {resolved} needs the {need} role; this connection has {role} there "
+                f"(a grant such as '{resolved}{ROLE_SUFFIX[need] or '=rw'}' gives it)"
             )
         return resolved
 
@@ -165,14 +244,23 @@ class EventFilter(BaseModel):
     def _small_metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None and not 1 <= len(value) <= MAX_FILTER_METADATA_KEYS:
             raise ValueError(f"metadata takes 1 to {MAX_FILTER_METADATA_KEYS} keys (omit it for all)")
-        return value
+        try:
+            return stored_metadata(value) if value is not None else None  # what PostgreSQL can compare
+        except InvalidInput as exc:
+            raise ValueError(exc.message) from None
 
     @model_validator(mode="after")
     def _ordered_time_range(self) -> EventFilter:
         for name in ("since", "until"):
             moment = getattr(self, name)
-            if moment is not None and moment.tzinfo is None:
+            if moment is None:
+                continue
+            if moment.tzinfo is None:
                 raise ValueError(f"{name} needs a timezone, e.g. 2026-11-30T09:00:00Z")
+            try:
+                moment.astimezone(UTC)  # compared in UTC
+            except OverflowError:
+                raise ValueError(f"{name} is out of range: it must fall within the years 1 to 9999 in UTC") from None
         if self.since is not None and self.until is not None and self.since >= self.until:
             raise ValueError("since must be before until")
         return self
@@ -257,6 +345,8 @@ class WriteResult(BaseModel):
     status: Literal["written", "deduplicated", "replayed"]
     event: Event | None = None
     event_id: uuid.UUID | None = None
+    # For "deduplicated": the agent whose write of the same content in the window was kept.
+    original_agent_id: str | None = None
 
     @property
     def written(self) -> bool:

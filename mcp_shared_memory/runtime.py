@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from .announcer import Announcer
 from .consolidation import Consolidator
 from .embeddings import Embedder, create_embedder
+from .errors import ConfigError
 from .maintenance import Maintenance
 from .memory import SharedMemory
 from .settings import Settings
@@ -35,6 +36,8 @@ from .stores.event_search import PostgresEventSearch
 from .stores.facts import FactsStore
 from .stores.facts_pg import PgVectorFactsStore
 from .stores.postgres import PostgresPool
+from .stores.quota import TenantEventQuota
+from .stores.rate_limit import RedisRateLimiter
 from .stores.redis_client import RedisBreaker, connect_redis
 from .stores.tokens import PostgresTokenStore
 from .stores.workspaces import PostgresWorkspaceStore
@@ -42,20 +45,39 @@ from .stores.workspaces import PostgresWorkspaceStore
 log = logging.getLogger(__name__)
 
 
+# The owner's pool does the background work and the token look-ups; consolidation holds one connection
+# for its scope lock while it reads and marks the scope's events on another.
+OWNER_POOL_MAX = 3
+
+
 @dataclass(frozen=True)
 class BackendUrls:
-    database_url: str
+    database_url: str  # serves requests: the application role (or the one login configured)
     redis_url: str
+    owner_url: str | None = None  # the tables' owner: migrations and cross-tenant work (None: database_url)
+    owner_label: str = "MSM_DATABASE_URL"  # the setting that names the owner, for messages
+
+    @property
+    def owner(self) -> str:
+        return self.owner_url or self.database_url
 
 
 @asynccontextmanager
 async def backend_urls(settings: Settings, *, redis: bool = True) -> AsyncIterator[BackendUrls]:
     """The configured URLs, starting embedded PostgreSQL / Valkey for whichever is not configured
-    (Valkey only when ``redis``)."""
+    (Valkey only when ``redis``). The embedded PostgreSQL gives both logins: its superuser as the owner,
+    and the application role."""
     database_url = settings.database_url.get_secret_value() if settings.database_url else None
+    owner_url = settings.database_owner_url.get_secret_value() if settings.database_owner_url else None
     redis_url = settings.redis_url.get_secret_value() if settings.redis_url else None
+    if owner_url and not database_url:
+        raise ConfigError(
+            "MSM_DATABASE_OWNER_URL is set but MSM_DATABASE_URL is not: set both (the application role's login "
+            "and the tables' owner), or neither for the embedded PostgreSQL"
+        )
+    label = "MSM_DATABASE_OWNER_URL" if owner_url else "MSM_DATABASE_URL"
     if database_url and (redis_url or not redis):
-        yield BackendUrls(database_url, redis_url or "")
+        yield BackendUrls(database_url, redis_url or "", owner_url, label)
         return
     from .embedded import start_embedded
 
@@ -63,18 +85,30 @@ async def backend_urls(settings: Settings, *, redis: bool = True) -> AsyncIterat
         lambda: start_embedded(settings.data_dir, postgres=database_url is None, redis=redis and redis_url is None)
     )
     try:
-        yield BackendUrls(database_url or backends.database_url or "", redis_url or backends.redis_url or "")
+        if database_url is None:
+            database_url, owner_url = backends.app_database_url, backends.database_url
+            label = "the embedded PostgreSQL"
+        yield BackendUrls(database_url or "", redis_url or backends.redis_url or "", owner_url, label)
     finally:
         await anyio.to_thread.run_sync(backends.release)
 
 
 @dataclass(frozen=True)
 class Connections:
-    """The expensive, shareable part of a runtime."""
+    """The expensive, shareable part of a runtime.
+
+    ``db`` is the tables' owner's pool: migrations and the work that crosses tenants (the list is in
+    ``PostgresPool.cross_tenant``). ``tenant_db`` serves every request as the application role, under
+    row-level security; None (connections built by hand, in tests) serves requests from ``db``."""
 
     db: PostgresPool
     redis: aioredis.Redis
     embedder: Embedder
+    tenant_db: PostgresPool | None = None
+
+    @property
+    def requests_db(self) -> PostgresPool:
+        return self.tenant_db or self.db
 
 
 @asynccontextmanager
@@ -98,18 +132,36 @@ async def open_connections(
         stack.push_async_callback(embedder.close)
         assert urls is not None
 
-        db = PostgresPool(
-            urls.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max,
-            timeout=settings.db_timeout,
-        )  # fmt: skip
-        await db.open(migrate=migrate)
-        stack.push_async_callback(db.close)
+        db = await stack.enter_async_context(owner_pool(urls, settings, migrate=migrate))
         if check_model:
             await db.ensure_embedding_model(embedder.model_id, embedder.dimension)
+        tenant_db = PostgresPool(
+            urls.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max,
+            timeout=settings.db_timeout, app_role=True,
+        )  # fmt: skip
+        await tenant_db.open(migrate=False)
+        stack.push_async_callback(tenant_db.close)
 
         redis_client = connect_redis(urls.redis_url, timeout=settings.redis_timeout)
         stack.push_async_callback(redis_client.aclose)
-        yield Connections(db=db, redis=redis_client, embedder=embedder)
+        yield Connections(db=db, redis=redis_client, embedder=embedder, tenant_db=tenant_db)
+
+
+@asynccontextmanager
+async def owner_pool(urls: BackendUrls, settings: Settings, *, migrate: bool = True) -> AsyncIterator[PostgresPool]:
+    """The owner's pool, the schema migrated first; refused when its login is under row-level security (it
+    would see no tenant's rows)."""
+    db = PostgresPool(urls.owner, max_size=OWNER_POOL_MAX, timeout=settings.db_timeout, label=urls.owner_label)
+    await db.open(migrate=migrate)
+    try:
+        if not await db.exempt_from_rls():
+            raise ConfigError(
+                f"{urls.owner_label} logs in as a role under row-level security, which can neither apply the "
+                "migrations nor do the work across tenants: set MSM_DATABASE_OWNER_URL to the tables' owner"
+            )
+        yield db
+    finally:
+        await db.close()
 
 
 def create_facts_store(settings: Settings, db: PostgresPool, embedder: Embedder) -> FactsStore:
@@ -145,6 +197,7 @@ class Runtime:
         maintenance: Maintenance,
         facts: FactsStore,
         audit: PostgresAuditLog | None = None,
+        rate_limiter: RedisRateLimiter | None = None,
     ) -> None:
         self.settings = settings
         self._connections = connections
@@ -155,6 +208,8 @@ class Runtime:
         self._facts = facts
         # None when MSM_AUDIT=false
         self.audit = audit
+        # None when MSM_RATE_LIMIT_PER_MINUTE=0
+        self.rate_limiter = rate_limiter
 
     async def health(self) -> Health:
         redis_ok = True
@@ -162,7 +217,7 @@ class Runtime:
             await self._connections.redis.ping()
         except Exception:
             redis_ok = False
-        return Health(postgres=await self._connections.db.ping(), redis=redis_ok)
+        return Health(postgres=await self._connections.requests_db.ping(), redis=redis_ok)
 
     async def reembed(self) -> tuple[int, int, int]:
         """Re-embed every event and fact with the configured model: (events cleared, embedded, facts)."""
@@ -170,8 +225,10 @@ class Runtime:
         cleared = await PostgresEpisodicStore(db).clear_embeddings()
         await db.set_embedding_model(embedder.model_id, embedder.dimension)
         embedded = await self.maintenance.embed_missing()
-        facts = await self._facts.reembed(embedder.embed_many)
-        return cleared, embedded, facts
+        facts = self._facts
+        if isinstance(facts, PgVectorFactsStore):  # it serves requests: every tenant's facts need the owner
+            facts = PgVectorFactsStore(db, model_id=embedder.model_id)
+        return cleared, embedded, await facts.reembed(embedder.embed_many)
 
 
 @asynccontextmanager
@@ -194,7 +251,8 @@ async def open_runtime(
             connections = await stack.enter_async_context(
                 open_connections(settings, migrate=migrate, check_model=check_model)
             )
-        db, embedder = connections.db, connections.embedder
+        # Requests are served from the application role's pool; the owner's does the background work.
+        db, owner, embedder = connections.requests_db, connections.db, connections.embedder
         breaker = RedisBreaker(settings.redis_breaker_seconds)
         cache = RedisCache(
             connections.redis, prefix=settings.redis_prefix, recent_max=settings.recent_max,
@@ -210,23 +268,35 @@ async def open_runtime(
 
         episodic = PostgresEpisodicStore(db)
         announcer = Announcer(cache, bus, workspace_ttl=settings.workspace_cache_ttl)
-        search = PostgresEventSearch(db, lexical_rank=settings.search_lexical_rank)
+        search = PostgresEventSearch(
+            db, lexical_rank=settings.search_lexical_rank, quantize_above=settings.search_quantize_above
+        )
+        quota = TenantEventQuota(
+            db, connections.redis, prefix=settings.redis_prefix, limit=settings.tenant_quota_events, breaker=breaker
+        )
         memory = SharedMemory(
             settings=settings, episodic=episodic, search=search, workspaces=PostgresWorkspaceStore(db), cache=cache,
-            announcer=announcer, embedder=embedder, facts=facts,
+            announcer=announcer, embedder=embedder, facts=facts, quota=quota,
         )  # fmt: skip
+        upkeep = PostgresEpisodicStore(owner)
         consolidator = Consolidator(
-            settings=settings, episodic=episodic, facts=facts, embedder=embedder,
+            settings=settings, episodic=upkeep, facts=facts, embedder=embedder,
             extractor=Consolidator.extractor_for(settings),
         )  # fmt: skip
-        audit = PostgresAuditLog(db) if settings.audit else None
+        audit = PostgresAuditLog(owner) if settings.audit else None
         maintenance = Maintenance(
-            settings=settings, episodic=episodic, announcer=announcer, embedder=embedder, consolidator=consolidator,
+            settings=settings, episodic=upkeep, announcer=announcer, embedder=embedder, consolidator=consolidator,
             audit=audit,
         )  # fmt: skip
+        rate_limiter = None
+        if settings.rate_limit_per_minute:
+            rate_limiter = RedisRateLimiter(
+                connections.redis, prefix=settings.redis_prefix, per_minute=settings.rate_limit_per_minute,
+                burst=settings.rate_limit_burst, breaker=breaker,
+            )  # fmt: skip
         runtime = Runtime(
-            settings=settings, connections=connections, memory=memory, bus=bus, tokens=PostgresTokenStore(db),
-            maintenance=maintenance, facts=facts, audit=audit,
+            settings=settings, connections=connections, memory=memory, bus=bus, tokens=PostgresTokenStore(owner),
+            maintenance=maintenance, facts=facts, audit=audit, rate_limiter=rate_limiter,
         )  # fmt: skip
 
         tasks = await stack.enter_async_context(anyio.create_task_group())
@@ -252,9 +322,10 @@ class AdminRuntime:
 
 @asynccontextmanager
 async def open_admin(settings: Settings) -> AsyncIterator[AdminRuntime]:
-    """Migrates the database, then opens the pool (the pool's codecs need the migrated schema)."""
+    """Migrates the database as the tables' owner, then opens the owner's pool (its codecs need the
+    migrated schema)."""
     async with backend_urls(settings, redis=False) as urls:
-        db = PostgresPool(urls.database_url, min_size=1, max_size=2, timeout=settings.db_timeout)
+        db = PostgresPool(urls.owner, min_size=1, max_size=2, timeout=settings.db_timeout, label=urls.owner_label)
         applied = await db.migrate()
         await db.open(migrate=False)
         try:

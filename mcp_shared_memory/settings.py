@@ -12,6 +12,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
+from .validation import MAX_METADATA_BYTES
 
 # Similarity floors differ per model: MiniLM's cosine scale is far lower than OpenAI's.
 SEARCH_FLOOR_BY_MODEL = {
@@ -48,6 +49,9 @@ class Settings(BaseSettings):
 
     # backends (unset → embedded, zero-config)
     database_url: SecretStr | None = None
+    # The tables' owner, for migrations and the cross-tenant jobs; requests are then served through
+    # database_url as a role under row-level security (unset: database_url serves as msm_app, SET ROLE).
+    database_owner_url: SecretStr | None = None
     redis_url: SecretStr | None = None
     qdrant_url: str | None = None
     qdrant_api_key: SecretStr | None = None
@@ -101,7 +105,10 @@ class Settings(BaseSettings):
     # How hybrid search fuses the vector and full-text rankings: reciprocal rank, or weighted scores.
     search_fusion: Literal["rrf", "weighted"] = "weighted"
     # The full-text rank: PostgreSQL's ts_rank, or a BM25-style sum of the shared terms' IDF in the scope.
-    search_lexical_rank: Literal["ts_rank", "idf"] = "ts_rank"
+    search_lexical_rank: Literal["ts_rank", "idf"] = "idf"
+    # Scopes with more events than this are searched by a binary-quantized first pass re-ranked exactly
+    # (sql/013); smaller ones by an exact scan. None: always exact.
+    search_quantize_above: int | None = Field(default=5000, ge=0)
     duplicate_fact_similarity: float | None = Field(default=None, ge=-1, le=1)
     max_content_chars: int = Field(default=32_000, ge=1)
     # Redaction before anything is stored, embedded, cached or published: secrets on by default, PII opt-in.
@@ -115,6 +122,21 @@ class Settings(BaseSettings):
     audit: bool = True
     audit_retention_days: int = Field(default=90, ge=1)
 
+    # limits and quotas
+    # No tool result or resource read is larger than this (its text and structured content together): a
+    # list is cut to the items that fit and marked truncated; anything else that does not fit is refused.
+    max_response_bytes: int = Field(default=1_048_576, ge=65_536)
+    # A workspace's merged context, as JSON; at least what one context (patch) may hold.
+    max_workspace_context_bytes: int = Field(default=65_536, ge=MAX_METADATA_BYTES)
+    max_subscriptions: int = Field(default=100, ge=1)  # resources/subscribe per session
+    max_listen_uris: int = Field(default=50, ge=1)  # resources per subscriptions/listen stream
+    # Tool-call tokens per minute for each bearer token (HTTP) or agent (stdio), shared by every replica
+    # through Redis: a read costs 1, a write 2. 0 turns the limit off.
+    rate_limit_per_minute: int = Field(default=600, ge=0)
+    rate_limit_burst: int = Field(default=120, ge=1)
+    # Events a tenant's log may hold (unset: unlimited); writes beyond it are refused.
+    tenant_quota_events: int | None = Field(default=None, ge=1)
+
     # consolidation of the episodic log into shared facts
     consolidation_interval: int = Field(default=300, ge=0)
     consolidation_min_importance: float = Field(default=0.7, ge=0, le=1)
@@ -122,7 +144,17 @@ class Settings(BaseSettings):
     consolidation_batch: int = Field(default=200, ge=1, le=10_000)
     consolidation_model: str | None = None
 
-    @field_validator("database_url", "redis_url", "qdrant_api_key", "openai_api_key", "public_url", mode="before")
+    @field_validator(
+        "database_url",
+        "database_owner_url",
+        "redis_url",
+        "qdrant_api_key",
+        "openai_api_key",
+        "public_url",
+        "tenant_quota_events",
+        "search_quantize_above",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

@@ -18,6 +18,7 @@ MAX_FACT_ID_CHARS = 64
 MAX_FILTER_VALUES = 50
 MAX_FILTER_METADATA_KEYS = 10
 MAX_METADATA_BYTES = 16_384
+MAX_METADATA_DEPTH = 32  # far below what a JSON parser on the way back to a reader accepts
 MAX_ROLE_CHARS = 64
 MAX_TASK_CHARS = 8_000
 MAX_QUERY_CHARS = 8_000
@@ -77,6 +78,8 @@ def metadata(value: dict[str, Any] | None) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise InvalidInput("metadata must be a JSON object")
+    if _nesting(value) > MAX_METADATA_DEPTH:
+        raise InvalidInput(f"metadata is nested more than {MAX_METADATA_DEPTH} levels deep: flatten it")
     try:
         encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
@@ -85,6 +88,18 @@ def metadata(value: dict[str, Any] | None) -> dict[str, Any]:
     if len(encoded.encode()) > MAX_METADATA_BYTES:
         raise InvalidInput(f"metadata is larger than {MAX_METADATA_BYTES} bytes of JSON: keep it small")
     return value
+
+
+def _nesting(value: Any) -> int:
+    """How deeply objects and arrays nest in ``value``: counted without recursion (a hostile value must not
+    exhaust the stack), and only to one level past the limit."""
+    deepest, stack = 0, [(value, 1)]
+    while stack and deepest <= MAX_METADATA_DEPTH:
+        item, level = stack.pop()
+        if isinstance(item, dict | list | tuple):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 SEARCH_MODES = ("hybrid", "semantic", "lexical")

@@ -3,17 +3,22 @@ their changes announced on the bus. A part of ``SharedMemory`` (it inherits this
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
+
+import anyio
 
 from . import validation as check
 from .announcer import Announcer
-from .errors import AccessDenied, InvalidInput, NotFound
-from .models import EventFilter, Principal, Scope, Workspace, WorkspaceSummary, validate_identifier
+from .errors import AccessDenied, InvalidInput, NotFound, StoreUnavailable
+from .models import EventFilter, Principal, Scope, Workspace, WorkspaceSummary, role_at_least, validate_identifier
 from .redaction import Redactor
 from .settings import Settings
 from .stores.cache import RedisCache
 from .stores.episodic import PostgresEpisodicStore
+from .stores.quota import TenantEventQuota
 from .stores.workspaces import PostgresWorkspaceStore
 
 if TYPE_CHECKING:
@@ -27,6 +32,13 @@ def is_member(principal: Principal, workspace: Workspace) -> bool:
     return principal.agent_id == workspace.created_by or principal.agent_id in workspace.agents
 
 
+def may_read_workspace(principal: Principal, workspace_id: str, owner: str, agents: Collection[str]) -> bool:
+    """Whether ``principal`` reads the workspace, and so hears of it: a member (its owner or on its roster)
+    holding a grant that reads it."""
+    member = principal.agent_id == owner or principal.agent_id in agents
+    return member and principal.may_use(Scope("workspace", workspace_id))
+
+
 class WorkspaceRules:
     settings: Settings
     _episodic: PostgresEpisodicStore
@@ -34,6 +46,7 @@ class WorkspaceRules:
     _cache: RedisCache
     _announcer: Announcer
     _redactor: Redactor
+    _quota: TenantEventQuota
 
     if TYPE_CHECKING:
 
@@ -68,18 +81,29 @@ class WorkspaceRules:
         scope = Scope("workspace", workspace_id)
         if not principal.can_create_workspaces:
             raise AccessDenied("this connection may not create workspaces; ask the orchestrator to create one")
-        if not principal.may_use(scope):
-            raise AccessDenied("this connection may not create workspaces (its allowed scopes exclude them)")
+        if not role_at_least(principal.role_for_every("workspace"), "write"):
+            raise AccessDenied(
+                "creating a workspace needs the write role on every workspace (a grant such as 'workspace:*'); "
+                "ask the orchestrator to create one"
+            )
+        await self._quota.check(principal.tenant)  # its first event would be refused
         workspace = await self._workspaces.create(
             principal.tenant, workspace_id, task=task, agents=roster, context=context,
             created_by=principal.agent_id,
         )  # fmt: skip
-        await self._announcer.workspace(principal.tenant, workspace, created=True)
         roster_text = f" Agents: {', '.join(roster)}." if roster else ""
-        await self.write_event(
-            principal, f"Workspace created for task: {task}.{roster_text}", event_type="workspace_created",
-            importance=0.9, scope=scope, dedup=False,
-        )  # fmt: skip
+        try:
+            await self.write_event(
+                principal, f"Workspace created for task: {task}.{roster_text}", event_type="workspace_created",
+                importance=0.9, scope=scope, dedup=False,
+            )  # fmt: skip
+        except BaseException:
+            # Nobody knows of it yet: undo, so a retry does not leave a twin without its first event.
+            with anyio.CancelScope(shield=True), contextlib.suppress(StoreUnavailable):
+                await self._workspaces.delete(principal.tenant, workspace_id)
+                await self._cache.drop_workspace(principal.tenant, workspace_id)
+            raise
+        await self._announcer.workspace(principal.tenant, workspace, created=True)
         return workspace
 
     async def get_workspace(self, principal: Principal, workspace_id: str) -> Workspace:
@@ -95,21 +119,27 @@ class WorkspaceRules:
     ) -> Workspace | None:
         """The workspace behind ``scope`` if the caller may use it (None for a scope that is no workspace).
 
-        Its creator owns it and its roster are members: both read and write its events and facts; only the
-        owner changes it (``manage``). Writes into a completed or cancelled workspace are refused. The
-        scope must already have passed ``principal.resolve_scope``."""
+        Its creator owns it and its roster are members: both read and write its events and facts (as far as
+        their grants go); its owner, or a connection with the admin role on it (member or not), changes it
+        (``manage``). Writes into a completed or cancelled workspace are refused. The scope must already have
+        passed ``principal.resolve_scope`` with the role the call needs."""
         if scope.type != "workspace":
             return None
         # A change is checked against PostgreSQL (rare, and never against a stale roster); reads and
         # writes of events and facts against the cached copy, to spare the write path a round trip.
         workspace = await self._load_workspace(principal.tenant, scope.id, cached=not manage)
+        if manage and principal.role_for(scope) == "admin":
+            return workspace
         if not is_member(principal, workspace):
             raise AccessDenied(
                 f"agent {principal.agent_id} is not a member of workspace {scope.id}: "
                 "ask its owner to add it to the workspace's agents"
             )
         if manage and principal.agent_id != workspace.created_by:
-            raise AccessDenied(f"only the workspace's owner ({workspace.created_by}) may change workspace {scope.id}")
+            raise AccessDenied(
+                f"only the workspace's owner ({workspace.created_by}) or a connection with the admin role on "
+                f"{scope} (a grant such as '{scope}=rwa') may change workspace {scope.id}"
+            )
         if write and workspace.status in CLOSED_STATUSES:
             raise InvalidInput(
                 f"workspace {scope.id} is {workspace.status}: nothing more can be written to it; "
@@ -132,6 +162,15 @@ class WorkspaceRules:
             await self._cache.put_workspace(tenant, workspace, ttl=self.settings.workspace_cache_ttl)
         return workspace
 
+    async def workspace_audience(self, tenant: str, workspace_id: str) -> tuple[str, list[str]] | None:
+        """(owner, roster) of a workspace, for the notification hub to decide who hears of it (with
+        ``may_read_workspace``); None when it does not exist. No caller to check: nothing else is returned."""
+        try:
+            workspace = await self._load_workspace(tenant, workspace_id)
+        except NotFound:
+            return None
+        return workspace.created_by, workspace.agents
+
     async def get_workspace_summary(
         self, principal: Principal, workspace_id: str, *, limit: int = 50
     ) -> WorkspaceSummary:
@@ -151,9 +190,10 @@ class WorkspaceRules:
         context: dict[str, Any] | None = None,
         agents: list[str] | None = None,
     ) -> Workspace:
-        """Change status, merge keys into the context, or replace the agent roster (the owner only)."""
+        """Change status, merge keys into the context, or replace the agent roster (its owner, or the admin
+        role on it). Agents added to or removed from the roster are notified (``Announcer.workspace``)."""
         validate_identifier(workspace_id, "workspace_id")
-        scope = principal.resolve_scope(Scope("workspace", workspace_id))
+        scope = principal.resolve_scope(Scope("workspace", workspace_id), need="write")
         if status is None and context is None and agents is None:
             raise InvalidInput("nothing to update: pass status, context or agents")
         if status is not None:
@@ -163,13 +203,14 @@ class WorkspaceRules:
         if agents is not None:
             for agent in agents:
                 validate_identifier(agent, "agent id in agents")
-        await self._workspace_access(principal, scope, write=False, manage=True)
+        before = await self._workspace_access(principal, scope, write=False, manage=True)
         workspace = await self._workspaces.update(
-            principal.tenant, workspace_id, status=status, context_patch=context, agents=agents
-        )
+            principal.tenant, workspace_id, status=status, context_patch=context, agents=agents,
+            max_context_bytes=self.settings.max_workspace_context_bytes,
+        )  # fmt: skip
         if workspace is None:
             raise NotFound(f"workspace {workspace_id} does not exist in this tenant")
-        await self._announcer.workspace(principal.tenant, workspace, created=False)
+        await self._announcer.workspace(principal.tenant, workspace, created=False, before=before)
         return workspace
 
     async def list_workspaces(

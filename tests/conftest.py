@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from mcp_shared_memory.embedded import remove_data_dir
+from mcp_shared_memory.embedded import EmbeddedBackends, remove_data_dir
 from mcp_shared_memory.embeddings import Embedder
 from mcp_shared_memory.memory import SharedMemory
 from mcp_shared_memory.models import Principal, Scope
@@ -42,32 +42,45 @@ def data_dir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def backend_env(data_dir: Path) -> Iterator[dict[str, str]]:
-    """MSM_* variables pointing at the test backends (embedded ones are started once per session)."""
+def session_backends(data_dir: Path) -> Iterator[EmbeddedBackends]:
+    """The URLs of the test backends: MSM_TEST_DATABASE_URL / MSM_TEST_REDIS_URL, else embedded servers
+    started once per session (whose PostgreSQL also has an application login)."""
     database_url = os.environ.get("MSM_TEST_DATABASE_URL")
     redis_url = os.environ.get("MSM_TEST_REDIS_URL")
-    backends = None
-    if not (database_url and redis_url):
-        from mcp_shared_memory.embedded import install_exit_signal_handlers, start_embedded
+    if database_url and redis_url:
+        yield EmbeddedBackends(database_url, redis_url)
+        return
+    from mcp_shared_memory.embedded import install_exit_signal_handlers, start_embedded
 
-        install_exit_signal_handlers()  # a terminated test run still releases the embedded servers
-        backends = start_embedded(data_dir, postgres=database_url is None, redis=redis_url is None)
-        database_url = database_url or backends.database_url
-        redis_url = redis_url or backends.redis_url
-    assert database_url and redis_url
-    yield {
-        "MSM_DATABASE_URL": database_url,
-        "MSM_REDIS_URL": redis_url,
-        "MSM_DATA_DIR": str(data_dir),
-    }
-    if backends is not None:
-        backends.release()
+    install_exit_signal_handlers()  # a terminated test run still releases the embedded servers
+    held = start_embedded(data_dir, postgres=database_url is None, redis=redis_url is None)
+    yield EmbeddedBackends(
+        database_url or held.database_url, redis_url or held.redis_url,
+        app_database_url=None if database_url else held.app_database_url,
+    )  # fmt: skip
+    held.release()
 
 
 @pytest.fixture(scope="session")
-def settings(backend_env: dict[str, str]) -> Settings:
+def backend_env(session_backends: EmbeddedBackends, data_dir: Path) -> dict[str, str]:
+    """MSM_* variables pointing at the test backends, with the one login that owns the tables (a server
+    started with them serves requests as msm_app after SET ROLE)."""
+    assert session_backends.database_url and session_backends.redis_url
+    return {
+        "MSM_DATABASE_URL": session_backends.database_url,
+        "MSM_REDIS_URL": session_backends.redis_url,
+        "MSM_DATA_DIR": str(data_dir),
+    }
+
+
+@pytest.fixture(scope="session")
+def settings(session_backends: EmbeddedBackends, backend_env: dict[str, str]) -> Settings:
+    """In process, requests are served through the application login where there is one (embedded), and
+    the owner's login applies the migrations and works across tenants."""
+    app_url = session_backends.app_database_url
     return Settings(
-        database_url=backend_env["MSM_DATABASE_URL"],
+        database_url=app_url or backend_env["MSM_DATABASE_URL"],
+        database_owner_url=backend_env["MSM_DATABASE_URL"] if app_url else None,
         redis_url=backend_env["MSM_REDIS_URL"],
         data_dir=Path(backend_env["MSM_DATA_DIR"]),
     )

@@ -113,15 +113,21 @@ class FaultyPostgres:
 
 @asynccontextmanager
 async def faulty_postgres_runtime(settings: Settings, connections: Connections) -> AsyncIterator[FaultyPostgres]:
-    """A runtime whose PostgreSQL pool connects through a fault-injecting proxy."""
+    """A runtime whose PostgreSQL pools (the owner's and the application role's) connect through one
+    fault-injecting proxy."""
     assert settings.database_url is not None
+    owner_url = settings.database_owner_url or settings.database_url
     (host, port), proxied = postgres_target(settings.database_url.get_secret_value())
+    _, owner_proxied = postgres_target(owner_url.get_secret_value())
     async with faulty_proxy(host, port) as proxy:
-        db = PostgresPool(proxied.format(proxy=proxy.port), min_size=1, max_size=4, timeout=2.0)
+        db = PostgresPool(owner_proxied.format(proxy=proxy.port), min_size=1, max_size=2, timeout=2.0)
+        tenant_db = PostgresPool(proxied.format(proxy=proxy.port), min_size=1, max_size=4, timeout=2.0, app_role=True)
         await db.open(migrate=False)
+        await tenant_db.open(migrate=False)
         try:
-            faulty = Connections(db=db, redis=connections.redis, embedder=connections.embedder)
+            faulty = Connections(db=db, redis=connections.redis, embedder=connections.embedder, tenant_db=tenant_db)
             async with open_runtime(settings, connections=faulty) as runtime:
                 yield FaultyPostgres(proxy=proxy, runtime=runtime)
         finally:
+            await tenant_db.close()
             await db.close()

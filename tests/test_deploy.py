@@ -73,6 +73,7 @@ async def test_server_runs_with_the_compose_environment(backend_env: dict[str, s
     variables = {"MSM_POSTGRES_PASSWORD": "unused-locally", "MSM_PUBLIC_URL": "http://localhost:8765"}
     env = {key: interpolate(value, variables) for key, value in service["environment"].items()}
     env["MSM_DATABASE_URL"] = backend_env["MSM_DATABASE_URL"]
+    env["MSM_DATABASE_OWNER_URL"] = backend_env["MSM_DATABASE_URL"]  # one login: served as msm_app (SET ROLE)
     env["MSM_REDIS_URL"] = backend_env["MSM_REDIS_URL"]
     del env["MSM_QDRANT_URL"], env["MSM_QDRANT_API_KEY"]
     port = free_port()

@@ -63,10 +63,13 @@ __all__ = [
 
 @dataclass
 class EmbeddedBackends:
-    """URLs of the embedded servers this process holds (None where an external one is configured)."""
+    """URLs of the embedded servers this process holds (None where an external one is configured).
+    ``database_url`` logs in as the tables' owner (a superuser), ``app_database_url`` as the role requests
+    are served as, under row-level security."""
 
     database_url: str | None
     redis_url: str | None
+    app_database_url: str | None = None
     postgres: EmbeddedPostgres | None = field(default=None, repr=False)
     valkey: EmbeddedValkey | None = field(default=None, repr=False)
 
@@ -85,6 +88,7 @@ def start_embedded(data_dir: Path, *, postgres: bool, redis: bool) -> EmbeddedBa
         if postgres:
             backends.postgres = EmbeddedPostgres(data_dir)
             backends.database_url = backends.postgres.start()
+            backends.app_database_url = backends.postgres.app_url
         if redis:
             backends.valkey = EmbeddedValkey(data_dir)
             backends.redis_url = backends.valkey.start()

@@ -36,6 +36,19 @@ log = logging.getLogger(__name__)
 PG_MAJOR = "18"
 PG_PORT = 5432
 PG_START_TIMEOUT = 60.0
+OWNER_ROLE = "postgres"  # the superuser initdb creates: owns the tables, applies the migrations
+# The role requests are served as, under row-level security (sql/012 creates it NOLOGIN elsewhere and
+# grants it its privileges). Here it logs in like the owner: trust, on a socket in a 0700 directory.
+APP_ROLE = "msm_app"
+ENSURE_APP_LOGIN = f"""
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
+    CREATE ROLE {APP_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
+  ELSE
+    ALTER ROLE {APP_ROLE} LOGIN NOSUPERUSER NOBYPASSRLS;
+  END IF;
+END $$
+"""
 
 
 def _pg_bin() -> Path:
@@ -90,15 +103,19 @@ class _Postmaster:
 
     @property
     def dsn(self) -> str:
+        return self.dsn_for(OWNER_ROLE)
+
+    def dsn_for(self, role: str) -> str:
         host = quote(self.socket_dir, safe="/")
-        return f"postgresql://postgres@/postgres?host={host}&port={self.port}"
+        return f"postgresql://{role}@/postgres?host={host}&port={self.port}"
 
 
 class EmbeddedPostgres(EmbeddedServer):
     """A PostgreSQL 18 server in ``<data_dir>/pg``, shared by every local process using that data dir.
 
     Holders keep a shared flock on ``postgres.holders``; the kernel drops it when a holder dies, so a
-    SIGKILLed holder stops counting. ``start()`` returns an asyncpg DSN (unix socket).
+    SIGKILLed holder stops counting. ``start()`` returns an asyncpg DSN (unix socket) of the owner, a
+    superuser; ``app_url`` logs in as the application role, which every start makes sure can log in.
     """
 
     name = "embedded PostgreSQL"
@@ -119,6 +136,11 @@ class EmbeddedPostgres(EmbeddedServer):
     def dsn(self) -> str | None:
         """The DSN while holding (the same as ``url``)."""
         return self.url
+
+    @property
+    def app_url(self) -> str | None:
+        """The application role's DSN while holding."""
+        return self.url.replace(f"//{OWNER_ROLE}@", f"//{APP_ROLE}@", 1) if self.url else None
 
     # -- holders -----------------------------------------------------------------------------------------
 
@@ -189,7 +211,10 @@ class EmbeddedPostgres(EmbeddedServer):
             mode = "initdb"
         self._check_version()
         self._own_pgdata(run_as)
-        return mode, self._pg_ctl_start(run_as).dsn
+        postmaster = self._pg_ctl_start(run_as)
+        # On every start rather than at initdb only: data dirs made by earlier versions get the role too.
+        self._psql(postmaster, ENSURE_APP_LOGIN, run_as, what="application role")
+        return mode, postmaster.dsn
 
     def _socket_dir(self, run_as: RunAs) -> Path:
         if socket_path_fits(self.pgdata / f".s.PGSQL.{PG_PORT}.lock"):
@@ -316,6 +341,11 @@ class EmbeddedPostgres(EmbeddedServer):
         if postmaster is None or postmaster.status != "ready":
             raise StoreUnavailable(f"the embedded PostgreSQL started but is not ready; see {self.log_path}")
         return postmaster
+
+    def _psql(self, postmaster: _Postmaster, sql: str, run_as: RunAs, *, what: str) -> None:
+        args = [str(self._bin / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", postmaster.socket_dir]
+        args += ["-p", str(postmaster.port), "-U", OWNER_ROLE, "-d", "postgres", "-c", sql]
+        self._pg_run(args, run_as, timeout=30, what=what)
 
     # -- stop --------------------------------------------------------------------------------------------
 

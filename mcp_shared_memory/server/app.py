@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
+import anyio
 from mcp import MCPError
 from mcp.server.auth.provider import TokenVerifier
 from mcp.server.auth.settings import AuthSettings
@@ -23,12 +24,12 @@ from mcp.types import (
 from pydantic import BaseModel, ValidationError
 
 from .. import __version__
-from ..errors import AccessDenied, InvalidInput
+from ..errors import AccessDenied, InvalidInput, LimitExceeded, NotFound
 from ..models import Principal, Scope
 from ..stores.audit import AuditEntry
 from ..stores.bus import Topic
-from . import sdk_adapter
-from .notifications import LISTEN_TENANT
+from . import limits, sdk_adapter
+from .notifications import LISTEN_PRINCIPAL
 from .resources import register_resources
 from .state import AppState, ServerLifespan
 from .tools import TOOL_FAILURE, register_tools
@@ -52,6 +53,14 @@ def authorize_uri(principal: Principal, uri: str) -> ParsedUri:
     if parsed.scope is not None:
         principal.resolve_scope(parsed.scope)
     return parsed
+
+
+async def authorize_membership(state: AppState, principal: Principal, parsed: ParsedUri) -> None:
+    """An existing workspace's URIs are watched by its members only (``AccessDenied``). The hub checks
+    each notification as well, since rosters change and a workspace may be created after the subscription."""
+    if parsed.scope is not None and parsed.scope.type == "workspace":
+        with suppress(NotFound):
+            await state.memory.get_workspace(principal, parsed.scope.id)
 
 
 def audit_target(method: str, params: dict[str, Any]) -> tuple[str, str | None]:
@@ -160,7 +169,7 @@ def build_server(
         )  # fmt: skip
 
     async def register_legacy_connection(ctx: ServerRequestContext[AppState, Any]) -> None:
-        """Legacy clients get list_changed when their tenant gains a workspace."""
+        """Legacy clients get list_changed when the workspaces they may read change."""
         state = ctx.lifespan_context
         try:
             principal = state.principal()
@@ -171,7 +180,7 @@ def build_server(
             return
         conn_state[LEGACY_KEY] = True
         key = sdk_adapter.connection_key(ctx)
-        state.hub.add_legacy_session(principal.tenant, key, ctx.session)
+        state.hub.add_legacy_session(principal, key, ctx.session)
         await state.hub.acquire(Topic(principal.tenant))
         conn_state["msm_topics"] = [Topic(principal.tenant)]
 
@@ -190,11 +199,15 @@ def build_server(
             params = SubscriptionsListenRequestParams.model_validate(ctx.params or {})
         except ValidationError:
             return await call_next(ctx)  # the SDK rejects it with its own error
-        uris = list(params.notifications.resource_subscriptions or [])
         try:
+            uris = limits.listen_uris(
+                params.notifications.resource_subscriptions or [], most=state.runtime.settings.max_listen_uris
+            )
             principal = state.principal()
             parsed = [authorize_uri(principal, uri) for uri in uris]
-        except (AccessDenied, InvalidInput) as exc:
+            for each in parsed:
+                await authorize_membership(state, principal, each)
+        except (AccessDenied, InvalidInput, LimitExceeded) as exc:
             audit(ctx, started, type(exc).__name__, None)
             raise MCPError(INVALID_PARAMS, exc.message) from exc
         # Recorded when the stream opens (its handler returns only when the stream ends).
@@ -203,16 +216,19 @@ def build_server(
         if params.notifications.resources_list_changed:
             wanted.add(Topic(principal.tenant))
         acquired: list[Topic] = []
-        token = LISTEN_TENANT.set(principal.tenant)
+        token = LISTEN_PRINCIPAL.set(principal)
         try:
             for topic in wanted:
                 await state.hub.acquire(topic)
                 acquired.append(topic)
             return await call_next(ctx)
         finally:
-            LISTEN_TENANT.reset(token)
-            for topic in acquired:
-                await state.hub.release(topic)
+            LISTEN_PRINCIPAL.reset(token)
+            # Shielded: a listen stream ends by being cancelled (the client went away, its token ended), and
+            # a release cancelled at its first await would hold the bus subscription for good.
+            with anyio.CancelScope(shield=True):
+                for topic in acquired:
+                    await state.hub.release(topic)
 
     mcp: MCPServer[AppState] = MCPServer(
         "mcp-shared-memory",
@@ -232,13 +248,18 @@ def build_server(
     async def on_subscribe(ctx: ServerRequestContext[AppState, Any], params: SubscribeRequestParams) -> EmptyResult:
         state = ctx.lifespan_context
         uri = str(params.uri)
+        key = sdk_adapter.connection_key(ctx)
         try:
             principal = state.principal()
             parsed = authorize_uri(principal, uri)
-        except (AccessDenied, InvalidInput) as exc:
+            await authorize_membership(state, principal, parsed)
+            if not state.hub.has_legacy_subscription(uri, key):
+                limits.room_for_subscription(
+                    state.hub.legacy_subscription_count(key), most=state.runtime.settings.max_subscriptions
+                )
+        except (AccessDenied, InvalidInput, LimitExceeded) as exc:
             raise MCPError(INVALID_PARAMS, exc.message) from exc
         await register_legacy_connection(ctx)
-        key = sdk_adapter.connection_key(ctx)
         if not state.hub.has_legacy_subscription(uri, key):
             topic = topic_of(parsed)
             await state.hub.acquire(topic)

@@ -1,8 +1,10 @@
 """Streamable HTTP transport: stateful sessions, bearer tokens verified against PostgreSQL, /healthz,
-behind the guard of ``http_guard`` (Host/Origin, failed-authentication limit, 503 on a store outage)."""
+behind the guard of ``http_guard`` (Host/Origin, failed-authentication limit and audit, 503 on a store
+outage, the end of a revoked or expired token's streams and sessions)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from mcp.server.auth.provider import AccessToken, TokenVerifier
@@ -11,13 +13,17 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+from starlette.types import Message, Scope
 
-from ..errors import StoreUnavailable
+from ..errors import InvalidInput, StoreUnavailable
 from ..runtime import Runtime
 from ..settings import Settings
+from ..stores.audit import AuditEntry
 from .app import build_server
-from .http_guard import AllowedPeers, AuthFailureLimiter, HttpGuard
+from .http_guard import AllowedPeers, AuthFailureLimiter, HttpGuard, TokenWatch
 from .state import CLAIM_PRINCIPAL, ServerLifespan
+
+log = logging.getLogger(__name__)
 
 
 class DatabaseTokenVerifier(TokenVerifier):
@@ -36,13 +42,18 @@ class DatabaseTokenVerifier(TokenVerifier):
         record = await state.runtime.tokens.verify(token)
         if record is None:
             return None
+        try:
+            principal = record.principal()
+        except InvalidInput as exc:  # stored before grants were checked this strictly: refused, not a 500
+            log.warning("token %s has grants this version refuses (%s); create a new token", record.id, exc.message)
+            return None
         return AccessToken(
             token=token,
             client_id=record.id,
             scopes=["mcp"],
             subject=f"{record.tenant_id}/{record.agent_id}",
             expires_at=int(record.expires_at.timestamp()) if record.expires_at else None,
-            claims={CLAIM_PRINCIPAL: record.principal()},
+            claims={CLAIM_PRINCIPAL: principal},
         )
 
 
@@ -50,7 +61,8 @@ def create_http_app(settings: Settings, *, runtime: Runtime | None = None) -> St
     """The Streamable HTTP app for ``settings.host``/``port`` (``public_url`` when behind a proxy). With
     ``runtime`` given (tests, embedding) the app uses it instead of opening its own."""
     host, port, public_url = settings.host, settings.port, settings.public_url
-    lifespan = ServerLifespan(settings, local_principal=None, runtime=runtime)
+    watch = TokenWatch()
+    lifespan = ServerLifespan(settings, local_principal=None, runtime=runtime, token_watch=watch)
     base_url = (public_url or f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}").rstrip("/")
     mcp = build_server(
         lifespan,
@@ -82,6 +94,28 @@ def create_http_app(settings: Settings, *, runtime: Runtime | None = None) -> St
     # The SDK checks /mcp only, case-sensitively; the guard checks every route but /healthz, first.
     security = TransportSecuritySettings(allowed_hosts=list(peers.hosts), allowed_origins=list(peers.origins))
     app = mcp.streamable_http_app(host=host, transport_security=security)
+
+    def record_failure(address: str, latency_ms: float) -> None:
+        state = lifespan.state
+        if state is not None and state.runtime.audit is not None:
+            state.runtime.audit.record(AuditEntry.unauthenticated(address, latency_ms=latency_ms))
+
+    async def end_session(scope: Scope) -> None:
+        """End the request's MCP session as the client's DELETE would (the scope still carries the
+        identity the authentication middleware verified when the request arrived)."""
+        headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-length", b"content-type")]
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def discard(_: Message) -> None:
+            pass
+
+        await mcp.session_manager.handle_request({**scope, "method": "DELETE", "headers": headers}, receive, discard)
+
     # Outermost of the app's middleware, so it wraps the SDK's authentication middleware.
-    app.add_middleware(HttpGuard, peers=peers, limiter=AuthFailureLimiter(settings.auth_failures_per_minute))
+    app.add_middleware(
+        HttpGuard, peers=peers, limiter=AuthFailureLimiter(settings.auth_failures_per_minute), watch=watch,
+        record_failure=record_failure, end_session=end_session,
+    )  # fmt: skip
     return app

@@ -1,6 +1,7 @@
 """What every HTTP request passes before the MCP transport: Host/Origin validation (DNS rebinding), a limit
-on failed bearer-token authentications per client address, and 503 instead of 401 when the token store is
-unavailable (a 401 tells clients to drop a good token)."""
+on failed bearer-token authentications per client address (each failure audited, within that limit), 503
+instead of 401 when the token store is unavailable (a 401 tells clients to drop a good token), and the end
+of the requests in flight, streams included, of a token revoked or expired meanwhile."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import logging
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import anyio
+import anyio.abc
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -25,6 +29,15 @@ LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 RETRY_AFTER_UNAVAILABLE = 5  # seconds; the pool's reconnect attempts take about as long
 UNGUARDED_PATHS = frozenset({"/healthz"})  # probes address the pod by IP; the answer reveals nothing
+# How often the tokens of requests in flight are verified again. With the token store's cache (5 s), a
+# stream of a revoked or expired token ends within about 7 s.
+RECHECK_SECONDS = 2.0
+# Failed authentications audited per minute over all addresses (each address is bounded by the limiter):
+# a flood from many addresses cannot fill the audit table.
+AUDITED_FAILURES_PER_MINUTE = 600
+SESSION_HEADER = "mcp-session-id"
+
+TokenCheck = Callable[[str], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
@@ -124,14 +137,79 @@ class AuthFailureLimiter:
             self._failures.popitem(last=False)
 
 
+class TokenWatch:
+    """The requests in flight of each bearer token. While a token has any, ``run`` verifies it again every
+    ``interval`` seconds and cancels the requests of a token revoked or expired since: a long-lived stream
+    (a legacy GET stream, a ``subscriptions/listen`` stream) does not outlive its credential."""
+
+    def __init__(self, *, interval: float = RECHECK_SECONDS) -> None:
+        self.interval = interval
+        self._open: dict[str, dict[object, anyio.CancelScope]] = {}
+
+    @contextmanager
+    def holding(self, token: str, request: anyio.CancelScope) -> Iterator[None]:
+        key = object()
+        self._open.setdefault(token, {})[key] = request
+        try:
+            yield
+        finally:
+            requests = self._open.get(token, {})
+            requests.pop(key, None)
+            if not requests:
+                self._open.pop(token, None)
+
+    async def run(
+        self, check: TokenCheck, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Sweep every ``interval`` seconds until cancelled; never raises (it lives as long as the server)."""
+        task_status.started()
+        while True:
+            await anyio.sleep(self.interval)
+            try:
+                await self.sweep(check)
+            except Exception:
+                log.exception("re-verifying the tokens of open requests failed; retrying")
+
+    async def sweep(self, check: TokenCheck) -> int:
+        """Verify each token with requests in flight; cancel those of a token no longer valid (how many)."""
+        ended = 0
+        for token in list(self._open):
+            try:
+                valid = await check(token)
+            except StoreUnavailable:
+                return ended  # the store is down: streams go on until it can answer again
+            if not valid:
+                for request in self._open.pop(token, {}).values():
+                    request.cancel()
+                    ended += 1
+        if ended:
+            log.info("ended %d requests of revoked or expired tokens", ended)
+        return ended
+
+
 class HttpGuard:
     """ASGI middleware placed outside the SDK's authentication middleware, so that it sees the token
-    verifier's ``StoreUnavailable`` and the 401 that follows a bad token."""
+    verifier's ``StoreUnavailable`` and the 401 that follows a bad token. ``record_failure(address,
+    latency_ms)`` audits a refused token; ``end_session(scope)`` ends the MCP session of a request whose
+    token was revoked or expired while it was in flight."""
 
-    def __init__(self, app: ASGIApp, *, peers: AllowedPeers, limiter: AuthFailureLimiter) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        peers: AllowedPeers,
+        limiter: AuthFailureLimiter,
+        watch: TokenWatch | None = None,
+        record_failure: Callable[[str, float], None] | None = None,
+        end_session: Callable[[Scope], Awaitable[None]] | None = None,
+    ) -> None:
         self.app = app
         self.peers = peers
         self.limiter = limiter
+        self.watch = watch or TokenWatch()
+        self.record_failure = record_failure
+        self.end_session = end_session
+        self.audit_budget = AuthFailureLimiter(AUDITED_FAILURES_PER_MINUTE, max_addresses=1)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in UNGUARDED_PATHS:
@@ -157,24 +235,51 @@ class HttpGuard:
                            retry_after=math.ceil(wait))  # fmt: skip
             return
 
-        started = False
+        arrived = time.perf_counter()
+        response = {"started": False, "finished": False}
 
         async def watched_send(message: Message) -> None:
-            nonlocal started
             if message["type"] == "http.response.start":
-                started = True
+                response["started"] = True
                 if message["status"] == 401:
-                    self.limiter.record(address)
+                    self._failed(address, arrived)
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                response["finished"] = True
             await send(message)
 
+        token = headers["authorization"].partition(" ")[2].strip()
         try:
-            await self.app(scope, receive, watched_send)
+            with anyio.CancelScope() as request, self.watch.holding(token, request):
+                await self.app(scope, receive, watched_send)
         except StoreUnavailable as exc:
-            if started:
+            if response["started"]:
                 raise
             log.warning("token verification unavailable: %s", exc.message)
             await _respond(send, 503, "temporarily_unavailable", "The token store is unavailable; retry later",
                            retry_after=RETRY_AFTER_UNAVAILABLE)  # fmt: skip
+            return
+        if request.cancelled_caught:
+            await self._ended(scope, send, response)
+
+    def _failed(self, address: str, arrived: float) -> None:
+        """A token was refused: counted against the address, and audited while under the overall budget."""
+        self.limiter.record(address)
+        if self.record_failure is not None and self.audit_budget.retry_after("all") is None:
+            self.audit_budget.record("all")
+            self.record_failure(address, (time.perf_counter() - arrived) * 1000)
+
+    async def _ended(self, scope: Scope, send: Send, response: dict[str, bool]) -> None:
+        """The request's token was revoked or expired while it was in flight: finish its response (a
+        stream just ends) and end the MCP session it belongs to."""
+        # The client may be gone already: nothing to finish then.
+        with suppress(OSError, RuntimeError):
+            if not response["started"]:
+                await _respond(send, 401, "invalid_token", "The token was revoked or has expired")
+            elif not response["finished"]:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if self.end_session is not None and SESSION_HEADER in Headers(scope=scope):
+            with anyio.CancelScope(shield=True):
+                await self.end_session(scope)
 
 
 async def _respond(send: Send, status: int, error: str, description: str, *, retry_after: int | None = None) -> None:

@@ -1,16 +1,22 @@
 """MCP resources and the shared_context prompt. URIs carry the tenant; reading another tenant's URI
-looks exactly like reading one that does not exist."""
+looks exactly like reading one that does not exist. Reads obey the response size limit as tool results do:
+a list is cut to what fits (``"truncated": true``)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, cast
 
+from mcp import MCPError
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
+from mcp.types import INTERNAL_ERROR, INVALID_PARAMS
+from pydantic import BaseModel
 
-from ..errors import AccessDenied, NotFound, SharedMemoryError
+from ..errors import AccessDenied, EmbeddingUnavailable, NotFound, SharedMemoryError, StoreUnavailable
 from ..models import Principal, Scope, ScopeType
+from .limits import ResponseBudget, json_size
 from .state import AppState
 from .uris import CONTEXT_TEMPLATE, RECENT_TEMPLATE, WORKSPACES_TEMPLATE
 
@@ -34,6 +40,15 @@ def _translate(exc: SharedMemoryError, uri: str) -> ResourceError:
     return ResourceError(exc.message)
 
 
+def _listing(state: AppState, key: str, items: Sequence[BaseModel]) -> str:
+    """``{key: [...items], "truncated": bool}``, cut to the items that fit the response size limit."""
+
+    def build(kept: Sequence[BaseModel]) -> str:
+        return json.dumps({key: [i.model_dump(mode="json") for i in kept], "truncated": len(kept) < len(items)})
+
+    return ResponseBudget(state.runtime.settings.max_response_bytes).fit(items, build, json_size, noun=key)
+
+
 def register_resources(mcp: MCPServer[Any]) -> None:
     @mcp.resource(
         RECENT_TEMPLATE,
@@ -50,9 +65,9 @@ def register_resources(mcp: MCPServer[Any]) -> None:
                 scope=Scope(cast(ScopeType, scope_type), scope_id),  # Scope rejects an unknown type
                 max_events=RESOURCE_EVENTS,
             )
+            return _listing(state, "events", events)
         except SharedMemoryError as exc:
             raise _translate(exc, uri) from exc
-        return json.dumps({"events": [e.model_dump(mode="json") for e in events]})
 
     @mcp.resource(
         CONTEXT_TEMPLATE,
@@ -65,9 +80,11 @@ def register_resources(mcp: MCPServer[Any]) -> None:
         state, principal = _principal_for(ctx, tenant, uri)
         try:
             workspace = await state.memory.get_workspace(principal, workspace_id)
+            text = workspace.model_dump_json()
+            ResponseBudget(state.runtime.settings.max_response_bytes).check(json_size(text), "this workspace")
         except SharedMemoryError as exc:
             raise _translate(exc, uri) from exc
-        return workspace.model_dump_json()
+        return text
 
     @mcp.resource(
         WORKSPACES_TEMPLATE,
@@ -80,9 +97,9 @@ def register_resources(mcp: MCPServer[Any]) -> None:
         state, principal = _principal_for(ctx, tenant, uri)
         try:
             found = await state.memory.list_workspaces(principal, limit=200)
+            return _listing(state, "workspaces", found)
         except SharedMemoryError as exc:
             raise _translate(exc, uri) from exc
-        return json.dumps({"workspaces": [w.model_dump(mode="json") for w in found]})
 
     @mcp.prompt(
         name="shared_context",
@@ -93,4 +110,7 @@ def register_resources(mcp: MCPServer[Any]) -> None:
         try:
             return await state.memory.get_task_context(state.principal(), scope=scope or None, query=query or None)
         except SharedMemoryError as exc:
-            raise ValueError(exc.message) from exc
+            # An MCPError passes through the SDK with its message (anything else becomes "Error rendering
+            # prompt", logged with a traceback an agent could trigger at will).
+            unavailable = isinstance(exc, StoreUnavailable | EmbeddingUnavailable)
+            raise MCPError(INTERNAL_ERROR if unavailable else INVALID_PARAMS, exc.message) from exc

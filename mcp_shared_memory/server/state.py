@@ -9,24 +9,32 @@ from dataclasses import dataclass
 import anyio
 from mcp.server.auth.middleware.auth_context import get_access_token
 
-from ..errors import AccessDenied
+from ..errors import AccessDenied, ConfigError, InvalidInput
 from ..memory import SharedMemory
 from ..models import Principal, Scope
 from ..runtime import Runtime, open_runtime
 from ..settings import Settings
-from .notifications import NotificationHub, TenantBus
+from .http_guard import TokenWatch
+from .notifications import ListenerBus, NotificationHub
 
 CLAIM_PRINCIPAL = "msm_principal"
 
 
 def stdio_principal(settings: Settings) -> Principal:
-    return Principal(
-        tenant=settings.tenant,
-        agent_id=settings.agent_id,
-        agent_type=settings.agent_type,
-        allowed_scopes=settings.scope_patterns(),
-        default_scope=Scope.parse(settings.default_scope),
-    )
+    """The stdio binding: its grants are ``MSM_ALLOWED_SCOPES`` (``Grant``), else its own scope and every
+    workspace, read and write."""
+    try:
+        return Principal(
+            tenant=settings.tenant,
+            agent_id=settings.agent_id,
+            agent_type=settings.agent_type,
+            allowed_scopes=settings.scope_patterns(),
+            default_scope=Scope.parse(settings.default_scope),
+        )
+    except InvalidInput as exc:
+        raise ConfigError(
+            f"the stdio binding (MSM_TENANT, MSM_AGENT_ID, MSM_SCOPE, MSM_ALLOWED_SCOPES): {exc.message}"
+        ) from None
 
 
 @dataclass
@@ -54,14 +62,21 @@ class AppState:
 
 class ServerLifespan:
     """Opens the state once per process (HTTP) or per stdio connection. With ``runtime`` given (tests,
-    embedding the server in another program) the server uses it instead of opening its own."""
+    embedding the server in another program) the server uses it instead of opening its own. With
+    ``token_watch`` (HTTP) it re-verifies the tokens of the requests in flight while the state is open."""
 
     def __init__(
-        self, settings: Settings, *, local_principal: Principal | None, runtime: Runtime | None = None
+        self,
+        settings: Settings,
+        *,
+        local_principal: Principal | None,
+        runtime: Runtime | None = None,
+        token_watch: TokenWatch | None = None,
     ) -> None:
         self.settings = settings
         self.local_principal = local_principal
-        self.listeners = TenantBus()
+        self.listeners = ListenerBus()
+        self.token_watch = token_watch
         self._given_runtime = runtime
         self.state: AppState | None = None
         self._holders = 0
@@ -97,8 +112,14 @@ class ServerLifespan:
     @asynccontextmanager
     async def _open_state(self) -> AsyncIterator[AppState]:
         async with self._runtime() as runtime, anyio.create_task_group() as tasks:
-            hub = NotificationHub(runtime.bus, self.listeners)
+            hub = NotificationHub(runtime.bus, self.listeners, runtime.memory)
             await tasks.start(hub.run)
+            if self.token_watch is not None:
+
+                async def still_valid(token: str) -> bool:
+                    return await runtime.tokens.verify(token) is not None
+
+                await tasks.start(self.token_watch.run, still_valid)
             self.state = AppState(runtime=runtime, hub=hub, local_principal=self.local_principal)
             assert self._opened is not None
             self._opened.set()

@@ -1,21 +1,31 @@
-"""MCP tools: thin translations to ``SharedMemory`` calls. No rules live here."""
+"""MCP tools: thin translations to ``SharedMemory`` calls. No domain rules live here; every call passes the
+per-caller rate limit first, and every result is sized by the response limit (``limits.py``) on its way out."""
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextvars import ContextVar
-from datetime import UTC, datetime
 from functools import wraps
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
-from mcp.types import CallToolResult, TextContent, ToolAnnotations
-from pydantic import BaseModel, Field, WithJsonSchema
+from mcp.types import CallToolResult, ToolAnnotations
+from pydantic import Field, WithJsonSchema
 
 from .. import render
 from .. import validation as limits
 from ..errors import SharedMemoryError
-from ..models import Event, EventFilter, Fact, Scope, SearchMode, Workspace, WorkspaceSummary
+from ..models import Event, EventFilter, Principal, Scope, SearchMode, Workspace
 from ..settings import Settings
+from .results import (
+    CreatedWorkspace,
+    EventList,
+    FactList,
+    Forgotten,
+    StoreFactResult,
+    SummaryResult,
+    ToolResults,
+    WriteEventResult,
+)
 from .state import AppState
 from .uris import context_uri, recent_uri
 
@@ -56,38 +66,9 @@ MODES = (
     "Mode: hybrid (default) matches words and meaning; lexical for exact ids, codes, names; semantic for paraphrases."
 )
 WorkspaceStatus = Literal[limits.WORKSPACE_STATUSES]  # type: ignore[valid-type]
-
-
-class WriteEventResult(BaseModel):
-    status: Literal["written", "deduplicated", "replayed"]
-    event_id: str | None
-    seq: int | None
-    scope: str
-
-
-class EventList(BaseModel):
-    events: list[Event]
-    next_since_seq: int | None = Field(description="pass as since_seq to get what was written after these")
-
-
-class CreatedWorkspace(Workspace):
-    scope: str = Field(description="pass as scope to write_event, search_shared, get_recent_shared")
-    recent_uri: str = Field(description="resource to watch for the workspace's new events")
-    context_uri: str = Field(description="resource to watch for its task, status and context")
-
-
-class FactList(BaseModel):
-    facts: list[Fact]
-
-
-class StoreFactResult(BaseModel):
-    status: Literal["stored", "confirmed"]
-    fact: Fact
-
-
-class Forgotten(BaseModel):
-    forgotten: str
-
+# Rate-limit tokens a call takes: a write (it embeds, commits and announces) costs more than a read.
+READ_COST, WRITE_COST = 1, 2
+WRITE_TOOLS = frozenset({"write_event", "create_workspace", "update_workspace", "store_fact", "forget_fact"})
 
 # Set by the audit middleware around a call: the domain error a tool failed with (the SDK turns it into
 # an error result before the middleware sees it).
@@ -95,11 +76,17 @@ TOOL_FAILURE: ContextVar[dict[str, str] | None] = ContextVar("msm_tool_failure",
 
 
 def domain_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """A domain error reaches the agent as its own message; anything else stays in the server log."""
+    """The call boundary: the caller's rate limit first; a domain error reaches the agent as its own message,
+    anything else stays in the server log."""
+    cost = WRITE_COST if fn.__name__ in WRITE_TOOLS else READ_COST
 
     @wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
+            ctx = kwargs.get("ctx")
+            if isinstance(ctx, Context) and (limiter := state_of(ctx).runtime.rate_limiter) is not None:
+                principal = state_of(ctx).principal()
+                await limiter.take(principal.tenant, caller_of(principal), cost=cost)
             return await fn(*args, **kwargs)
         except SharedMemoryError as exc:
             if (failure := TOOL_FAILURE.get()) is not None:
@@ -114,24 +101,24 @@ def state_of(ctx: Context[Any]) -> AppState:
     return state
 
 
-def cursor(events: list[Event]) -> int | None:
+def caller_of(principal: Principal) -> str:
+    """Whose rate limit a call counts against: its bearer token (HTTP), else its agent (stdio)."""
+    return f"token:{principal.token_id}" if principal.token_id else f"agent:{principal.agent_id}"
+
+
+def cursor(events: Sequence[Event]) -> int | None:
     return max((e.seq for e in events), default=None)
 
 
 def register_tools(mcp: MCPServer[Any], settings: Settings) -> None:
-    """Register the tools; the configurable limits (content length) and the text format come from ``settings``."""
+    """Register the tools; the configurable limits (content length, response size) and the text format come
+    from ``settings``."""
     Content = Annotated[
         str, Field(min_length=1, max_length=settings.max_content_chars, description="what happened or was learned")
     ]
     shared_floor = settings.min_shared_importance
-    compact_text = settings.result_format == "text"
-
-    def answer(structured: BaseModel, text: Callable[[datetime], str]) -> CallToolResult:
-        """The typed record as structured content; for the model, a compact rendering (or the same JSON)."""
-        body = text(datetime.now(UTC)) if compact_text else structured.model_dump_json(indent=2)
-        return CallToolResult(
-            content=[TextContent(type="text", text=body)], structured_content=structured.model_dump(mode="json")
-        )
+    results = ToolResults(settings)
+    answer, answer_list = results.one, results.listing
 
     @mcp.tool(title="Write a shared event", annotations=APPEND)
     @domain_errors
@@ -157,7 +144,7 @@ def register_tools(mcp: MCPServer[Any], settings: Settings) -> None:
                 description="your retry with the same key returns your first write",
             ),
         ] = None,
-    ) -> WriteEventResult:
+    ) -> Annotated[CallToolResult, WriteEventResult]:
         """Append an event to the shared memory of a scope, visible to every agent in it."""
         state = state_of(ctx)
         principal = state.principal()
@@ -165,11 +152,22 @@ def register_tools(mcp: MCPServer[Any], settings: Settings) -> None:
             principal, content, event_type=event_type, importance=importance, role=role, metadata=metadata,
             scope=scope, idempotency_key=idempotency_key,
         )  # fmt: skip
-        return WriteEventResult(
+        written = WriteEventResult(
             status=result.status,
             event_id=str(result.event_id) if result.event_id else None,
             seq=result.event.seq if result.event else None,
             scope=str(principal.resolve_scope(scope)),
+            original_agent_id=result.original_agent_id,
+        )
+        if written.status != "deduplicated":
+            return answer(written)
+        original = f" (event {written.event_id})" if written.event_id else ""
+        return answer(
+            written,
+            lambda _: (
+                f"Not stored: a duplicate. Agent {written.original_agent_id or 'unknown'} wrote the same "
+                f"content in {written.scope} within the last {settings.dedup_window} s{original}."
+            ),
         )
 
     @mcp.tool(
@@ -195,7 +193,11 @@ def register_tools(mcp: MCPServer[Any], settings: Settings) -> None:
             state.principal(), query, scope=scope, limit=limit, min_similarity=min_similarity, mode=mode,
             filters=filters, recency_half_life=recency_half_life,
         )  # fmt: skip
-        return answer(EventList(events=events, next_since_seq=None), lambda now: render.search_results(events, now=now))
+        return answer_list(
+            events, lambda kept, cut: EventList(events=kept, next_since_seq=None, truncated=cut),
+            lambda listed, now: render.search_results(listed.events, now=now),
+            hint="lower limit, or narrow the search with filters",
+        )  # fmt: skip
 
     @mcp.tool(
         title="Recent shared events",
@@ -219,13 +221,13 @@ def register_tools(mcp: MCPServer[Any], settings: Settings) -> None:
             state.principal(), scope=scope, limit=limit, min_importance=min_importance, since_seq=since_seq,
             filters=filters,
         )  # fmt: skip
-        listed = EventList(events=events, next_since_seq=cursor(events))
-        return answer(
-            listed,
-            lambda now: render.recent_events(
-                events, now=now, since_seq=since_seq, next_since_seq=listed.next_since_seq
+        return answer_list(
+            events, lambda kept, cut: EventList(events=kept, next_since_seq=cursor(kept), truncated=cut),
+            lambda listed, now: render.recent_events(
+                listed.events, now=now, since_seq=since_seq, next_since_seq=listed.next_since_seq
             ),
-        )
+            hint="lower limit, narrow with filters, or page on with since_seq",
+        )  # fmt: skip
 
     @mcp.tool(title="One agent's history", annotations=READ_ONLY)
     @domain_errors
@@ -241,10 +243,11 @@ def register_tools(mcp: MCPServer[Any], settings: Settings) -> None:
         events = await state.memory.get_agent_history(
             state.principal(), agent_id, scope=scope, limit=limit, filters=filters
         )
-        return answer(
-            EventList(events=events, next_since_seq=None),
-            lambda now: render.agent_history(events, agent_id, now=now),
-        )
+        return answer_list(
+            events, lambda kept, cut: EventList(events=kept, next_since_seq=None, truncated=cut),
+            lambda listed, now: render.agent_history(listed.events, agent_id, now=now),
+            hint="lower limit, or narrow with filters",
+        )  # fmt: skip
 
     @mcp.tool(title="Create a workspace", annotations=APPEND)
     @domain_errors
@@ -278,11 +281,18 @@ def register_tools(mcp: MCPServer[Any], settings: Settings) -> None:
         workspace_id: Identifier,
         ctx: Context[Any],
         limit: Annotated[int, Field(ge=1, le=limits.MAX_WORKSPACE_EVENTS)] = 50,
-    ) -> Annotated[CallToolResult, WorkspaceSummary]:
+    ) -> Annotated[CallToolResult, SummaryResult]:
         """A workspace's task, status, context, recent events and total event count."""
         state = state_of(ctx)
         summary = await state.memory.get_workspace_summary(state.principal(), workspace_id, limit=limit)
-        return answer(summary, lambda now: render.workspace_summary(summary, now=now))
+        return answer_list(
+            summary.recent_events,
+            lambda kept, cut: SummaryResult(
+                workspace=summary.workspace, recent_events=kept, event_count=summary.event_count, truncated=cut
+            ),
+            lambda listed, now: render.workspace_summary(listed, now=now),
+            hint="lower limit",
+        )
 
     @mcp.tool(title="Update a workspace", annotations=UPDATE)
     @domain_errors
@@ -294,11 +304,13 @@ def register_tools(mcp: MCPServer[Any], settings: Settings) -> None:
         agents: Annotated[
             list[str] | None, Field(max_length=limits.MAX_AGENTS, description="replaces the roster")
         ] = None,
-    ) -> Workspace:
+    ) -> Annotated[CallToolResult, Workspace]:
         """Change a workspace's status, merge keys into its context, or replace its agent roster."""
         state = state_of(ctx)
-        return await state.memory.update_workspace(
-            state.principal(), workspace_id, status=status, context=context, agents=agents
+        return answer(
+            await state.memory.update_workspace(
+                state.principal(), workspace_id, status=status, context=context, agents=agents
+            )
         )
 
     @mcp.tool(title="Store a shared fact", annotations=UPDATE)
@@ -309,11 +321,11 @@ def register_tools(mcp: MCPServer[Any], settings: Settings) -> None:
         ],
         ctx: Context[Any],
         scope: Scope_ = None,
-    ) -> StoreFactResult:
+    ) -> Annotated[CallToolResult, StoreFactResult]:
         """Store a fact shared by the scope's agents; a near-duplicate confirms the existing fact."""
         state = state_of(ctx)
         written = await state.memory.store_fact(state.principal(), fact, scope=scope)
-        return StoreFactResult(status=written.status, fact=written.fact)
+        return answer(StoreFactResult(status=written.status, fact=written.fact))
 
     @mcp.tool(
         title="Search shared facts", description=f"Search the scope's shared facts, best first. {MODES}",
@@ -332,7 +344,10 @@ def register_tools(mcp: MCPServer[Any], settings: Settings) -> None:
         facts = await state.memory.search_facts(
             state.principal(), query, scope=scope, top_k=top_k, min_similarity=min_similarity, mode=mode
         )
-        return answer(FactList(facts=facts), lambda now: render.facts(facts, now=now))
+        return answer_list(
+            facts, lambda kept, cut: FactList(facts=kept, truncated=cut),
+            lambda listed, now: render.facts(listed.facts, now=now), hint="lower top_k", noun="facts",
+        )  # fmt: skip
 
     @mcp.tool(title="Forget a shared fact", annotations=DELETE)
     @domain_errors
@@ -340,8 +355,8 @@ def register_tools(mcp: MCPServer[Any], settings: Settings) -> None:
         fact_id: Annotated[str, Field(min_length=1, max_length=limits.MAX_FACT_ID_CHARS)],
         ctx: Context[Any],
         scope: Scope_ = None,
-    ) -> Forgotten:
+    ) -> Annotated[CallToolResult, Forgotten]:
         """Delete a shared fact (e.g. one found to be wrong) from the scope."""
         state = state_of(ctx)
         await state.memory.forget_fact(state.principal(), fact_id, scope=scope)
-        return Forgotten(forgotten=fact_id)
+        return answer(Forgotten(forgotten=fact_id))

@@ -1,5 +1,8 @@
 """The audit trail in PostgreSQL: one row per tool call, resource read, subscription or listen.
 
+It works on the owner's pool: a batch holds several tenants' rows (and PostgreSQL refuses COPY where row-level
+security applies), and the operator reads and expires the trail across tenants.
+
 Recording never waits for the database: rows are buffered in memory and copied in batches by a
 background task (``run``), which flushes what is left when it is cancelled. The buffer is bounded: when
 PostgreSQL cannot keep up, the oldest rows are dropped with a warning rather than slowing the agents.
@@ -43,7 +46,8 @@ DELETE_OLDER = "DELETE FROM audit_log WHERE at < $1"
 
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
-    """One audited request. ``target`` is a tool's name or a resource's URI, never an argument's value."""
+    """One audited request. ``target`` is a tool's name or a resource's URI, never an argument's value (for
+    a refused token, the client's address)."""
 
     tenant_id: str
     agent_id: str
@@ -57,6 +61,15 @@ class AuditEntry:
     latency_ms: float
     transport: str
     at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    @classmethod
+    def unauthenticated(cls, address: str, *, latency_ms: float) -> AuditEntry:
+        """An HTTP request whose bearer token was refused: no tenant or agent is known, the target is the
+        client's address (never the token)."""
+        return cls(
+            tenant_id="", agent_id="", agent_type="", token_id=None, method="authenticate", target=address,
+            scope=None, outcome="unauthenticated", result_count=None, latency_ms=latency_ms, transport="http",
+        )  # fmt: skip
 
     def row(self) -> tuple[object, ...]:
         # Not dataclasses.astuple: it deep-copies every value, which costs more than the COPY itself.
@@ -126,7 +139,7 @@ class PostgresAuditLog:
                 ]
                 remaining -= len(batch)
                 try:
-                    async with self._db.connection() as conn:
+                    async with self._db.cross_tenant() as conn:
                         await conn.copy_records("audit_log", [e.row() for e in batch], columns=COLUMNS)
                 except StoreUnavailable:
                     room = (self._buffer.maxlen or 0) - len(self._buffer)
@@ -170,10 +183,12 @@ class PostgresAuditLog:
         limit: int = 100,
     ) -> list[AuditRecord]:
         """Newest first. ``outcome="error"`` matches every outcome but ``ok``."""
-        rows = await self._db.fetch(QUERY, tenant, agent, target, outcome, since, until, limit)
+        async with self._db.cross_tenant() as conn:
+            rows = await conn.fetch(QUERY, tenant, agent, target, outcome, since, until, limit)
         return [AuditRecord(**dict(r)) for r in rows]
 
     async def delete_older_than(self, days: float) -> int:
         """Retention: delete rows older than ``days``; returns how many."""
-        status = await self._db.execute(DELETE_OLDER, datetime.now(UTC) - timedelta(days=days))
+        async with self._db.cross_tenant() as conn:
+            status = await conn.execute(DELETE_OLDER, datetime.now(UTC) - timedelta(days=days))
         return int(status.split()[-1])

@@ -2,7 +2,7 @@
 
 Rows loaded here bypass ``SharedMemory`` and the scope writer: no validation beyond the table's
 constraints, no dedup, no outbox, so neither the recent cache nor subscribers hear of them. Load scopes
-nobody is using.
+nobody is using. PostgreSQL refuses COPY where row-level security applies: it runs on the owner's pool.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ async def copy_events(db: PostgresPool, rows: Sequence[EventRow]) -> int:
     """Append ``rows`` with one COPY on one pooled connection (all or none); returns the rows copied."""
     if not rows:
         return 0
-    async with db.connection() as conn:
+    async with db.cross_tenant() as conn:
         return await conn.copy_records(TABLE, rows, columns=EventRow._fields)
 
 

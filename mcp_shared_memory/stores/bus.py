@@ -3,8 +3,9 @@
 Typed messages (an event was written in a scope; a workspace changed) on one channel per scope and
 one per tenant for workspaces. A process subscribes only to the channels its listeners need
 (reference-counted), and a single reader task hands each message to the listeners. Messages carry
-identifiers only, never content. Pub/sub is fire-and-forget: a message published while a subscriber
-is disconnected is lost for it, which is why readers can always catch up from the log (``since_seq``).
+identifiers only (scope, event, workspace and agent ids), never content. Pub/sub is fire-and-forget: a
+message published while a subscriber is disconnected is lost for it, which is why readers can always
+catch up from the log (``since_seq``).
 """
 
 from __future__ import annotations
@@ -50,9 +51,16 @@ class EventWritten:
 
 @dataclass(frozen=True, slots=True)
 class WorkspaceChanged:
+    """A workspace was created or changed. ``owner`` and ``agents`` say who may hear of it (None: sent by an
+    older version, look them up); ``added`` and ``removed``: the agents this change put on or took off its roster."""
+
     tenant: str
     workspace_id: str
     created: bool
+    owner: str | None = None
+    agents: tuple[str, ...] = ()
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
 
 
 BusMessage = EventWritten | WorkspaceChanged
@@ -88,7 +96,10 @@ class RedisBus:
             payload = {"event_id": str(message.event_id), "seq": message.seq}
         else:
             topic = Topic(message.tenant)
-            payload = {"workspace_id": message.workspace_id, "created": message.created}
+            payload = {
+                "workspace_id": message.workspace_id, "created": message.created, "owner": message.owner,
+                "agents": list(message.agents), "added": list(message.added), "removed": list(message.removed),
+            }  # fmt: skip
         try:
             await self._redis.publish(self.channel(topic), json.dumps(payload))
         except REDIS_ERRORS as exc:
@@ -206,7 +217,12 @@ class RedisBus:
             payload = json.loads(data)
             if topic.scope is not None:
                 return EventWritten(topic.tenant, topic.scope, uuid.UUID(payload["event_id"]), int(payload["seq"]))
-            return WorkspaceChanged(topic.tenant, str(payload["workspace_id"]), bool(payload.get("created")))
+            owner = payload.get("owner")
+            return WorkspaceChanged(
+                topic.tenant, str(payload["workspace_id"]), bool(payload.get("created")),
+                owner=str(owner) if owner is not None else None, agents=_ids(payload, "agents"),
+                added=_ids(payload, "added"), removed=_ids(payload, "removed"),
+            )  # fmt: skip
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring a malformed message on a bus channel")
             return None
@@ -222,3 +238,10 @@ class RedisBus:
         if self._pubsub is not None:
             with suppress(*REDIS_ERRORS):
                 await self._pubsub.aclose()
+
+
+def _ids(payload: dict[str, Any], key: str) -> tuple[str, ...]:
+    values = payload.get(key) or []
+    if not isinstance(values, list):
+        raise TypeError(f"{key} is not a list")
+    return tuple(str(v) for v in values)

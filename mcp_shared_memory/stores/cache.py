@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 FLOOR_PREFIX = "~floor:"
 
-# KEYS: recent zset, dedup key ('' when none). ARGV: seq, event json, max, ttl, event id
+# KEYS: recent zset, dedup key ('' when none). ARGV: seq, event json, max, ttl, dedup value
 RECORD_EVENT = """
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
 local count = redis.call('ZCOUNT', KEYS[1], '(0', '+inf')
@@ -85,6 +85,20 @@ end
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'EX', ARGV[3])
 return 1
 """
+
+
+@dataclass(frozen=True, slots=True)
+class DedupHit:
+    """The write that claimed a content first in the dedup window: its agent, and its event once committed."""
+
+    agent_id: str | None
+    event_id: str | None
+
+    @classmethod
+    def parse(cls, value: str | None) -> DedupHit:
+        # "<agent id> <event id or 'pending'>"; a value without the agent was claimed by an older version.
+        agent, _, event = (value or "pending").rpartition(" ")
+        return cls(agent or None, None if event == "pending" else event)
 
 
 class CacheMiss(Enum):
@@ -147,16 +161,18 @@ class RedisCache:
 
     # dedup window
 
-    async def claim_dedup(self, tenant: str, scope: Scope, content_hash: str, window: int) -> str | None:
-        """None if this content is new in the window (claimed); else the earlier event id or 'pending'."""
+    async def claim_dedup(
+        self, tenant: str, scope: Scope, content_hash: str, window: int, *, agent_id: str
+    ) -> DedupHit | None:
+        """None if this content is new in the window (claimed for ``agent_id``); else the earlier write."""
         if not self._breaker.closed:
             return None
         key = self._keys.dedup(tenant, scope, content_hash)
         try:
-            if await self._redis.set(key, "pending", nx=True, ex=window):
+            if await self._redis.set(key, f"{agent_id} pending", nx=True, ex=window):
                 return None
             # decode_responses=True (connect_redis): replies are str, which redis-py's annotations cannot express
-            return cast(str | None, await self._redis.get(key)) or "pending"
+            return DedupHit.parse(cast(str | None, await self._redis.get(key)))
         except REDIS_ERRORS as exc:
             self._breaker.trip("dedup check", exc)
             return None
@@ -178,7 +194,8 @@ class RedisCache:
             self._stale.add((tenant, scope))
             return False
         keys = [self._keys.recent(tenant, scope), self._keys.dedup(tenant, scope, dedup_hash) if dedup_hash else ""]
-        args: list[str | int] = [event.seq, event.model_dump_json(), self.recent_max, self.recent_ttl, str(event.id)]
+        dedup_value = f"{event.agent_id} {event.id}"
+        args: list[str | int] = [event.seq, event.model_dump_json(), self.recent_max, self.recent_ttl, dedup_value]
         try:
             await self._heal(tenant, scope)
             await self._record(keys=keys, args=args)
@@ -238,6 +255,12 @@ class RedisCache:
             self._breaker.trip("workspace read", exc)
             return None
         return Workspace.model_validate_json(raw.partition("|")[2]) if raw else None
+
+    async def drop_workspace(self, tenant: str, workspace_id: str) -> None:
+        try:
+            await self._redis.delete(self._keys.workspace(tenant, workspace_id))
+        except REDIS_ERRORS as exc:
+            self._breaker.trip("workspace cache", exc)
 
     async def put_workspace(self, tenant: str, workspace: Workspace, *, ttl: int, force: bool = False) -> bool:
         """Cache a workspace read from PostgreSQL, unless a newer version is cached (writers and

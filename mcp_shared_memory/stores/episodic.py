@@ -212,7 +212,9 @@ class _LocalQueue:
 
 
 class PostgresEpisodicStore:
-    """Events, always filtered by tenant and scope."""
+    """Events, always filtered by tenant and scope (and, on the application role's pool, by row-level
+    security). The methods that work across tenants (the outbox sweep's scope list, the embedding back-fill,
+    the lexeme fill, consolidation's scope list and marks, re-embedding) need the owner's pool."""
 
     def __init__(self, db: PostgresPool) -> None:
         self._db = db
@@ -226,7 +228,7 @@ class PostgresEpisodicStore:
         local = self._local.setdefault(key, _LocalQueue())
         local.users += 1
         try:
-            async with local.lock, self._db.connection() as conn:
+            async with local.lock, self._db.tenant(tenant) as conn:
                 # Released by the pool's reset (pg_advisory_unlock_all) when the connection goes back,
                 # after the dequeue below has committed.
                 if wait:
@@ -248,58 +250,67 @@ class PostgresEpisodicStore:
 
     async def queued_scopes(self, *, older_than: float, limit: int = 100) -> list[tuple[str, Scope]]:
         """Scopes with events queued longer than ``older_than`` seconds (their writer died or Redis failed)."""
-        rows = await self._db.fetch(QUEUED_SCOPES, older_than, limit)
+        async with self._db.cross_tenant() as conn:
+            rows = await conn.fetch(QUEUED_SCOPES, older_than, limit)
         return [(r["tenant_id"], Scope(r["scope_type"], r["scope_id"])) for r in rows]
 
     async def recent(
         self, tenant: str, scope: Scope, *, limit: int, min_importance: float = 0.0, since_seq: int | None = None
     ) -> list[Event]:
         """Newest first; with ``since_seq``, the events after that cursor, oldest first."""
-        if since_seq is None:
-            rows = await self._db.fetch(SELECT_RECENT, tenant, scope.type, scope.id, min_importance, limit)
-        else:
-            rows = await self._db.fetch(SELECT_SINCE, tenant, scope.type, scope.id, min_importance, since_seq, limit)
+        async with self._db.tenant(tenant) as conn:
+            if since_seq is None:
+                rows = await conn.fetch(SELECT_RECENT, tenant, scope.type, scope.id, min_importance, limit)
+            else:
+                rows = await conn.fetch(SELECT_SINCE, tenant, scope.type, scope.id, min_importance, since_seq, limit)
         return [row_to_event(r) for r in rows]
 
     async def count(self, tenant: str, scope: Scope) -> int:
-        return int(await self._db.fetchval(COUNT_EVENTS, tenant, scope.type, scope.id))
+        async with self._db.tenant(tenant) as conn:
+            return int(await conn.fetchval(COUNT_EVENTS, tenant, scope.type, scope.id))
 
     # embeddings written after the fact
 
     async def claim_unembedded(self, *, limit: int, lease_seconds: float) -> list[tuple[uuid.UUID, str]]:
         """Claim up to ``limit`` events stored without a vector for ``lease_seconds`` (committed at once)."""
-        rows = await self._db.fetch(CLAIM_UNEMBEDDED, limit, lease_seconds)
+        async with self._db.cross_tenant() as conn:
+            rows = await conn.fetch(CLAIM_UNEMBEDDED, limit, lease_seconds)
         return [(r["id"], r["content"]) for r in rows]
 
     async def set_embeddings(self, vectors: list[tuple[uuid.UUID, np.ndarray]], *, model_id: str) -> None:
         if vectors:
-            async with self._db.connection() as conn:
+            async with self._db.cross_tenant() as conn:
                 await conn.executemany(SET_EMBEDDING, [(i, v, model_id) for i, v in vectors])
 
     async def defer_embedding(self, event_ids: list[uuid.UUID], *, seconds: float) -> None:
         """The model rejected these: try them again after ``seconds`` rather than on every pass."""
         if event_ids:
-            await self._db.execute(DEFER_EMBEDDING, event_ids, seconds)
+            async with self._db.cross_tenant() as conn:
+                await conn.execute(DEFER_EMBEDDING, event_ids, seconds)
 
     async def clear_embeddings(self) -> int:
         """Drop every event vector (before re-embedding with another model)."""
-        status = await self._db.execute(CLEAR_EMBEDDINGS)
+        async with self._db.cross_tenant() as conn:
+            status = await conn.execute(CLEAR_EMBEDDINGS)
         return int(status.split()[-1])
 
     # the lexical index of rows older than it
 
     async def fill_lexemes(self, *, batch: int) -> int:
         """Index up to ``batch`` events written before the lexical index existed; returns how many."""
-        status = await self._db.execute(FILL_LEXEMES, batch)
+        async with self._db.cross_tenant() as conn:
+            status = await conn.execute(FILL_LEXEMES, batch)
         return int(status.split()[-1])
 
     async def count_without_lexemes(self) -> int:
-        return int(await self._db.fetchval(COUNT_WITHOUT_LEXEMES))
+        async with self._db.cross_tenant() as conn:
+            return int(await conn.fetchval(COUNT_WITHOUT_LEXEMES))
 
     # consolidation
 
     async def unconsolidated_scopes(self, *, tenant: str | None, limit: int) -> list[tuple[str, Scope]]:
-        rows = await self._db.fetch(UNCONSOLIDATED_SCOPES, tenant, limit)
+        async with self._db.cross_tenant() as conn:
+            rows = await conn.fetch(UNCONSOLIDATED_SCOPES, tenant, limit)
         return [(r["tenant_id"], Scope(r["scope_type"], r["scope_id"])) for r in rows]
 
     @asynccontextmanager
@@ -321,11 +332,13 @@ class PostgresEpisodicStore:
         self, tenant: str, scope: Scope, *, limit: int, model_id: str
     ) -> list[UnconsolidatedEvent]:
         """The scope's oldest unconsolidated events, with their vectors when of ``model_id``."""
-        rows = await self._db.fetch(UNCONSOLIDATED_EVENTS, tenant, scope.type, scope.id, limit)
+        async with self._db.tenant(tenant) as conn:
+            rows = await conn.fetch(UNCONSOLIDATED_EVENTS, tenant, scope.type, scope.id, limit)
         return [_unconsolidated(r, model_id) for r in rows]
 
     async def mark_consolidated(self, event_ids: list[uuid.UUID]) -> None:
-        await self._db.execute(MARK_CONSOLIDATED, event_ids)
+        async with self._db.cross_tenant() as conn:
+            await conn.execute(MARK_CONSOLIDATED, event_ids)
 
 
 def _unconsolidated(row: Record, model_id: str) -> UnconsolidatedEvent:

@@ -14,7 +14,9 @@ import numpy as np
 
 from ..models import Event, EventFilter, Scope
 from .episodic import EVENT_COLUMNS, M_COLUMNS, row_to_event
+from .lexical import idf_score, idf_statements
 from .postgres import PostgresPool
+from .quantized import shortlist_length, with_two_pass
 
 # $1-$3: tenant, scope type, scope id; $4-$10: the filter (NULL: no condition). Constant SQL, never
 # built from input.
@@ -56,64 +58,62 @@ WHERE {SCOPE_AND_FILTER} AND q.tsq IS NOT NULL AND lexemes @@ q.tsq
 ORDER BY rank DESC, seq DESC LIMIT $13
 """
 
-# A BM25-style alternative (MSM_SEARCH_LEXICAL_RANK=idf): each question term weighs its inverse document
-# frequency within the scope (an error code counts far more than "deploy"), summed over the terms an event
-# shares with the question and normalised by the event's length. Measured better (fleet corpus recall@5
-# 0.63 against 0.56) but 3-4x slower, as it reads every event sharing any term; not the default.
-LEXICAL_CANDIDATES_IDF = f"""
-WITH question AS MATERIALIZED (SELECT msm_query($14) AS tsq),
-terms AS MATERIALIZED (
-  SELECT quote_literal(term)::tsquery AS term FROM unnest(tsvector_to_array(msm_lexemes($14))) AS term
-),
-matched AS MATERIALIZED (
-  SELECT id, length(lexemes) AS terms_in_event, lexemes
-  FROM shared_episodic_memories, question
-  WHERE {SCOPE_AND_FILTER} AND question.tsq IS NOT NULL AND lexemes @@ question.tsq
-),
-hits AS (
-  SELECT matched.id, matched.terms_in_event, terms.term FROM matched JOIN terms ON matched.lexemes @@ terms.term
-),
-scope_size AS (SELECT count(*) AS total FROM shared_episodic_memories WHERE {SCOPE_AND_FILTER}),
-idf AS (
-  SELECT term, ln(1 + (scope_size.total - count(*) + 0.5) / (count(*) + 0.5)) AS weight
-  FROM hits, scope_size GROUP BY term, scope_size.total
-)
-SELECT hits.id, sum(idf.weight) / (1 + ln(1 + min(hits.terms_in_event))) AS rank
-FROM hits JOIN idf USING (term)
-GROUP BY hits.id ORDER BY rank DESC, hits.id LIMIT $13
-"""
 
-
-def _search(lexical: str) -> str:
+def _search(lexical: str, of_any: str, statements: str = "", question: str = "") -> str:
     """Both candidate lists, and both signals for every candidate (similarity NULL without a vector of
-    this model; lexical 0 without a shared term)."""
+    this model; lexical 0 without a shared term): ``of_any`` scores an event ``m`` the lexical list did
+    not reach, with the FROM items in ``question``; ``statements`` are common table expressions the
+    lists read."""
     return f"""
-WITH vec AS ({VECTOR_CANDIDATES}),
+WITH {statements}
+vec AS ({VECTOR_CANDIDATES}),
 lex AS ({lexical}),
 candidates AS (SELECT id FROM vec UNION SELECT id FROM lex)
 SELECT {M_COLUMNS},
   CASE WHEN m.embedding IS NOT NULL AND m.embedding_model = $12 THEN 1 - (m.embedding <=> $11) END
     AS similarity,
-  COALESCE(lex.rank, 0) AS lexical
+  COALESCE(lex.rank, {of_any}, 0) AS lexical
 FROM candidates c
 JOIN shared_episodic_memories m ON m.id = c.id
-LEFT JOIN lex ON lex.id = c.id
+LEFT JOIN lex ON lex.id = c.id{question}
 """
 
 
-def _search_lexical(lexical: str) -> str:
+def _search_lexical(lexical: str, statements: str = "") -> str:
     """Lexical mode: no vector (no embedding of the question); $11 the question, $12 the candidate count."""
     renumbered = lexical.replace("$13", "$12").replace("$14", "$11")
     return f"""
-WITH lex AS ({renumbered})
+WITH {statements.replace("$14", "$11")}
+lex AS ({renumbered})
 SELECT {M_COLUMNS}, NULL::float8 AS similarity, lex.rank AS lexical
 FROM lex JOIN shared_episodic_memories m ON m.id = lex.id
 """
 
 
-SEARCH = {"ts_rank": _search(LEXICAL_CANDIDATES), "idf": _search(LEXICAL_CANDIDATES_IDF)}
-SEARCH_LEXICAL = {"ts_rank": _search_lexical(LEXICAL_CANDIDATES), "idf": _search_lexical(LEXICAL_CANDIDATES_IDF)}
+# The default rank (see lexical.py): weights counted over the matching events, in the same statement.
+IDF_STATEMENTS = idf_statements(SCOPE_AND_FILTER, "$14") + ","
+LEXICAL_CANDIDATES_IDF = f"""
+SELECT id, {idf_score("lexemes")} AS rank FROM matched, q, w ORDER BY rank DESC, seq DESC LIMIT $13
+"""
+TS_RANK_OF_ANY = "CASE WHEN m.lexemes @@ q.tsq THEN ts_rank(m.lexemes, q.tsq, 1) END"
+SEARCH = {
+    "ts_rank": _search(LEXICAL_CANDIDATES, TS_RANK_OF_ANY, question="\nCROSS JOIN msm_query($14) AS q(tsq)"),
+    "idf": _search(LEXICAL_CANDIDATES_IDF, idf_score("m.lexemes"), IDF_STATEMENTS, "\nCROSS JOIN q CROSS JOIN w"),
+}
+SEARCH_LEXICAL = {
+    "ts_rank": _search_lexical(LEXICAL_CANDIDATES),
+    "idf": _search_lexical(LEXICAL_CANDIDATES_IDF, IDF_STATEMENTS),
+}
 LexicalRank = Literal["ts_rank", "idf"]
+# The same with two passes in large scopes (quantized.py), by whether a filter is given.
+SEARCH_TWO_PASS = {
+    rank: {
+        filtered: with_two_pass(sql, exact=VECTOR_CANDIDATES, scope_and_filter=SCOPE_AND_FILTER, filtered=filtered)
+        for filtered in (False, True)
+    }
+    for rank, sql in SEARCH.items()
+}
+NO_FILTER = EventFilter()
 
 
 def filter_args(tenant: str, scope: Scope, filters: EventFilter) -> tuple[Any, ...]:
@@ -124,16 +124,24 @@ def filter_args(tenant: str, scope: Scope, filters: EventFilter) -> tuple[Any, .
 
 
 class PostgresEventSearch:
-    def __init__(self, db: PostgresPool, *, lexical_rank: LexicalRank = "ts_rank") -> None:
+    """``quantize_above``: the vector ranking of a scope with more events runs in two passes
+    (``quantized.py``); None: always the exact scan."""
+
+    def __init__(
+        self, db: PostgresPool, *, lexical_rank: LexicalRank = "idf", quantize_above: int | None = None
+    ) -> None:
         self._db = db
         self._search = SEARCH[lexical_rank]
         self._search_lexical = SEARCH_LEXICAL[lexical_rank]
+        self._search_two_pass = SEARCH_TWO_PASS[lexical_rank]
+        self._quantize_above = quantize_above
 
     async def recent(
         self, tenant: str, scope: Scope, filters: EventFilter, *, limit: int, since_seq: int | None = None
     ) -> list[Event]:
         """Filtered newest events (newest first), or those after ``since_seq`` (oldest first)."""
-        rows = await self._db.fetch(FILTERED_RECENT, *filter_args(tenant, scope, filters), since_seq, limit)
+        async with self._db.tenant(tenant) as conn:
+            rows = await conn.fetch(FILTERED_RECENT, *filter_args(tenant, scope, filters), since_seq, limit)
         return [row_to_event(r) for r in rows]
 
     async def candidates(
@@ -150,8 +158,15 @@ class PostgresEventSearch:
         """The best ``per_ranking`` events of each ranking asked for (vector, lexical or both), with
         ``similarity`` and ``lexical`` set; no order, no floor."""
         args = filter_args(tenant, scope, filters)
-        if vector is None:
-            rows = await self._db.fetch(self._search_lexical, *args, query or "", per_ranking)
-        else:
-            rows = await self._db.fetch(self._search, *args, vector, model_id, per_ranking, query or "")
+        async with self._db.tenant(tenant) as conn:
+            if vector is None:
+                rows = await conn.fetch(self._search_lexical, *args, query or "", per_ranking)
+            elif self._quantize_above is None:
+                rows = await conn.fetch(self._search, *args, vector, model_id, per_ranking, query or "")
+            else:
+                search = self._search_two_pass[filters != NO_FILTER]
+                rows = await conn.fetch(
+                    search, *args, vector, model_id, per_ranking, query or "", self._quantize_above,
+                    shortlist_length(per_ranking),
+                )  # fmt: skip
         return [row_to_event(r) for r in rows]

@@ -111,7 +111,7 @@ class PgVectorFactsStore:
         source_agents: Sequence[str],
         duplicate_floor: float,
     ) -> FactWrite:
-        async with self._db.connection() as conn, conn.transaction():
+        async with self._db.tenant(tenant) as conn, conn.transaction():
             await conn.execute(LOCK_SCOPE, f"{tenant}:{scope}")
             nearest = await conn.fetch(NEAREST, tenant, scope.type, scope.id, vector, self.model_id, 1, duplicate_floor)
             if nearest:
@@ -136,23 +136,26 @@ class PgVectorFactsStore:
         min_similarity: float,
         mode: SearchMode = "hybrid",
     ) -> list[Fact]:
-        if mode == "semantic":
-            rows = await self._db.fetch(
-                NEAREST, tenant, scope.type, scope.id, vector, self.model_id, top_k, min_similarity
-            )
-            return [row_to_fact(r).model_copy(update={"score": r["similarity"]}) for r in rows]
-        rows = await self._db.fetch(
-            RANKED, tenant, scope.type, scope.id, vector, self.model_id, query, min_similarity, top_k,
-            lexical_weight(mode), mode == "lexical",
-        )  # fmt: skip
+        async with self._db.tenant(tenant) as conn:
+            if mode == "semantic":
+                rows = await conn.fetch(
+                    NEAREST, tenant, scope.type, scope.id, vector, self.model_id, top_k, min_similarity
+                )
+                return [row_to_fact(r).model_copy(update={"score": r["similarity"]}) for r in rows]
+            rows = await conn.fetch(
+                RANKED, tenant, scope.type, scope.id, vector, self.model_id, query, min_similarity, top_k,
+                lexical_weight(mode), mode == "lexical",
+            )  # fmt: skip
         return [row_to_fact(r) for r in rows]
 
     async def reembed(self, embed: Embed) -> int:
-        rows = await self._db.fetch("SELECT id, fact FROM semantic_facts ORDER BY first_seen")
+        """Every tenant's facts: on the owner's pool only."""
+        async with self._db.cross_tenant() as conn:
+            rows = await conn.fetch("SELECT id, fact FROM semantic_facts ORDER BY first_seen")
         for start in range(0, len(rows), 64):
             chunk = rows[start : start + 64]
             vectors = await embed([r["fact"] for r in chunk])
-            async with self._db.connection() as conn:
+            async with self._db.cross_tenant() as conn:
                 await conn.executemany(
                     "UPDATE semantic_facts SET embedding = $2, embedding_model = $3 WHERE id = $1",
                     [(r["id"], v, self.model_id) for r, v in zip(chunk, vectors, strict=True)],
@@ -160,5 +163,6 @@ class PgVectorFactsStore:
         return len(rows)
 
     async def forget(self, tenant: str, scope: Scope, fact_id: uuid.UUID) -> bool:
-        status = await self._db.execute(DELETE, tenant, scope.type, scope.id, fact_id)
+        async with self._db.tenant(tenant) as conn:
+            status = await conn.execute(DELETE, tenant, scope.type, scope.id, fact_id)
         return status.endswith(" 1")

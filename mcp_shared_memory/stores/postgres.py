@@ -1,5 +1,10 @@
-"""The asyncpg pool shared by every PostgreSQL-backed store: codecs, migrations, the embedding-model
-guard, and driver errors translated around each driver call (never around a caller's block)."""
+"""The asyncpg pools of the PostgreSQL-backed stores: codecs, migrations, the embedding-model guard,
+row-level security, and driver errors translated around each driver call (never around a caller's block).
+
+A process has two pools. The application role's serves every request: its connections are subject to
+row-level security (sql/012), and a store takes one with ``tenant(tenant)``, which sets the tenant the
+policies compare with ``tenant_id``. The owner's pool applies migrations and does the few jobs that cross
+tenants, each taken with ``cross_tenant()``, which the application role's pool refuses."""
 
 from __future__ import annotations
 
@@ -20,6 +25,16 @@ log = logging.getLogger(__name__)
 
 # InternalClientError: seen in the first milliseconds after the server dies, mid-protocol.
 DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
+
+APP_ROLE = "msm_app"
+# Session-level, on a connection taken from the pool: asyncpg's reset when it goes back (RESET ALL) clears it.
+SET_TENANT = "SELECT set_config('msm.tenant', $1, false)"
+# Whether this session sees every tenant's rows: a superuser, BYPASSRLS, or (a member of) the tables' owner.
+RLS_EXEMPT = """
+SELECT r.rolsuper OR r.rolbypassrls OR pg_has_role(current_user, c.relowner, 'USAGE')
+FROM pg_roles r, pg_class c
+WHERE r.rolname = current_user AND c.oid = to_regclass('shared_episodic_memories')
+"""
 
 META_GET = "SELECT key, value FROM memory_meta WHERE key IN ('embedding_model', 'embedding_dimension')"
 META_SET = """
@@ -107,13 +122,30 @@ class PgConnection:
 
 
 class PostgresPool:
-    """Owns the pool; migrates the schema before the pool's codecs need the ``vector`` type."""
+    """Owns a pool; the owner's migrates the schema before the pool's codecs need the ``vector`` type.
 
-    def __init__(self, dsn: str, *, min_size: int = 1, max_size: int = 4, timeout: float = 10.0) -> None:
+    ``app_role``: the pool serves requests and its sessions must be subject to row-level security. When
+    the login is exempt (a superuser or the tables' owner, as when one URL is configured for everything)
+    each connection assumes ``msm_app`` with ``SET ROLE``, and a separate application login is recommended.
+    ``label`` names the DSN's setting in error messages (never the DSN itself)."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 4,
+        timeout: float = 10.0,
+        app_role: bool = False,
+        label: str = "MSM_DATABASE_URL",
+    ) -> None:
         self._dsn = dsn
         self._min_size = min_size
         self._max_size = max_size
         self._timeout = timeout
+        self._app_role = app_role
+        self._label = label
+        self._assumed_role_logged = False
         self._pool: asyncpg.Pool | None = None
 
     async def open(self, *, migrate: bool = True) -> None:
@@ -124,7 +156,7 @@ class PostgresPool:
                 self._dsn,
                 min_size=min(self._min_size, self._max_size),
                 max_size=self._max_size,
-                init=_init_connection,
+                init=self._init_app_connection if self._app_role else _init_connection,
                 timeout=self._timeout,
                 command_timeout=self._timeout,
             )
@@ -134,15 +166,60 @@ class PostgresPool:
                 "image) or unset MSM_DATABASE_URL to use the embedded PostgreSQL"
             ) from exc
         except asyncpg.InvalidPasswordError as exc:
-            raise ConfigError("PostgreSQL rejected the credentials in MSM_DATABASE_URL") from exc
+            raise ConfigError(f"PostgreSQL rejected the credentials in {self._label}") from exc
+        except asyncpg.InvalidAuthorizationSpecificationError as exc:
+            raise ConfigError(
+                f"PostgreSQL refused the login of {self._label} (no such role, or it may not log in)"
+            ) from exc
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise (self._not_owner(exc) if migrate else unavailable(exc)) from exc
         except DRIVER_ERRORS as exc:
             raise unavailable(exc) from exc
+
+    async def _init_app_connection(self, conn: asyncpg.Connection) -> None:
+        await _init_connection(conn)
+        if not await conn.fetchval(RLS_EXEMPT):
+            return
+        # The role survives asyncpg's RESET ALL between uses (PostgreSQL never resets it with RESET ALL).
+        try:
+            await conn.execute(f"SET ROLE {APP_ROLE}")
+        except (asyncpg.InsufficientPrivilegeError, asyncpg.InvalidParameterValueError) as exc:
+            raise ConfigError(
+                f"{self._label} logs in as a role that bypasses row-level security and cannot SET ROLE "
+                f"{APP_ROLE}: run `mcp-shared-memory migrate` as the tables' owner, or give the server a login "
+                f"granted {APP_ROLE} in MSM_DATABASE_URL and the owner in MSM_DATABASE_OWNER_URL"
+            ) from exc
+        if await conn.fetchval(RLS_EXEMPT):
+            raise ConfigError(
+                f"the role {APP_ROLE} bypasses row-level security (a superuser, BYPASSRLS, or a member of the "
+                f"tables' owner): make it an ordinary role (ALTER ROLE {APP_ROLE} NOSUPERUSER NOBYPASSRLS)"
+            )
+        if not self._assumed_role_logged:
+            self._assumed_role_logged = True
+            log.warning(
+                "%s logs in as the tables' owner or a superuser: requests are served as %s (SET ROLE) so that "
+                "row-level security applies; a separate application login is recommended (MSM_DATABASE_URL "
+                "a login granted %s, MSM_DATABASE_OWNER_URL the owner)",
+                self._label, APP_ROLE, APP_ROLE,
+            )  # fmt: skip
+
+    def _not_owner(self, exc: asyncpg.InsufficientPrivilegeError) -> ConfigError:
+        log.error("applying the migrations was refused: %s", exc)  # with the server's hint
+        return ConfigError(
+            f"the role of {self._label} may not apply the migrations: they run as the tables' owner, which also "
+            f"creates the role {APP_ROLE} once (set MSM_DATABASE_OWNER_URL to the owner, or have a role with "
+            f"CREATEROLE run CREATE ROLE {APP_ROLE} NOLOGIN first)"
+        )
 
     async def migrate(self) -> list[str]:
         """Apply the migrations this database lacks (on a connection of its own: the pool's codecs need
         the ``vector`` type the first migration creates); returns the names applied."""
-        with translated():
+        try:
             return await self._apply_migrations()
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise self._not_owner(exc) from exc
+        except DRIVER_ERRORS as exc:
+            raise unavailable(exc) from exc
 
     async def _apply_migrations(self) -> list[str]:
         conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
@@ -170,10 +247,20 @@ class PostgresPool:
             raise StoreUnavailable("the PostgreSQL pool is not open")
         return self._pool
 
+    def _require_owner(self) -> None:
+        if self._app_role:
+            raise RuntimeError("cross-tenant work runs on the owner's pool, never on the application role's")
+
+    async def exempt_from_rls(self) -> bool:
+        """Whether this pool's sessions see every tenant (as the owner's must, to work across tenants)."""
+        async with self.connection() as conn:
+            return bool(await conn.fetchval(RLS_EXEMPT))
+
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[PgConnection]:
-        """A pooled connection for several statements. Only the acquisition and each call on it are
-        translated; an error of the caller's own passes through unchanged."""
+        """A pooled connection for several statements, with no tenant set (on the application role's pool
+        the tenant tables look empty). Only the acquisition and each call on it are translated; an error of
+        the caller's own passes through unchanged."""
         pool = self._open_pool
         with translated():
             conn = await pool.acquire()
@@ -186,26 +273,53 @@ class PostgresPool:
                 except DRIVER_ERRORS as exc:
                     log.debug("dropping a broken PostgreSQL connection (%s)", type(exc).__name__)
 
+    @asynccontextmanager
+    async def tenant(self, tenant: str) -> AsyncIterator[PgConnection]:
+        """A pooled connection on which row-level security shows and accepts ``tenant``'s rows only; the
+        tenant is cleared when the connection goes back to the pool. Every request's query goes through
+        here (one round trip more than a bare query)."""
+        if not tenant:
+            raise ValueError("a tenant is required")
+        async with self.connection() as conn:
+            await conn.execute(SET_TENANT, tenant)
+            yield conn
+
+    @asynccontextmanager
+    async def cross_tenant(self) -> AsyncIterator[PgConnection]:
+        """A pooled connection of the owner's pool for work across tenants (outbox sweep, embedding
+        back-fill, lexeme fill, consolidation's scope list, re-embedding, the audit copy and expiry, token
+        look-ups): refused on the application role's pool."""
+        self._require_owner()
+        async with self.connection() as conn:
+            yield conn
+
+    # single statements with no tenant: the owner's pool only
+
     async def fetch(self, query: str, *args: Any) -> list[Record]:
+        self._require_owner()
         with translated():
             return list(await self._open_pool.fetch(query, *args))
 
     async def fetchrow(self, query: str, *args: Any) -> Record | None:
+        self._require_owner()
         with translated():
             row: Record | None = await self._open_pool.fetchrow(query, *args)
         return row
 
     async def fetchval(self, query: str, *args: Any) -> Any:
+        self._require_owner()
         with translated():
             return await self._open_pool.fetchval(query, *args)
 
     async def execute(self, query: str, *args: Any) -> str:
+        self._require_owner()
         with translated():
             return str(await self._open_pool.execute(query, *args))
 
     async def ping(self) -> bool:
         try:
-            await self.fetchval("SELECT 1")
+            async with self.connection() as conn:
+                await conn.fetchval("SELECT 1")
         except StoreUnavailable:
             return False
         return True
@@ -214,7 +328,7 @@ class PostgresPool:
 
     async def ensure_embedding_model(self, model_id: str, dimension: int) -> None:
         """Record the model on first use; refuse to mix vectors of another model or dimension."""
-        async with self.connection() as conn, conn.transaction():
+        async with self.cross_tenant() as conn, conn.transaction():
             await conn.execute("LOCK TABLE memory_meta IN SHARE ROW EXCLUSIVE MODE")
             meta = {r["key"]: r["value"] for r in await conn.fetch(META_GET)}
             if not meta:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 
 from pydantic import BaseModel
 
 from ..errors import InvalidInput, NotFound
-from ..models import Principal, Scope, validate_identifier
+from ..models import Grant, Principal, Scope, validate_identifier
 from .postgres import PostgresPool
 
 TOKEN_PREFIX = "msm_"
@@ -48,7 +48,12 @@ class TokenRecord(BaseModel):
     expires_at: datetime | None
     revoked_at: datetime | None
 
+    def expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= datetime.now(UTC)
+
     def principal(self) -> Principal:
+        """The token's identity and grants (``Grant``); ``InvalidInput`` for grants stored before they were
+        checked this strictly (fnmatch patterns such as ``user:a?c``)."""
         return Principal(
             tenant=self.tenant_id,
             agent_id=self.agent_id,
@@ -79,18 +84,17 @@ class PostgresTokenStore:
         description: str = "",
         expires_at: datetime | None = None,
     ) -> tuple[str, TokenRecord]:
-        """Returns (token, record). The token itself is not stored and cannot be shown again."""
-        # Principal validates the identifiers and the scope patterns' shape in one place.
+        """Returns (token, record). The token itself is not stored and cannot be shown again.
+        ``allowed_scopes`` are grants (``Grant``: ``user:alice=r``, ``workspace:*``), stored canonically."""
         validate_identifier(tenant, "tenant")
         if not allowed_scopes:
-            raise InvalidInput("a token needs at least one allowed scope, e.g. 'user:alice' or 'workspace:*'")
-        for pattern in allowed_scopes:
-            kind, sep, rest = pattern.partition(":")
-            if pattern != "*" and (not sep or kind not in ("user", "workspace") or not rest):
-                raise InvalidInput(f"invalid scope pattern {pattern!r}: use 'user:<id>', 'workspace:*', or '*'")
+            raise InvalidInput("a token needs at least one grant, e.g. 'user:alice', 'user:alice=r' or 'workspace:*'")
+        allowed_scopes = [str(Grant.parse(text)) for text in allowed_scopes]
         if default_scope is not None:
             Scope.parse(default_scope)
-        Principal(tenant=tenant, agent_id=agent_id, agent_type=agent_type)
+        if expires_at is not None and expires_at <= datetime.now(UTC):
+            raise InvalidInput("expires_at is in the past: give a later time, or none for a token that does not expire")
+        Principal(tenant=tenant, agent_id=agent_id, agent_type=agent_type, allowed_scopes=tuple(allowed_scopes))
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         token_id = "tok_" + secrets.token_hex(6)
         row = await self._db.fetchrow(
@@ -107,7 +111,7 @@ class PostgresTokenStore:
         now = time.monotonic()
         cached = self._verified.get(key)
         if cached is not None and cached[0] > now:
-            return cached[1]
+            return cached[1] if cached[1] is None or not cached[1].expired() else None
         row = await self._db.fetchrow(SELECT_VALID, key)
         record = TokenRecord(**dict(row)) if row else None
         if len(self._verified) > 10_000:

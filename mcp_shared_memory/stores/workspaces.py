@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import InvalidInput
 from ..models import Workspace
 from .postgres import PostgresPool, Record
 
@@ -17,6 +18,8 @@ RETURNING {WORKSPACE_COLUMNS}
 
 SELECT_WORKSPACE = f"SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE tenant_id = $1 AND id = $2"
 
+# $6: the merged context's limit in bytes of JSON, checked in the statement itself: a concurrent patch
+# re-evaluates the condition on the row it waited for, so two patches cannot both pass it.
 UPDATE_WORKSPACE = f"""
 UPDATE workspaces
 SET status = COALESCE($3, status),
@@ -24,7 +27,11 @@ SET status = COALESCE($3, status),
     agents = COALESCE($5, agents),
     updated_at = now()
 WHERE tenant_id = $1 AND id = $2
+  AND ($4::jsonb IS NULL OR octet_length((context || $4::jsonb)::text) <= $6)
 RETURNING {WORKSPACE_COLUMNS}
+"""
+MERGED_CONTEXT_BYTES = """
+SELECT octet_length((context || $3::jsonb)::text) FROM workspaces WHERE tenant_id = $1 AND id = $2
 """
 
 # $4: only workspaces this agent owns or is on the roster of (the limit applies to those).
@@ -34,6 +41,8 @@ WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2)
   AND ($4::text IS NULL OR created_by = $4 OR $4 = ANY(agents))
 ORDER BY created_at DESC LIMIT $3
 """
+
+DELETE_WORKSPACE = "DELETE FROM workspaces WHERE tenant_id = $1 AND id = $2"
 
 
 def row_to_workspace(row: Record) -> Workspace:
@@ -47,12 +56,18 @@ class PostgresWorkspaceStore:
     async def create(
         self, tenant: str, workspace_id: str, *, task: str, agents: list[str], context: dict[str, Any], created_by: str
     ) -> Workspace:
-        row = await self._db.fetchrow(INSERT_WORKSPACE, tenant, workspace_id, task, agents, context, created_by)
+        async with self._db.tenant(tenant) as conn:
+            row = await conn.fetchrow(INSERT_WORKSPACE, tenant, workspace_id, task, agents, context, created_by)
         assert row is not None
         return row_to_workspace(row)
 
+    async def delete(self, tenant: str, workspace_id: str) -> None:
+        async with self._db.tenant(tenant) as conn:
+            await conn.execute(DELETE_WORKSPACE, tenant, workspace_id)
+
     async def get(self, tenant: str, workspace_id: str) -> Workspace | None:
-        row = await self._db.fetchrow(SELECT_WORKSPACE, tenant, workspace_id)
+        async with self._db.tenant(tenant) as conn:
+            row = await conn.fetchrow(SELECT_WORKSPACE, tenant, workspace_id)
         return row_to_workspace(row) if row else None
 
     async def update(
@@ -63,10 +78,30 @@ class PostgresWorkspaceStore:
         status: str | None,
         context_patch: dict[str, Any] | None,
         agents: list[str] | None,
+        max_context_bytes: int,
     ) -> Workspace | None:
-        row = await self._db.fetchrow(UPDATE_WORKSPACE, tenant, workspace_id, status, context_patch, agents)
+        """The updated workspace; None if it does not exist. A merged context over ``max_context_bytes``
+        changes nothing (``InvalidInput``)."""
+        async with self._db.tenant(tenant) as conn:
+            for _ in range(3):
+                row = await conn.fetchrow(
+                    UPDATE_WORKSPACE, tenant, workspace_id, status, context_patch, agents, max_context_bytes
+                )
+                if row is not None or context_patch is None:
+                    break
+                merged = await conn.fetchval(MERGED_CONTEXT_BYTES, tenant, workspace_id, context_patch)
+                if merged is None:
+                    break  # no such workspace
+                if merged > max_context_bytes:
+                    raise InvalidInput(
+                        f"the workspace's context would grow to {merged} bytes of JSON, over the limit of "
+                        f"{max_context_bytes} (MSM_MAX_WORKSPACE_CONTEXT_BYTES): nothing was changed; overwrite "
+                        "large keys with smaller values (null takes almost no room) and keep bulky material in events"
+                    )
+                # else a concurrent patch shrank the context in between: try again
         return row_to_workspace(row) if row else None
 
     async def list(self, tenant: str, *, status: str | None, limit: int, member: str | None = None) -> list[Workspace]:
-        rows = await self._db.fetch(LIST_WORKSPACES, tenant, status, limit, member)
+        async with self._db.tenant(tenant) as conn:
+            rows = await conn.fetch(LIST_WORKSPACES, tenant, status, limit, member)
         return [row_to_workspace(r) for r in rows]

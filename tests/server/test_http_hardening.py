@@ -4,16 +4,21 @@ unreachable during token verification, and a limit on failed authentications per
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 import httpx2
 import pytest
 from starlette.applications import Starlette
 
+from mcp_shared_memory.errors import StoreUnavailable
 from mcp_shared_memory.runtime import Connections, Runtime
+from mcp_shared_memory.server import http_guard
 from mcp_shared_memory.server.http import create_http_app
-from mcp_shared_memory.server.http_guard import AllowedPeers, AuthFailureLimiter
+from mcp_shared_memory.server.http_guard import AllowedPeers, AuthFailureLimiter, TokenWatch
 from mcp_shared_memory.settings import Settings
 
 from ..conftest import isolated
@@ -163,3 +168,65 @@ def test_the_failure_limit_is_a_sliding_window_per_address() -> None:
     assert limiter.retry_after("a") is None
     now[0] += 60
     assert limiter.retry_after("a") is None
+
+
+async def test_refused_tokens_are_audited_with_the_address_and_never_the_token(
+    settings: Settings, runtime: Runtime, tenant: str
+) -> None:
+    """Each refused token is one ``unauthenticated`` row naming the client's address; the failures the
+    limiter answers with 429 add none, so a flood cannot fill the table."""
+    address = f"2001:db8::{uuid.uuid4().hex[:4]}"
+    token = await create_token(runtime, tenant)
+    served = isolated(settings, port=PORT, auth_failures_per_minute=3)
+    guesses = [f"msm_guess-{uuid.uuid4().hex}" for _ in range(6)]
+    async with serving(served, runtime) as app, client(app, address) as attacker, client(app, "192.0.2.1") as other:
+        statuses = [(await initialize(attacker, guess)).status_code for guess in guesses]
+        good = await initialize(other, token)
+    assert statuses == [401, 401, 401, 429, 429, 429]
+    assert good.status_code == 200
+    assert runtime.audit is not None
+    await runtime.audit.flush()
+
+    rows = await runtime.audit.query(target=address)
+    assert [(r.method, r.outcome, r.transport, r.tenant_id, r.token_id) for r in rows] == [
+        ("authenticate", "unauthenticated", "http", "", None)
+    ] * 3
+    dumped = json.dumps([r.model_dump(mode="json") for r in rows])
+    assert not any(guess in dumped or guess.removeprefix("msm_") in dumped for guess in guesses)
+
+
+async def test_failures_audited_per_minute_are_capped_over_all_addresses(
+    settings: Settings, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http_guard, "AUDITED_FAILURES_PER_MINUTE", 2)
+    addresses = [f"2001:db8::{uuid.uuid4().hex[:4]}" for _ in range(4)]
+    async with serving(isolated(settings, port=PORT), runtime) as app:
+        for address in addresses:
+            async with client(app, address) as http:
+                assert (await initialize(http, "msm_guess")).status_code == 401
+    assert runtime.audit is not None
+    await runtime.audit.flush()
+
+    audited = [len(await runtime.audit.query(target=address)) for address in addresses]
+    assert audited == [1, 1, 0, 0]
+
+
+async def test_the_watch_ends_only_the_requests_of_tokens_no_longer_valid() -> None:
+    watch = TokenWatch(interval=60)
+    valid = {"good": True, "revoked": False}
+    requests = {name: anyio.CancelScope() for name in ("good", "revoked-1", "revoked-2")}
+
+    async def check(token: str) -> bool:
+        return valid[token]
+
+    async def down(token: str) -> bool:
+        raise StoreUnavailable
+
+    with (
+        watch.holding("good", requests["good"]),
+        watch.holding("revoked", requests["revoked-1"]),
+        watch.holding("revoked", requests["revoked-2"]),
+    ):
+        assert await watch.sweep(down) == 0  # the store is down: nothing is ended on its account
+        assert await watch.sweep(check) == 2
+    assert [name for name, scope in requests.items() if scope.cancel_called] == ["revoked-1", "revoked-2"]

@@ -11,17 +11,17 @@ from dataclasses import replace
 import anyio
 import pytest
 from anyio import wait_all_tasks_blocked
-from mcp import Client
+from mcp import Client, MCPError
 
 from mcp_shared_memory.models import Principal, Scope
 from mcp_shared_memory.runtime import Runtime
-from mcp_shared_memory.server.notifications import SEND_TIMEOUT, NotificationHub, SessionSender, TenantBus
-from mcp_shared_memory.server.uris import recent_uri
+from mcp_shared_memory.server.notifications import SEND_TIMEOUT, ListenerBus, NotificationHub, SessionSender
+from mcp_shared_memory.server.uris import context_uri, recent_uri, workspaces_uri
 from mcp_shared_memory.stores.bus import EventWritten, Topic
 
 from ..conftest import Backdoor
 from .conftest import Connect
-from .mcp_clients import Inbox, in_process_server, until, watch
+from .mcp_clients import Inbox, in_process_server, legacy_subscribe, until, watch
 
 pytestmark = pytest.mark.anyio
 
@@ -139,7 +139,8 @@ async def test_the_hub_keeps_serving_when_one_session_breaks_and_another_hangs(r
     scopes = [Scope("user", f"u{i}") for i in range(12)]
     uris = [recent_uri(tenant, scope) for scope in scopes]
     good, broken, hanging = GoodSession(), BrokenSession(), HangingSession()
-    hub = NotificationHub(runtime.bus, TenantBus())
+    hub = NotificationHub(runtime.bus, ListenerBus(), runtime.memory)
+    reader = Principal(tenant=tenant, agent_id="reader", allowed_scopes=("user:*",))
 
     async def publish(round_scopes: list[Scope]) -> None:
         for seq, scope in enumerate(round_scopes):
@@ -148,7 +149,7 @@ async def test_the_hub_keeps_serving_when_one_session_breaks_and_another_hangs(r
     async with anyio.create_task_group() as tasks:
         await tasks.start(hub.run)
         for key, session in enumerate([broken, hanging, good]):
-            hub.add_legacy_session(tenant, key, session)
+            hub.add_legacy_session(reader, key, session)
             for uri in uris:
                 hub.add_legacy_subscription(uri, key)
         for scope in scopes:
@@ -168,7 +169,7 @@ async def test_the_hub_keeps_serving_when_one_session_breaks_and_another_hangs(r
 
         # The hub still runs: a session that joins now is served.
         late = GoodSession()
-        hub.add_legacy_session(tenant, 99, late)
+        hub.add_legacy_session(reader, 99, late)
         hub.add_legacy_subscription(uris[0], 99)
         await publish(scopes[:1])
         await late.wait_for(uris[:1], seconds=SEND_TIMEOUT / 2)
@@ -198,3 +199,108 @@ async def test_a_connection_outliving_the_first_on_the_same_server_is_still_noti
             async with watch(b, "auto", inbox, [uri]):
                 await a.call_tool("write_event", {"content": "after the first client left", "importance": 0.9})
                 await inbox.wait_for(lambda box: uri in box.updated, seconds=2)
+
+
+# Per-member workspace notifications
+
+
+async def test_only_members_hear_of_a_workspace_being_created(
+    connect: Connect, alice: Principal, tenant: str, mode: str
+) -> None:
+    """A connection limited to another user, or with a workspace grant but no place on the roster, is not
+    told that a workspace exists."""
+    orchestrator = replace(alice, agent_id="orchestrator")
+    worker = replace(alice, agent_id="worker")
+    carol = Principal(tenant=tenant, agent_id="carol-agent", allowed_scopes=("user:carol",),
+                      default_scope=Scope("user", "carol"))  # fmt: skip
+    bob = Principal(tenant=tenant, agent_id="bob-agent", allowed_scopes=("user:bob", "workspace:*"),
+                    default_scope=Scope("user", "bob"))  # fmt: skip
+    inboxes = {"worker": Inbox(), "carol": Inbox(), "bob": Inbox()}
+    async with (
+        connect(worker, mode, inboxes["worker"]) as w,
+        connect(carol, mode, inboxes["carol"]) as c,
+        connect(bob, mode, inboxes["bob"]) as b,
+        # Each also watches a resource of its own: on legacy connections this registers them for list_changed.
+        watch(w, mode, inboxes["worker"], [workspaces_uri(tenant)], list_changed=True),
+        watch(c, mode, inboxes["carol"], [recent_uri(tenant, Scope("user", "carol"))], list_changed=True),
+        watch(b, mode, inboxes["bob"], [workspaces_uri(tenant)], list_changed=True),
+        connect(orchestrator, mode) as orch,
+    ):
+        await orch.call_tool("create_workspace", {"task": "Ship v2", "agents": ["worker"]})
+        await inboxes["worker"].wait_for(lambda box: box.list_changed >= 1 and workspaces_uri(tenant) in box.updated)
+        await wait_all_tasks_blocked()  # every session's notifications of that change are sent by now
+
+    assert (inboxes["carol"].list_changed, inboxes["carol"].updated) == (0, [])
+    assert (inboxes["bob"].list_changed, inboxes["bob"].updated) == (0, [])
+
+
+async def test_roster_changes_notify_the_agents_added_and_removed(
+    connect: Connect, alice: Principal, alice_coder: Principal, tenant: str, mode: str
+) -> None:
+    """The agent taken off the roster hears of it, then no more of the workspace's events; the agent added
+    hears of it, and may watch the workspace from then on (not before: its URIs are watched by members)."""
+    newcomer = replace(alice_coder, agent_id="code-2")
+    async with connect(alice) as owner:
+        created = await owner.call_tool("create_workspace", {"task": "Rotate keys", "agents": ["code-1"]})
+        workspace_id = created.structured_content["id"]
+        scope = Scope("workspace", workspace_id)
+        events_uri = recent_uri(tenant, scope)
+        watched = [workspaces_uri(tenant), context_uri(tenant, workspace_id), events_uri]
+        removed_inbox, added_inbox = Inbox(), Inbox()
+        async with (
+            connect(alice_coder, mode, removed_inbox) as removed,
+            connect(newcomer, mode, added_inbox) as added,
+            watch(removed, mode, removed_inbox, watched, list_changed=True),
+            watch(added, mode, added_inbox, [workspaces_uri(tenant)], list_changed=True),
+        ):
+            with pytest.raises(MCPError, match="not a member"):
+                await subscribe_once(added, mode, events_uri)
+            await owner.call_tool("update_workspace", {"workspace_id": workspace_id, "agents": ["code-2"]})
+            await removed_inbox.wait_for(lambda box: box.list_changed >= 1 and set(watched[:2]) <= set(box.updated))
+            await added_inbox.wait_for(lambda box: box.list_changed >= 1 and workspaces_uri(tenant) in box.updated)
+            before = list(removed_inbox.updated)
+
+            async with watch(added, mode, added_inbox, [events_uri]):
+                await owner.call_tool("write_event", {"content": "new signing key live", "scope": str(scope)})
+                await added_inbox.wait_for(lambda box: events_uri in box.updated)
+                await wait_all_tasks_blocked()
+
+    assert removed_inbox.updated == before
+    assert events_uri not in removed_inbox.updated
+
+
+async def subscribe_once(client: Client, mode: str, uri: str) -> None:
+    """Subscribe in the client's protocol generation (a listen stream is opened and closed again)."""
+    if mode == "legacy":
+        await legacy_subscribe(client, uri)
+        return
+    async with client.listen(resource_subscriptions=[uri]):
+        pass
+
+
+async def test_a_member_hears_of_workspace_events_and_an_outsider_does_not(
+    runtime: Runtime, alice: Principal, tenant: str
+) -> None:
+    """The hub over the real bus: an event in a workspace reaches the legacy sessions of its members only,
+    whatever they subscribed to (the roster is looked up through the memory)."""
+    workspace = await runtime.memory.create_workspace(alice, "Hub roster", ["code-1"])
+    scope = Scope("workspace", workspace.id)
+    uri = recent_uri(tenant, scope)
+    member = Principal(tenant=tenant, agent_id="code-1", allowed_scopes=("workspace:*",))
+    outsider = Principal(tenant=tenant, agent_id="bob-agent", allowed_scopes=("workspace:*",))
+    reader_only_elsewhere = Principal(tenant=tenant, agent_id="code-1", allowed_scopes=("workspace:other",))
+    sessions = {"member": GoodSession(), "outsider": GoodSession(), "no-grant": GoodSession()}
+    hub = NotificationHub(runtime.bus, ListenerBus(), runtime.memory)
+    async with anyio.create_task_group() as tasks:
+        await tasks.start(hub.run)
+        for key, (principal, session) in enumerate(zip((member, outsider, reader_only_elsewhere),
+                                                       sessions.values(), strict=True)):  # fmt: skip
+            hub.add_legacy_session(principal, key, session)
+            hub.add_legacy_subscription(uri, key)
+        await hub.acquire(Topic(tenant, scope))
+        assert await runtime.bus.publish(EventWritten(tenant, scope, uuid.uuid4(), 1))
+        await sessions["member"].wait_for([uri], seconds=5)
+        await wait_all_tasks_blocked()
+        tasks.cancel_scope.cancel()
+
+    assert sessions["outsider"].updated == [] and sessions["no-grant"].updated == []

@@ -1,0 +1,361 @@
+"""Large scopes: the exact scan against the two-pass search (binary-quantized shortlist, exact re-rank),
+at 100k events with a 10k-event scope and 1M events with a 100k-event scope (data: ``large_data.py``,
+built once and cached). Opt-in: ``python -m bench --only large``.
+
+For each question, in the same loop: the raw SQL floors (today's exact k-NN; the two-pass k-NN; the
+two-pass hybrid candidates with ``ts_rank``), the store's vector candidates with the exact scan and with
+two passes, ``search_shared`` semantic and hybrid as configured. Recall@10 of the two-pass search is
+measured against the exact scan of the same store on the same question (tie-aware: a hit is any event at
+least as similar as the exact 10th). A filtered search (one agent type) is compared the same way, and small
+scopes (100 events) in the same table show what the size check costs where the exact scan stays.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import anyio
+import numpy as np
+from pydantic import SecretStr
+
+from mcp_shared_memory.models import Event, EventFilter, Principal, Scope
+from mcp_shared_memory.stores.event_search import PostgresEventSearch
+from mcp_shared_memory.stores.quantized import shortlist_length
+
+from . import large_data as data
+from .context import MODEL_ID
+from .floors import connect_pg
+from .stats import Metric, Summary, compose, latency_metric
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from mcp_shared_memory.memory import SharedMemory
+    from mcp_shared_memory.settings import Settings
+
+    from .context import Bench
+
+SECTION = "large"
+LIMIT = 10
+PER_RANKING = 30  # what search_shared reads of each ranking for limit 10 (ranking.candidates_per_ranking)
+TARGET_RECALL = 0.98
+MAX_HYBRID_RATIO = 1.3
+CEILING_MS = {"100k": 12.0, "1M": 40.0}  # search_shared p50, from the issue
+FILTER = EventFilter(agent_types=["deploy"])
+SMALL_SCOPES = 50
+
+RAW_EXACT = """
+SELECT id FROM shared_episodic_memories WHERE tenant_id = $1 AND scope_type = 'user' AND scope_id = $2
+ORDER BY embedding <=> $3 LIMIT 10
+"""
+RAW_SHORTLIST = """
+SELECT id FROM shared_episodic_memories
+WHERE tenant_id = $1 AND scope_type = 'user' AND scope_id = $2 AND embedding_bits IS NOT NULL
+ORDER BY embedding_bits <~> (SELECT msm_embedding_bits($3::vector)) LIMIT $4
+"""
+RAW_TWO_PASS = f"""
+WITH s AS ({RAW_SHORTLIST})
+SELECT m.id FROM s JOIN shared_episodic_memories m ON m.id = s.id ORDER BY m.embedding <=> $3 LIMIT 10
+"""
+# Both candidate lists, 30 each, as search_shared reads them for limit 10, in one minimal statement.
+RAW_HYBRID_TWO_PASS = f"""
+WITH s AS ({RAW_SHORTLIST}),
+v AS (SELECT m.id FROM s JOIN shared_episodic_memories m ON m.id = s.id ORDER BY m.embedding <=> $3 LIMIT 30),
+l AS (SELECT id FROM shared_episodic_memories, msm_query($5) AS q(q)
+      WHERE tenant_id = $1 AND scope_type = 'user' AND scope_id = $2 AND lexemes @@ q
+      ORDER BY ts_rank(lexemes, q, 1) DESC LIMIT 30)
+SELECT id FROM v UNION SELECT id FROM l
+"""
+
+
+@dataclass
+class Samples:
+    seconds: dict[str, list[float]] = field(default_factory=dict)
+    recall: dict[str, list[float]] = field(default_factory=dict)
+    complete: dict[str, int] = field(default_factory=dict)
+
+    def time(self, name: str, started: float) -> None:
+        self.seconds.setdefault(name, []).append(time.perf_counter() - started)
+
+    def summary(self, name: str) -> Summary:
+        return Summary.of(self.seconds[name])
+
+
+async def run(bench: Bench) -> None:
+    rows = max(case.scope_rows for case in data.CASES)
+    corpus = data.corpus(rows)
+    vectors, embed_seconds = await data.embeddings([d.content for d in corpus.docs])
+    if embed_seconds is not None:
+        bench.add(
+            Metric(
+                section=SECTION,
+                name=f"embed the {rows} scope events (cached afterwards)",
+                unit="events/s",
+                n=rows,
+                value=rows / embed_seconds,
+                note=f"{embed_seconds:.0f} s",
+            )
+        )
+    async with data.cluster() as cluster_url:
+        for case in data.CASES:
+            try:
+                with anyio.fail_after(4 * 3600):
+                    await run_case(bench, cluster_url, case, corpus, vectors)
+            except Exception as exc:
+                bench.error(SECTION, case.label, exc)
+
+
+def case_settings(bench: Bench, url: str) -> Settings:
+    from mcp_shared_memory.settings import Settings
+
+    return Settings(
+        database_url=SecretStr(url),
+        redis_url=SecretStr(bench.backends.redis_url),
+        data_dir=bench.backends.data_dir / "server-data",
+    )
+
+
+async def run_case(bench: Bench, cluster_url: str, case: data.Case, corpus: data.Corpus, vectors: np.ndarray) -> None:
+    from mcp_shared_memory.runtime import open_connections, open_runtime
+
+    url = data.database_url(cluster_url, case.database)
+    settings = case_settings(bench, url)
+    loading = settings.model_copy(update={"db_timeout": 3600.0})  # a COPY of 20k rows on a busy machine
+    built = await data.ensure(cluster_url, case, corpus.docs, vectors, loading)
+    how = f"cached, built {built.built_at}" if built.cached else "built in this run"
+    bench.add(
+        Metric(
+            section=SECTION,
+            name=f"{case.label}: build (COPY + VACUUM ANALYZE)",
+            unit="rows/s",
+            n=built.rows,
+            value=built.rows / built.seconds,
+            note=f"{built.seconds:.0f} s, {how}",
+        )
+    )
+    seeds = corpus.seeds_for[case.scope_rows]
+    questions = [q for q, s in zip(corpus.questions, corpus.question_seed, strict=True) if s < seeds]
+    asked = random.Random(case.rows).sample(questions, min(bench.profile.scale_queries, len(questions)))
+    async with open_connections(settings) as connections, open_runtime(settings, connections=connections) as runtime:
+        stores = {
+            "exact": PostgresEventSearch(connections.requests_db, lexical_rank=settings.search_lexical_rank),
+            "two-pass": PostgresEventSearch(
+                connections.requests_db,
+                lexical_rank=settings.search_lexical_rank,
+                quantize_above=settings.search_quantize_above,
+            ),
+        }
+        query_vectors = dict(zip(asked, await connections.embedder.embed_many(asked), strict=True))
+        raw = await connect_pg(url)
+        try:
+            samples = Samples()
+            for i, question in enumerate(asked):
+                await ask(samples, raw, stores, runtime.memory, question, query_vectors[question], filtered=i % 3 == 0)
+            small = await small_scopes(raw, stores, query_vectors)
+        finally:
+            await raw.close()
+    await report(bench, case, samples, small, settings)
+
+
+async def ask(
+    samples: Samples,
+    raw: asyncpg.Connection,
+    stores: dict[str, PostgresEventSearch],
+    memory: SharedMemory,
+    question: str,
+    vector: np.ndarray,
+    *,
+    filtered: bool,
+) -> None:
+    """One question through every subject; ``filtered``: also the vector candidates with ``FILTER``."""
+    scope = Scope("user", data.SCOPE_ID)
+    shortlist = shortlist_length(PER_RANKING)
+    start = time.perf_counter()
+    await raw.fetch(RAW_EXACT, data.SCOPE_TENANT, data.SCOPE_ID, vector)
+    samples.time("raw exact", start)
+    start = time.perf_counter()
+    await raw.fetch(RAW_TWO_PASS, data.SCOPE_TENANT, data.SCOPE_ID, vector, shortlist)
+    samples.time("raw two-pass", start)
+    start = time.perf_counter()
+    await raw.fetch(RAW_HYBRID_TWO_PASS, data.SCOPE_TENANT, data.SCOPE_ID, vector, shortlist, question)
+    samples.time("raw hybrid", start)
+
+    exact: list[Event] = []
+    for filters in (EventFilter(), FILTER) if filtered else (EventFilter(),):
+        tag = " filtered" if filters != EventFilter() else ""
+        found: dict[str, list[Event]] = {}
+        for name, store in stores.items():
+            start = time.perf_counter()
+            found[name] = await store.candidates(
+                data.SCOPE_TENANT,
+                scope,
+                filters,
+                vector=vector,
+                query=None,
+                model_id=MODEL_ID,
+                per_ranking=PER_RANKING,
+            )
+            samples.time(name + tag, start)
+        for k in (10, 30):
+            samples.recall.setdefault(f"candidates@{k}{tag}", []).append(recall(found["two-pass"], found["exact"], k))
+        samples.complete[tag] = samples.complete.get(tag, 0) + (len(found["two-pass"]) == len(found["exact"]))
+        exact = exact or found["exact"]
+
+    principal = Principal(tenant=data.SCOPE_TENANT, agent_id="bench", default_scope=scope)
+    start = time.perf_counter()
+    semantic = await memory.search_shared(principal, question, limit=LIMIT, min_similarity=-1.0, mode="semantic")
+    samples.time("search semantic", start)
+    start = time.perf_counter()
+    await memory.search_shared(principal, question, limit=LIMIT)
+    samples.time("search hybrid", start)
+    samples.recall.setdefault("search_shared@10", []).append(recall(semantic, exact, 10))
+
+
+def recall(got: list[Event], exact: list[Event], k: int) -> float:
+    """Share of the exact top ``k`` found; an event as similar as the exact k-th counts (ties)."""
+    truth = sorted((e.similarity or -1.0 for e in exact), reverse=True)[:k]
+    if not truth:
+        return 1.0
+    best = sorted(got, key=lambda e: e.similarity or -1.0, reverse=True)[:k]
+    return sum((e.similarity or -1.0) >= truth[-1] - 1e-6 for e in best) / len(truth)
+
+
+async def small_scopes(
+    raw: asyncpg.Connection, stores: dict[str, PostgresEventSearch], query_vectors: dict[str, np.ndarray]
+) -> dict[str, list[float]]:
+    """Vector candidates in 100-event scopes: the exact scan alone, and behind the size check."""
+    scopes = [
+        (r["tenant_id"], r["scope_id"])
+        for r in await raw.fetch(
+            "SELECT DISTINCT tenant_id, scope_id FROM shared_episodic_memories WHERE tenant_id <> $1 LIMIT $2",
+            data.SCOPE_TENANT,
+            SMALL_SCOPES,
+        )
+    ]
+    seconds: dict[str, list[float]] = {}
+    for (tenant, scope_id), vector in zip(scopes * 4, list(query_vectors.values()) * 4, strict=False):
+        for name, store in stores.items():
+            start = time.perf_counter()
+            await store.candidates(
+                tenant,
+                Scope("user", scope_id),
+                EventFilter(),
+                vector=vector,
+                query=None,
+                model_id=MODEL_ID,
+                per_ranking=PER_RANKING,
+            )
+            seconds.setdefault(name, []).append(time.perf_counter() - start)
+    return seconds
+
+
+async def report(
+    bench: Bench, case: data.Case, samples: Samples, small: dict[str, list[float]], settings: Settings
+) -> None:
+    prefix = f"{case.label} rows, {case.scope_rows // 1000}k scope"
+    s = samples.summary
+    embed = await bench.try_floor(SECTION, "embed_query")
+    add = bench.add
+    add(latency_metric(SECTION, f"{prefix}: raw SQL exact k-NN (today's scan)", s("raw exact")))
+    add(latency_metric(SECTION, f"{prefix}: raw SQL two-pass k-NN (floor)", s("raw two-pass")))
+    add(
+        latency_metric(
+            SECTION,
+            f"{prefix}: store candidates, exact scan",
+            s("exact"),
+            floor=s("raw exact"),
+            floor_name="raw exact k-NN",
+        )
+    )
+    add(
+        latency_metric(
+            SECTION,
+            f"{prefix}: store candidates, two-pass",
+            s("two-pass"),
+            floor=s("raw two-pass"),
+            floor_name="raw two-pass k-NN",
+            note=f"{s('exact').p50 / s('two-pass').p50:.1f}x faster than the exact scan (p50)",
+        )
+    )
+    ceiling = CEILING_MS[case.label]
+    semantic = latency_metric(
+        SECTION,
+        f"{prefix}: search_shared semantic",
+        s("search semantic"),
+        floor=compose([embed, s("raw two-pass")]),
+        floor_name="embed query + raw two-pass",
+    )
+    add(with_ceiling(semantic, ceiling))
+    hybrid = latency_metric(
+        SECTION,
+        f"{prefix}: search_shared hybrid",
+        s("search hybrid"),
+        floor=compose([embed, s("raw hybrid")]),
+        max_ratio=MAX_HYBRID_RATIO,
+        floor_name="embed query + raw two-pass hybrid SQL (ts_rank)",
+        note=f"lexical rank {settings.search_lexical_rank}",
+    )
+    add(with_ceiling(hybrid, ceiling))
+    add(latency_metric(SECTION, f"{prefix}: raw two-pass hybrid SQL (floor)", s("raw hybrid")))
+    n = len(samples.recall["candidates@10"])
+    for key in ("search_shared@10", "candidates@10", "candidates@30"):
+        values = samples.recall[key]
+        add(
+            Metric(
+                section=SECTION,
+                name=f"{prefix}: recall {key} two-pass vs exact",
+                unit="recall",
+                n=len(values),
+                value=float(np.mean(values)),
+                target=f">={TARGET_RECALL:g}",
+                ok=float(np.mean(values)) >= TARGET_RECALL,
+                note=f"min {min(values):.2f}; {samples.complete.get('', 0)}/{n} as many candidates as exact",
+            )
+        )
+    add(latency_metric(SECTION, f"{prefix}: filtered ({FILTER.agent_types}) exact scan", s("exact filtered")))
+    filtered = samples.recall["candidates@10 filtered"]
+    add(
+        latency_metric(
+            SECTION,
+            f"{prefix}: filtered two-pass",
+            s("two-pass filtered"),
+            floor=s("exact filtered"),
+            floor_name="filtered exact scan",
+            note=f"recall@10 {np.mean(filtered):.3f} (min "
+            f"{min(filtered):.2f}); {samples.complete.get(' filtered', 0)}/{len(filtered)} complete",
+        )
+    )
+    small_exact = Summary.of(small["exact"])
+    add(latency_metric(SECTION, f"{case.label} rows, 100-event scopes: candidates, exact scan", small_exact))
+    add(
+        latency_metric(
+            SECTION,
+            f"{case.label} rows, 100-event scopes: candidates behind the size check",
+            Summary.of(small["two-pass"]),
+            floor=small_exact,
+            floor_name="exact scan alone",
+        )
+    )
+    bench.data.setdefault(SECTION, []).append(
+        {
+            "case": case.label,
+            "rows": case.rows,
+            "scope_rows": case.scope_rows,
+            "quantize_above": settings.search_quantize_above,
+            "shortlist": shortlist_length(PER_RANKING),
+            "latency_ms": {k: {"p50": s(k).p50, "p99": s(k).p99} for k in samples.seconds},
+            "recall": {k: float(np.mean(v)) for k, v in samples.recall.items()},
+        }
+    )
+
+
+def with_ceiling(metric: Metric, ceiling_ms: float) -> Metric:
+    """Adds an absolute p50 target to a row (both must hold)."""
+    assert metric.p50 is not None
+    within = metric.p50 <= ceiling_ms
+    metric.target = f"{metric.target}, p50<={ceiling_ms:g}ms" if metric.target else f"p50<={ceiling_ms:g}ms"
+    metric.ok = within if metric.ok is None else (metric.ok and within)
+    return metric

@@ -1,0 +1,59 @@
+"""The full-text half of search: which events share the question's terms, and how much that says.
+
+With the default rank (``idf``) a term weighs its inverse document frequency among the scope's events
+that share any of the question's terms (BM25's IDF, with binary term frequency and no length
+normalisation: agents' notes are short, and both measured worse on the retrieval benchmark). So an error
+code or a name that few events mention counts far more than "deploy", or than the name of a speaker
+present in every turn. An event's lexical score is the sum of the weights of the question's terms it
+holds. The weights are counted in the same statement, over the rows the GIN index finds: exact, never
+stale, and no more reading than an unweighted rank.
+
+``ts_rank`` (``MSM_SEARCH_LEXICAL_RANK=ts_rank``) is the unweighted alternative: PostgreSQL's rank of the
+OR-ed terms, normalised by length.
+"""
+
+from __future__ import annotations
+
+# A question's first MAX_TERMS distinct terms count (in the index's order); the statements have a slot
+# for each, so the SQL stays constant.
+MAX_TERMS = 16
+# The scope's size, counted up to this many events.
+SCOPE_SIZE_CAP = 5000
+_SLOTS = range(1, MAX_TERMS + 1)
+_TERMS = ", ".join(f"tqs[{i}] AS t{i}" for i in _SLOTS)
+_COUNTS = ",\n    ".join(f"count(*) FILTER (WHERE lexemes @@ q.t{i}) AS df{i}" for i in _SLOTS)
+_WEIGHTS = ",\n  ".join(f"ln(1 + (n - df{i} + 0.5::float8) / (df{i} + 0.5::float8)) AS w{i}" for i in _SLOTS)
+
+
+def idf_score(lexemes: str) -> str:
+    """The lexical score of the tsvector ``lexemes`` (a column): the weights of the terms it holds."""
+    return " + ".join(f"CASE WHEN {lexemes} @@ q.t{i} THEN w.w{i} ELSE 0::float8 END" for i in _SLOTS)
+
+
+def idf_statements(scope_and_filter: str, question: str) -> str:
+    """The common table expressions ``q`` (the question's terms, each and OR-ed), ``matched`` (the
+    events holding any, within ``scope_and_filter``) and ``w`` (each term's weight); ``question`` is the
+    parameter holding the question's text."""
+    return f"""
+q AS MATERIALIZED (
+  SELECT {_TERMS} FROM (
+    SELECT array_agg(msm_term(term) ORDER BY term) AS tqs
+    FROM (
+      SELECT term FROM unnest(tsvector_to_array(msm_lexemes({question}))) AS term ORDER BY term LIMIT {MAX_TERMS}
+    ) AS first_terms
+  ) AS terms
+),
+matched AS MATERIALIZED (
+  SELECT id, seq, lexemes FROM shared_episodic_memories, msm_query({question}) AS question(tsq)
+  WHERE {scope_and_filter} AND question.tsq IS NOT NULL AND lexemes @@ question.tsq
+),
+counts AS MATERIALIZED (
+  SELECT greatest(count(*), (SELECT count(*) FROM (
+    SELECT 1 FROM shared_episodic_memories WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3
+    LIMIT {SCOPE_SIZE_CAP}) AS capped)) AS n,
+    {_COUNTS}
+  FROM matched, q
+),
+w AS MATERIALIZED (SELECT
+  {_WEIGHTS}
+  FROM counts)"""

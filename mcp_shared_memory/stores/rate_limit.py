@@ -1,0 +1,83 @@
+"""Per-caller rate limits: a token bucket per key in Redis, so every replica draws from the same bucket.
+
+One EVALSHA per call. The bucket refills continuously at ``per_minute / 60`` tokens a second up to
+``burst``; a call takes ``cost`` tokens or, when too few are left, takes none and is told how long to wait.
+The clock is Redis's (``TIME``), so replicas with skewed clocks still agree. A limiter must never stop
+service: while Redis fails, calls pass unlimited (logged once per outage).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import cast
+
+import redis.asyncio as aioredis
+
+from ..errors import RateLimited
+from .redis_client import REDIS_ERRORS, RedisBreaker
+
+log = logging.getLogger(__name__)
+
+# KEYS: bucket. ARGV: burst (capacity), refill per second, cost. Returns the seconds to wait ('0': allowed)
+# as a string: Lua numbers would reach the client truncated to integers.
+TAKE = """
+local burst = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local tokens = tonumber(state[1]) or burst
+local at = tonumber(state[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+local wait = 0
+if tokens >= cost then tokens = tokens - cost else wait = (cost - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+return tostring(wait)
+"""
+
+
+class RedisRateLimiter:
+    def __init__(
+        self, client: aioredis.Redis, *, prefix: str, per_minute: int, burst: int, breaker: RedisBreaker
+    ) -> None:
+        self._prefix = prefix
+        self.per_minute = per_minute
+        self.burst = burst
+        self._rate = per_minute / 60
+        self._breaker = breaker
+        self._take = client.register_script(TAKE)
+        # After a failure the limiter skips Redis this long (as the other Redis users do after theirs).
+        self._skip_until = 0.0
+        self._failing = False
+
+    def key(self, tenant: str, caller: str) -> str:
+        """One bucket per tenant and caller (``token:<id>`` or ``agent:<id>``); identifiers hold no ':'."""
+        return f"{self._prefix}:{{{tenant}}}:rate:{caller}"
+
+    async def take(self, tenant: str, caller: str, *, cost: int = 1) -> None:
+        """Take ``cost`` tokens from the caller's bucket, or raise ``RateLimited`` saying when to retry."""
+        if not self._breaker.closed or time.monotonic() < self._skip_until:
+            return
+        try:
+            args = [self.burst, self._rate, min(cost, self.burst)]  # a call dearer than a full bucket would never pass
+            wait = float(cast(str, await self._take(keys=[self.key(tenant, caller)], args=args)))
+        except REDIS_ERRORS as exc:
+            self._skip_until = time.monotonic() + self._breaker.seconds
+            if not self._failing:
+                self._failing = True
+                log.warning("rate limits are not enforced while Redis fails (%s)", type(exc).__name__)
+            return
+        if self._failing:
+            self._failing = False
+            log.warning("Redis answers again: rate limits are enforced")
+        if wait > 0:
+            retry_after = max(1, math.ceil(wait))
+            raise RateLimited(
+                f"rate limit reached for this caller ({self.per_minute} calls a minute, bursts of {self.burst}): "
+                f"retry after {retry_after} s",
+                retry_after=retry_after,
+            )
