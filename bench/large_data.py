@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 DATASET_VERSION = 1
 SCOPE_TENANT = "large"
 SCOPE_ID = "large"
+MID_TENANT = "mid"
 FILLER_TENANTS = 100
 FILLER_SCOPE_ROWS = 100
 CHUNK = 20_000
@@ -68,13 +69,16 @@ class Case:
     label: str
     rows: int
     scope_rows: int
+    # scopes of these sizes (the large scope's first events, in tenant MID_TENANT): where the exact scan
+    # and the two passes cross
+    mid_scopes: tuple[int, ...] = ()
 
     @property
     def database(self) -> str:
         return f"bench_large_{self.label.lower()}"
 
 
-CASES = (Case("100k", 100_000, 10_000), Case("1M", 1_000_000, 100_000))
+CASES = (Case("100k", 100_000, 10_000, (1000, 2000, 5000)), Case("1M", 1_000_000, 100_000))
 
 
 @dataclass(frozen=True)
@@ -169,7 +173,7 @@ def database_url(cluster_url: str, database: str) -> str:
 
 def dataset_key(case: Case, texts: list[str]) -> str:
     migrations = [f"{v}:{name}:{sql}" for v, name, sql in available_migrations()]
-    return digest(str(DATASET_VERSION), case.label, str(case.rows), MODEL_ID, *texts, *migrations)
+    return digest(str(DATASET_VERSION), repr(case), MODEL_ID, *texts, *migrations)
 
 
 async def ensure(cluster_url: str, case: Case, docs: list[Doc], vectors: np.ndarray, settings: Settings) -> Built:
@@ -213,8 +217,11 @@ async def load(case: Case, docs: list[Doc], vectors: np.ndarray, settings: Setti
 
     rng = np.random.default_rng(11)
     sentences = Sentences(seed=17)
-    scope_rows = iter(scope_events(docs[: case.scope_rows], vectors))
-    filler = filler_events(case.rows - case.scope_rows, vectors.shape[1], rng, sentences)
+    searched = scope_events(docs[: case.scope_rows], vectors, SCOPE_TENANT, SCOPE_ID)
+    for size in case.mid_scopes:
+        searched += scope_events(docs[:size], vectors, MID_TENANT, f"m{size}")
+    scope_rows = iter([searched[i] for i in rng.permutation(len(searched))])
+    filler = filler_events(case.rows - len(searched), vectors.shape[1], rng, sentences)
     per_chunk = round(CHUNK * SCOPE_SHARE)
     copied = 0
     async with open_connections(settings) as connections:
@@ -227,13 +234,13 @@ async def load(case: Case, docs: list[Doc], vectors: np.ndarray, settings: Setti
     return copied
 
 
-def scope_events(docs: list[Doc], vectors: np.ndarray) -> list[EventRow]:
+def scope_events(docs: list[Doc], vectors: np.ndarray, tenant: str, scope_id: str) -> list[EventRow]:
     return [
         EventRow(
             id=uuid.uuid4(),
-            tenant_id=SCOPE_TENANT,
+            tenant_id=tenant,
             scope_type="user",
-            scope_id=SCOPE_ID,
+            scope_id=scope_id,
             agent_id=doc.agent_id,
             agent_type=doc.agent_type,
             event_type=doc.event_type,

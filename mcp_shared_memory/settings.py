@@ -108,7 +108,7 @@ class Settings(BaseSettings):
     search_lexical_rank: Literal["ts_rank", "idf"] = "idf"
     # Scopes with more events than this are searched by a binary-quantized first pass re-ranked exactly
     # (sql/013); smaller ones by an exact scan. None: always exact.
-    search_quantize_above: int | None = Field(default=5000, ge=0)
+    search_quantize_above: int | None = Field(default=2000, ge=0)
     duplicate_fact_similarity: float | None = Field(default=None, ge=-1, le=1)
     max_content_chars: int = Field(default=32_000, ge=1)
     # Redaction before anything is stored, embedded, cached or published: secrets on by default, PII opt-in.

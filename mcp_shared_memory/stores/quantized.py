@@ -22,29 +22,39 @@ SHORTLIST_PER_CANDIDATE = 12
 # The scope's size is counted in its index up to L + 1 entries: bounded work, where the planner's estimates
 # of a scope's size are wrong (it takes tenant, scope type and id for independent). Each branch is gated by a
 # condition computed once (a one-time filter), so the other never runs. The question's code comes from a
-# scalar subquery, computed once, where a call in ORDER BY runs for every row under a generic plan. With a
-# filter, the shortlist reads the table's rows (the filter's columns are not in the index) and still
-# filters before the limit, so the result stays complete.
+# scalar subquery, computed once, where a call in ORDER BY runs for every row under a generic plan. Without
+# a filter the shortlist is an index-only scan of the codes' index, whose "C"-collated keys only conditions
+# stated with COLLATE "C" match (sql/013): the plan does not rest on the estimate of the scope's size. With
+# a filter, whose columns are not in that index, it reads the table's rows, and still filters before the
+# limit: the result stays complete. The re-rank reads the shortlist as an array of ids, which only the
+# primary key serves (a scope condition there let a generic plan scan the whole scope instead).
 TWO_PASS = """scope_size AS MATERIALIZED (
   SELECT count(*) > $L AS large FROM (
     SELECT FROM shared_episodic_memories WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3 LIMIT $L + 1
   ) AS capped
 ),
 exact AS (SELECT id, distance FROM ({exact}) AS v WHERE NOT (SELECT large FROM scope_size)),
-shortlist AS (
-  SELECT id FROM shared_episodic_memories
-  WHERE {scope} AND embedding_model = $12 AND embedding_bits IS NOT NULL AND (SELECT large FROM scope_size)
-  ORDER BY embedding_bits <~> (SELECT msm_embedding_bits($11::vector)) LIMIT $S
-),
+shortlist AS ({shortlist}),
 vec AS (
   SELECT id, distance FROM exact
   UNION ALL (
-    SELECT m.id, m.embedding <=> $11 AS distance
-    FROM shortlist JOIN shared_episodic_memories m ON m.id = shortlist.id
+    SELECT id, embedding <=> $11 AS distance FROM shared_episodic_memories
+    WHERE id = ANY(ARRAY(SELECT id FROM shortlist))
     ORDER BY distance LIMIT $13
   )
 ),"""
-SCOPE_ONLY = "tenant_id = $1 AND scope_type = $2 AND scope_id = $3"
+QUESTION_CODE = "(SELECT msm_embedding_bits($11::vector))"
+SHORTLIST = f"""
+SELECT id FROM shared_episodic_memories
+WHERE tenant_id = $1 COLLATE "C" AND scope_type = $2 COLLATE "C" AND scope_id = $3 COLLATE "C"
+  AND embedding_model = $12 COLLATE "C" AND embedding_bits IS NOT NULL AND (SELECT large FROM scope_size)
+ORDER BY embedding_bits <~> {QUESTION_CODE} LIMIT $S
+"""
+SHORTLIST_FILTERED = f"""
+SELECT id FROM shared_episodic_memories
+WHERE {{scope_and_filter}} AND embedding_model = $12 AND embedding_bits IS NOT NULL AND (SELECT large FROM scope_size)
+ORDER BY embedding_bits <~> {QUESTION_CODE} LIMIT $S
+"""
 
 
 def with_two_pass(search: str, *, exact: str, scope_and_filter: str, filtered: bool) -> str:
@@ -55,7 +65,8 @@ def with_two_pass(search: str, *, exact: str, scope_and_filter: str, filtered: b
     if search.count(plain) != 1:
         raise ValueError("the search statement has no vector candidates to replace")
     first = max(int(n) for n in re.findall(r"\$(\d+)", search)) + 1
-    two_pass = TWO_PASS.format(exact=exact, scope=scope_and_filter if filtered else SCOPE_ONLY)
+    shortlist = SHORTLIST_FILTERED.format(scope_and_filter=scope_and_filter) if filtered else SHORTLIST
+    two_pass = TWO_PASS.format(exact=exact, shortlist=shortlist)
     two_pass = two_pass.replace("$L", f"${first}::int").replace("$S", f"${first + 1}::int")
     return search.replace(plain, two_pass)
 
