@@ -52,3 +52,9 @@ WHERE embedding IS NOT NULL AND embedding_bits IS NULL;
 CREATE INDEX IF NOT EXISTS idx_shared_ep_scope_bits ON shared_episodic_memories
   (tenant_id COLLATE "C", scope_type COLLATE "C", scope_id COLLATE "C", embedding_model COLLATE "C")
   INCLUDE (id, embedding_bits) WHERE embedding_bits IS NOT NULL;
+
+-- An index-only scan visits the table for every entry whose page is not yet marked all-visible, which
+-- only VACUUM does: 20k such rows in a 100k-event scope took the first pass from 20 to 37 ms. Autovacuum's
+-- default waits for inserts of 20 % of the table (200k rows at 1M); 1 % keeps the unmarked tail short, and a
+-- vacuum after inserts only reads the pages not yet marked.
+ALTER TABLE shared_episodic_memories SET (autovacuum_vacuum_insert_scale_factor = 0.01);
