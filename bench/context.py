@@ -92,7 +92,10 @@ async def open_backends() -> AsyncIterator[Backends]:
         yield backends
     finally:
         if held is not None:
+            from mcp_shared_memory.embedded import remove_data_dir
+
             await anyio.to_thread.run_sync(held.release)
+            remove_data_dir(tmp / "backends")  # as root also its service directory outside the temp dir
         shutil.rmtree(tmp, ignore_errors=True)
 
 
