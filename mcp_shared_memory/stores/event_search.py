@@ -105,13 +105,22 @@ SEARCH_LEXICAL = {
     "idf": _search_lexical(LEXICAL_CANDIDATES_IDF, IDF_STATEMENTS),
 }
 LexicalRank = Literal["ts_rank", "idf"]
-# The same with two passes in large scopes (quantized.py), by whether a filter is given.
+# Semantic mode: the vector ranking alone. No question, so nothing of the full-text statements runs (under a
+# generic plan they read every event of the scope even for an empty question).
+SEARCH_SEMANTIC = f"""
+WITH vec AS ({VECTOR_CANDIDATES}),
+candidates AS (SELECT id, distance FROM vec)
+SELECT {M_COLUMNS}, 1 - c.distance AS similarity, 0::float8 AS lexical
+FROM candidates c JOIN shared_episodic_memories m ON m.id = c.id
+"""
+# The same with two passes in large scopes (quantized.py), by mode (lexical rank, or "semantic"), then by
+# whether a filter is given.
 SEARCH_TWO_PASS = {
-    rank: {
+    mode: {
         filtered: with_two_pass(sql, exact=VECTOR_CANDIDATES, scope_and_filter=SCOPE_AND_FILTER, filtered=filtered)
         for filtered in (False, True)
     }
-    for rank, sql in SEARCH.items()
+    for mode, sql in {**SEARCH, "semantic": SEARCH_SEMANTIC}.items()
 }
 NO_FILTER = EventFilter()
 
@@ -161,12 +170,16 @@ class PostgresEventSearch:
         async with self._db.tenant(tenant) as conn:
             if vector is None:
                 rows = await conn.fetch(self._search_lexical, *args, query or "", per_ranking)
-            elif self._quantize_above is None:
-                rows = await conn.fetch(self._search, *args, vector, model_id, per_ranking, query or "")
             else:
-                search = self._search_two_pass[filters != NO_FILTER]
-                rows = await conn.fetch(
-                    search, *args, vector, model_id, per_ranking, query or "", self._quantize_above,
-                    shortlist_length(per_ranking),
-                )  # fmt: skip
+                search, more = self._vector_search(filters, query, per_ranking)
+                rows = await conn.fetch(search, *args, vector, model_id, per_ranking, *more)
         return [row_to_event(r) for r in rows]
+
+    def _vector_search(self, filters: EventFilter, query: str | None, per_ranking: int) -> tuple[str, tuple[Any, ...]]:
+        """The statement of a search with a vector, and its parameters after the ranking's length: the
+        question (unless semantic), then the two-pass threshold and shortlist length (unless always exact)."""
+        question: tuple[Any, ...] = () if query is None else (query,)
+        if self._quantize_above is None:
+            return (SEARCH_SEMANTIC if query is None else self._search), question
+        two_pass = SEARCH_TWO_PASS["semantic"] if query is None else self._search_two_pass
+        return two_pass[filters != NO_FILTER], (*question, self._quantize_above, shortlist_length(per_ranking))
