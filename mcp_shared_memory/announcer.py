@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from .models import Event, Workspace
+from .models import Event, Scope, Workspace
 from .stores.bus import EventWritten, RedisBus, WorkspaceChanged
 from .stores.cache import RedisCache
 from .stores.episodic import ScopeWriter
@@ -50,3 +50,10 @@ class Announcer:
                 removed=tuple(a for a in sorted(earlier) if a not in workspace.agents),
             )
         )  # fmt: skip
+
+    async def removed(self, tenant: str, scope: Scope, events: list[tuple[uuid.UUID, int]]) -> None:
+        """Events (id, seq) deleted from PostgreSQL (retracted, expired): out of the recent cache, and the
+        scope's subscribers told (an ``EventWritten`` of the removed event: they re-read the scope)."""
+        await self._cache.drop_recent(tenant, scope, [seq for _, seq in events])
+        for event_id, seq in events[-1:]:
+            await self._bus.publish(EventWritten(tenant, scope, event_id, seq))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sys
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -15,7 +14,11 @@ import anyio
 import typer
 from pydantic import ValidationError
 
+from . import logs
 from .errors import SharedMemoryError
+from .logs import LogFormat
+from .ops.commands import progress_bar
+from .ops.commands import register as register_operator_commands
 from .settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Shared memory for fleets of AI agents (MCP).")
@@ -30,13 +33,9 @@ class Transport(StrEnum):
     http = "http"
 
 
-def configure_logging(level: str) -> None:
-    """Logs go to stderr only: stdout belongs to the stdio transport."""
-    logging.basicConfig(
-        stream=sys.stderr, level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    for noisy in ("httpx", "mcp", "uvicorn.access"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+def configure_logging(level: str, log_format: LogFormat = "text") -> None:
+    """Logs go to stderr only: stdout belongs to the stdio transport (``logs.py``)."""
+    logs.configure_logging(level, log_format)
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -67,7 +66,7 @@ def start(**overrides: Any) -> Settings:
     """Settings for a command, with logging configured and, since this is a program's entry point,
     SIGTERM/SIGHUP mapped to a clean exit so embedded backends are released."""
     settings = load_settings(**overrides)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     from .embedded import install_exit_signal_handlers
 
     install_exit_signal_handlers()
@@ -112,12 +111,15 @@ def serve(
             build_server(ServerLifespan(settings, local_principal=stdio_principal(settings))).run("stdio")
         else:
             import uvicorn
+            from uvicorn.config import LOGGING_CONFIG
 
             from .server.http import create_http_app
 
             uvicorn.run(
                 create_http_app(settings), host=settings.host, port=settings.port,
                 log_level=settings.log_level.lower(), access_log=False,
+                # JSON lines: uvicorn's loggers go through the root handler instead of its own text ones.
+                log_config=None if settings.log_format == "json" else LOGGING_CONFIG,
             )  # fmt: skip
     except SharedMemoryError as exc:
         fail(exc.message)
@@ -310,7 +312,8 @@ def reembed(data_dir: DataDir = None, log_level: LogLevel = None) -> None:
         from .runtime import open_runtime
 
         async with open_runtime(settings, check_model=False) as runtime:
-            cleared, done, facts = await runtime.reembed()
+            with progress_bar(f"re-embedding with {settings.embedding_model_id}", None):
+                cleared, done, facts = await runtime.reembed()
         typer.echo(f"re-embedded {done} of {cleared} events and {facts} facts with {settings.embedding_model_id}")
 
     run(main)
@@ -329,13 +332,18 @@ def consolidate(
         from .runtime import open_runtime
 
         async with open_runtime(settings) as runtime:
-            report = await runtime.maintenance.consolidator.run(tenant=tenant)
+            with progress_bar("consolidating", None):
+                report = await runtime.maintenance.consolidator.run(tenant=tenant)
         typer.echo(
             f"consolidated {report.events} events in {report.scopes} scopes: {report.stored} facts stored, "
             f"{report.confirmed} confirmed, {report.skipped_busy} scopes busy in another process"
         )
 
     run(main)
+
+
+# doctor, tail, export, import, erase
+register_operator_commands(app)
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from . import ranking, recent
 from . import validation as check
 from .announcer import Announcer
 from .context import format_shared_context, task_context
+from .embedding_queue import EmbeddingQueue
 from .embeddings import Embedder
 from .errors import EmbeddingUnavailable, InvalidInput, NotFound
 from .models import (
@@ -25,6 +26,7 @@ from .models import (
     NewEvent,
     Principal,
     Scope,
+    SearchHits,
     SearchMode,
     WorkspaceSummary,
     WriteResult,
@@ -34,6 +36,7 @@ from .models import (
     validate_identifier,
 )
 from .redaction import Redactor
+from .retraction import retract_event
 from .settings import Settings
 from .stores.cache import CachedRecent, CacheMiss, RedisCache
 from .stores.episodic import PostgresEpisodicStore
@@ -64,6 +67,7 @@ class SharedMemory(WorkspaceRules):
         embedder: Embedder,
         facts: FactsStore,
         quota: TenantEventQuota,
+        embeddings: EmbeddingQueue,
     ) -> None:
         self.settings = settings
         self._episodic = episodic
@@ -74,6 +78,7 @@ class SharedMemory(WorkspaceRules):
         self._embedder = embedder
         self._facts = facts
         self._quota = quota
+        self._embeddings = embeddings
         self._redactor = Redactor.from_settings(settings)
 
     @property
@@ -119,24 +124,21 @@ class SharedMemory(WorkspaceRules):
         tenant = principal.tenant
 
         claimed = committed = False
-        # The embedding starts at once; the dedup check runs meanwhile (and drops it for a duplicate).
-        embedding = asyncio.ensure_future(self._embed_or_none(content))
         try:
             if idempotency_key is None and dedup and self.settings.dedup_window > 0:
                 earlier = await self._cache.claim_dedup(
                     tenant, target, digest, self.settings.dedup_window, agent_id=principal.agent_id
                 )
                 if earlier is not None:
-                    embedding.cancel()
                     return WriteResult(
                         status="deduplicated", event_id=as_uuid(earlier.event_id) if earlier.event_id else None,
                         original_agent_id=earlier.agent_id,
                     )  # fmt: skip
                 claimed = True
-            vector = await embedding
+            # Acknowledged at commit: the vector is computed afterwards by the embedding queue.
             new = NewEvent(
                 agent_id=principal.agent_id, agent_type=principal.agent_type, event_type=event_type, role=role,
-                content=content, content_hash=digest, embedding=vector, embedding_model=self._embedder.model_id,
+                content=content, content_hash=digest, embedding=None, embedding_model=None,
                 importance=importance, metadata=metadata, idempotency_key=idempotency_key,
             )  # fmt: skip
             async with self._episodic.writer(tenant, target) as writer:
@@ -151,7 +153,6 @@ class SharedMemory(WorkspaceRules):
                         writer, appended.backlog + fresh, dedup=(appended.event.id, digest) if claimed else None
                     )
         except BaseException:
-            embedding.cancel()
             if claimed and not committed:
                 # Shielded: a cancelled request must still free its claim, or the retry is "deduplicated".
                 with anyio.CancelScope(shield=True):
@@ -159,17 +160,9 @@ class SharedMemory(WorkspaceRules):
             raise
         if not appended.inserted:
             return WriteResult(status="replayed", event=appended.event, event_id=appended.event.id)
+        self._embeddings.notify()
         await self._quota.added(tenant)
         return WriteResult(status="written", event=appended.event, event_id=appended.event.id)
-
-    async def _embed_or_none(self, content: str) -> np.ndarray | None:
-        try:
-            return await self._embedder.embed(content)
-        except EmbeddingUnavailable as exc:
-            # The event is stored without a vector and embedded later (embed_missing); losing the
-            # write because the embedder hiccuped would be worse than a late search hit.
-            log.warning("storing event without embedding: %s", exc)
-            return None
 
     async def get_recent_shared(
         self,
@@ -232,10 +225,14 @@ class SharedMemory(WorkspaceRules):
         mode: SearchMode = "hybrid",
         filters: EventFilter | dict[str, Any] | None = None,
         recency_half_life: float | None = None,
-    ) -> list[Event]:
+    ) -> SearchHits:
         """Every agent's events in the scope that answer ``query``, best first (see ``ranking.py``):
         ``hybrid`` matches words and meaning, ``lexical`` exact terms (ids, codes, names), ``semantic``
-        meaning only. ``recency_half_life`` (seconds) discounts older events."""
+        meaning only. ``recency_half_life`` (seconds) discounts older events.
+
+        Events acknowledged before the search are ranked by meaning too (the scope's events still
+        waiting for a vector are embedded first, briefly). Without the model, the search ranks by words
+        and says so in ``degraded``."""
         target = principal.resolve_scope(scope)
         check.bounded_int(limit, "limit", low=1, high=check.MAX_LIMIT)
         check.text(query, "query", max_chars=check.MAX_QUERY_CHARS)
@@ -245,15 +242,36 @@ class SharedMemory(WorkspaceRules):
             check.positive(recency_half_life, "recency_half_life")
         floor = self._floor(min_similarity)
         await self._workspace_access(principal, target, write=False)
-        vector = None if mode == "lexical" else await self._embedder.embed(query)
+        vector, degraded = None, None
+        if mode != "lexical":
+            vector, degraded = await self._query_vector(principal.tenant, target, query)
+            mode = "lexical" if vector is None else mode
         candidates = await self._search.candidates(
             principal.tenant, target, wanted, vector=vector, query=None if mode == "semantic" else query,
             model_id=self._embedder.model_id, per_ranking=ranking.candidates_per_ranking(limit),
         )  # fmt: skip
-        return ranking.fuse(
+        hits = SearchHits(ranking.fuse(
             candidates, mode=mode, limit=limit, floor=floor, fusion=self.settings.search_fusion,
             recency_half_life=recency_half_life,
-        )  # fmt: skip
+        ))  # fmt: skip
+        hits.degraded = degraded
+        return hits
+
+    async def _query_vector(self, tenant: str, scope: Scope, query: str) -> tuple[np.ndarray | None, str | None]:
+        """The query's vector, computed while the scope's waiting events are embedded; (None, why) when
+        the model is unavailable."""
+        caught_up = asyncio.ensure_future(self._embeddings.catch_up(tenant, scope))
+        try:
+            vector = await self._embedder.embed(query)
+        except BaseException as exc:
+            caught_up.cancel()
+            if isinstance(exc, EmbeddingUnavailable):
+                return None, "the embedding model is unavailable: ranked by matching words only"
+            raise
+        left = (await caught_up).left
+        if left:
+            return vector, f"{left} events written moments ago are ranked by matching words only (still embedding)"
+        return vector, None
 
     def _floor(self, min_similarity: float | None) -> float:
         """A search's similarity floor: the model's default unless given."""
@@ -369,6 +387,12 @@ class SharedMemory(WorkspaceRules):
         return await self._facts.search(
             tenant, scope, vector, query=query, top_k=top_k, min_similarity=floor, mode=mode
         )
+
+    async def retract_event(self, principal: Principal, event_id: str, *, scope: str | Scope | None = None) -> Event:
+        """Delete an event this agent wrote (any, with the admin role on the scope); see ``retraction.py``."""
+        target = principal.resolve_scope(scope, need="write")
+        await self._workspace_access(principal, target, write=False)
+        return await retract_event(principal, target, event_id, episodic=self._episodic, announcer=self._announcer)
 
     async def forget_fact(self, principal: Principal, fact_id: str, *, scope: str | Scope | None = None) -> None:
         target = principal.resolve_scope(scope, need="write")

@@ -311,6 +311,12 @@ class Event(BaseModel):
         return Scope(self.scope_type, self.scope_id)
 
 
+class SearchHits(list[Event]):
+    """A search's events, best first. ``degraded`` says what the ranking had to do without (None: nothing)."""
+
+    degraded: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class NewEvent:
     """An event about to be appended to a scope's log (validated by ``SharedMemory``)."""

@@ -82,10 +82,11 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def search_results(events: Sequence[Event], *, now: datetime) -> str:
+def search_results(events: Sequence[Event], *, now: datetime, degraded: str | None = None) -> str:
+    note = f"Note: {degraded}.\n" if degraded else ""
     if not events:
-        return "No matching events. Try other words, or mode 'lexical' for exact ids and codes."
-    return _listing(f"{_count(len(events), 'event')}, best first:", events, now)
+        return note + "No matching events. Try other words, or mode 'lexical' for exact ids and codes."
+    return note + _listing(f"{_count(len(events), 'event')}, best first:", events, now)
 
 
 def recent_events(events: Sequence[Event], *, now: datetime, since_seq: int | None, next_since_seq: int | None) -> str:

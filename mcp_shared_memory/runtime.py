@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 
 from .announcer import Announcer
 from .consolidation import Consolidator
+from .embedding_queue import EmbeddingQueue
 from .embeddings import Embedder, create_embedder
 from .errors import ConfigError
 from .maintenance import Maintenance
@@ -31,6 +32,7 @@ from .settings import Settings
 from .stores.audit import PostgresAuditLog
 from .stores.bus import RedisBus
 from .stores.cache import RedisCache
+from .stores.embedding_backlog import PostgresEmbeddingBacklog
 from .stores.episodic import PostgresEpisodicStore
 from .stores.event_search import PostgresEventSearch
 from .stores.facts import FactsStore
@@ -198,6 +200,7 @@ class Runtime:
         facts: FactsStore,
         audit: PostgresAuditLog | None = None,
         rate_limiter: RedisRateLimiter | None = None,
+        embeddings: EmbeddingQueue,
     ) -> None:
         self.settings = settings
         self._connections = connections
@@ -210,6 +213,7 @@ class Runtime:
         self.audit = audit
         # None when MSM_RATE_LIMIT_PER_MINUTE=0
         self.rate_limiter = rate_limiter
+        self.embeddings = embeddings
 
     async def health(self) -> Health:
         redis_ok = True
@@ -222,9 +226,9 @@ class Runtime:
     async def reembed(self) -> tuple[int, int, int]:
         """Re-embed every event and fact with the configured model: (events cleared, embedded, facts)."""
         db, embedder = self._connections.db, self._connections.embedder
-        cleared = await PostgresEpisodicStore(db).clear_embeddings()
+        cleared = await PostgresEmbeddingBacklog(db).clear()
         await db.set_embedding_model(embedder.model_id, embedder.dimension)
-        embedded = await self.maintenance.embed_missing()
+        embedded = await self.embeddings.drain()
         facts = self._facts
         if isinstance(facts, PgVectorFactsStore):  # it serves requests: every tenant's facts need the owner
             facts = PgVectorFactsStore(db, model_id=embedder.model_id)
@@ -274,9 +278,13 @@ async def open_runtime(
         quota = TenantEventQuota(
             db, connections.redis, prefix=settings.redis_prefix, limit=settings.tenant_quota_events, breaker=breaker
         )
+        embeddings = EmbeddingQueue(
+            backlog=PostgresEmbeddingBacklog(owner), scoped=PostgresEmbeddingBacklog(db), embedder=embedder,
+            catch_up_timeout=settings.embedding_catch_up_seconds,
+        )  # fmt: skip
         memory = SharedMemory(
             settings=settings, episodic=episodic, search=search, workspaces=PostgresWorkspaceStore(db), cache=cache,
-            announcer=announcer, embedder=embedder, facts=facts, quota=quota,
+            announcer=announcer, embedder=embedder, facts=facts, quota=quota, embeddings=embeddings,
         )  # fmt: skip
         upkeep = PostgresEpisodicStore(owner)
         consolidator = Consolidator(
@@ -285,9 +293,8 @@ async def open_runtime(
         )  # fmt: skip
         audit = PostgresAuditLog(owner) if settings.audit else None
         maintenance = Maintenance(
-            settings=settings, episodic=upkeep, announcer=announcer, embedder=embedder, consolidator=consolidator,
-            audit=audit,
-        )  # fmt: skip
+            settings=settings, episodic=upkeep, announcer=announcer, consolidator=consolidator, audit=audit
+        )
         rate_limiter = None
         if settings.rate_limit_per_minute:
             rate_limiter = RedisRateLimiter(
@@ -296,12 +303,13 @@ async def open_runtime(
             )  # fmt: skip
         runtime = Runtime(
             settings=settings, connections=connections, memory=memory, bus=bus, tokens=PostgresTokenStore(owner),
-            maintenance=maintenance, facts=facts, audit=audit, rate_limiter=rate_limiter,
+            maintenance=maintenance, facts=facts, audit=audit, rate_limiter=rate_limiter, embeddings=embeddings,
         )  # fmt: skip
 
         tasks = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(tasks.cancel_scope.cancel)
         await tasks.start(bus.run)
+        await tasks.start(embeddings.run)  # every process: its writes are acknowledged before they are embedded
         if audit is not None:
             await tasks.start(audit.run)
         if background:

@@ -77,12 +77,25 @@ class Settings(BaseSettings):
     )
     embedding_batch_size: int = Field(default=32, ge=1, le=2048)
     embedding_threads: int | None = Field(default=None, ge=1)
+    # The local model runs in one embedding service per data dir, shared by every local process ("auto"),
+    # or in each process ("off"). The service's own settings apply when a process starts it.
+    embedding_service: Literal["auto", "off"] = "auto"
+    embedding_service_model: Literal["all-MiniLM-L6-v2"] = "all-MiniLM-L6-v2"
+    embedding_service_threads: int | None = Field(default=None, ge=1)  # unset: every core
+    embedding_service_batch_size: int = Field(default=32, ge=1, le=2048)
+    # How long a model batch that is not full waits for texts from other requests.
+    embedding_service_batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+    # a search first embeds its scope's events still waiting for a vector, for at most this long
+    embedding_catch_up_seconds: float = Field(default=2.0, ge=0, le=60)
 
     # serving (CLI flags override)
     host: str = "127.0.0.1"
     port: int = Field(default=8765, ge=1, le=65535)
     public_url: str | None = None  # external URL of the HTTP server, for OAuth metadata behind a proxy
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "WARNING"
+    log_format: Literal["text", "json"] = "text"  # json: one object per line, for log collectors
+    # The bearer secret a Prometheus scraper sends to GET /metrics on HTTP; unset, /metrics is off (404).
+    metrics_token: SecretStr | None = None
     # HTTP Host / Origin values accepted besides loopback and the public URL's (comma-separated)
     allowed_hosts: str | None = None
     allowed_origins: str | None = None
@@ -121,6 +134,9 @@ class Settings(BaseSettings):
     # the retention are deleted by the background maintenance.
     audit: bool = True
     audit_retention_days: int = Field(default=90, ge=1)
+    # Events older than this many days are deleted in the background, per scope type (0: kept forever).
+    retention_user_days: int = Field(default=0, ge=0)
+    retention_workspace_days: int = Field(default=0, ge=0)
 
     # limits and quotas
     # No tool result or resource read is larger than this (its text and structured content together): a
@@ -150,6 +166,7 @@ class Settings(BaseSettings):
         "redis_url",
         "qdrant_api_key",
         "openai_api_key",
+        "metrics_token",
         "public_url",
         "tenant_quota_events",
         "search_quantize_above",
@@ -158,6 +175,11 @@ class Settings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_format(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("log_level", mode="before")
     @classmethod

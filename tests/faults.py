@@ -44,9 +44,12 @@ class FaultyEmbedder(Embedder):
         self.model_id = model.model_id
         self.dimension = model.dimension
         self.down = False
+        self.hangs = False  # an endpoint that accepts the request and never answers
         self.rejects: Callable[[str], bool] = lambda text: False
 
     async def _embed_batch(self, texts: list[str]) -> npt.NDArray[np.floating]:
+        if self.hangs:
+            await anyio.sleep_forever()
         if self.down:
             raise EmbeddingUnavailable("The embedding endpoint is unreachable (test outage); retry later.")
         if any(self.rejects(t) for t in texts):

@@ -21,7 +21,7 @@ from mcp_shared_memory.stores.bus import EventWritten, Topic
 from mcp_shared_memory.stores.postgres import DRIVER_ERRORS, translated
 
 from .conftest import Backdoor, isolated
-from .faults import eventually, faulty_embedder_runtime, faulty_redis_runtime
+from .faults import eventually, faulty_redis_runtime
 from .redis_server import redis_process
 from .tcp_proxy import faulty_proxy
 from .test_failure_modes import Heard, runtime_on
@@ -208,44 +208,6 @@ async def test_a_hot_scope_with_a_slow_redis_does_not_stall_other_tenants(
 async def _scope_lock_held(connections: Connections) -> bool:
     held = await connections.db.fetchval("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")
     return bool(held)
-
-
-# the model ------------------------------------------------------------------------------------------------
-
-
-async def test_one_unembeddable_event_does_not_block_the_backfill(
-    settings: Settings, connections: Connections, alice: Principal
-) -> None:
-    """An input the endpoint always rejects (an oversized text) is retried hourly, while every other
-    pending event of every tenant is embedded on the next pass."""
-    async with faulty_embedder_runtime(isolated(settings), connections) as (runtime, embedder):
-        memory = runtime.memory
-        embedder.down = True
-        await memory.write_event(alice, "REJECTED-BY-ENDPOINT " + "字" * 200)
-        normal = await memory.write_event(alice, "The staging cluster moved to eu-west-1")
-        embedder.down = False
-        embedder.rejects = lambda text: text.startswith("REJECTED-BY-ENDPOINT")
-
-        for _ in range(2):  # two back-fill passes
-            await runtime.maintenance.embed_missing()
-        hits = await memory.search_shared(alice, "which region hosts staging?")
-        assert normal.event_id in [h.id for h in hits]
-
-
-async def test_an_embedder_outage_defers_pending_events_briefly_not_for_an_hour(
-    settings: Settings, connections: Connections, alice: Principal, backdoor: Backdoor
-) -> None:
-    """While the model is down every text fails: the pass stops and its events are retried within a
-    minute, instead of being marked as rejected for an hour."""
-    async with faulty_embedder_runtime(isolated(settings), connections) as (runtime, embedder):
-        embedder.down = True
-        written = await runtime.memory.write_event(alice, "Pending while the model is down")
-        assert await runtime.maintenance.embed_missing() == 0
-        retry_in = await backdoor.db.fetchval(
-            "SELECT extract(epoch FROM embedding_retry_at - now()) FROM shared_episodic_memories WHERE id = $1",
-            written.event_id,
-        )
-        assert 0 < retry_in <= 60
 
 
 # input ----------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from mcp_shared_memory.stores.cache import CachedRecent, RedisCache
 from mcp_shared_memory.stores.redis_client import RedisBreaker
 
 from .conftest import Backdoor, isolated
-from .faults import faulty_embedder_runtime, faulty_redis_runtime
+from .faults import faulty_redis_runtime
 
 pytestmark = pytest.mark.anyio
 
@@ -400,22 +400,3 @@ async def test_near_duplicate_fact_confirms_instead_of_adding(
     assert [f.id for f in await memory.search_facts(alice, "rate limit", min_similarity=-1)] == [other.fact.id]
     with pytest.raises(NotFound):
         await memory.forget_fact(alice, str(first.fact.id))
-
-
-async def test_event_written_during_an_embedder_outage_is_stored_and_embedded_later(
-    settings: Settings, connections: Connections, alice: Principal
-) -> None:
-    async with faulty_embedder_runtime(isolated(settings), connections) as (runtime, embedder):
-        memory = runtime.memory
-        embedder.down = True
-        written = await memory.write_event(alice, "The on-call rotation changes every Monday at 9am")
-        embedder.down = False
-
-        assert written.status == "written"
-        question = "when does on-call rotate?"
-        assert await memory.search_shared(alice, question, mode="semantic") == []  # no vector yet
-        (lexical,) = await memory.search_shared(alice, question)  # ... but hybrid finds its words at once
-        assert lexical.id == written.event_id and lexical.similarity is None and lexical.lexical
-        assert await runtime.maintenance.embed_missing() >= 1
-        hits = await memory.search_shared(alice, question, mode="semantic")
-        assert [h.id for h in hits] == [written.event_id]

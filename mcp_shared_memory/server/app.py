@@ -16,20 +16,24 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
 from mcp.types import (
     INVALID_PARAMS,
+    CompleteRequestParams,
+    CompleteResult,
     EmptyResult,
+    SetLevelRequestParams,
     SubscribeRequestParams,
     SubscriptionsListenRequestParams,
     UnsubscribeRequestParams,
 )
 from pydantic import BaseModel, ValidationError
 
-from .. import __version__
+from .. import __version__, metrics
 from ..errors import AccessDenied, InvalidInput, LimitExceeded, NotFound
 from ..models import Principal, Scope
 from ..stores.audit import AuditEntry
 from ..stores.bus import Topic
-from . import limits, sdk_adapter
-from .notifications import LISTEN_PRINCIPAL
+from . import client_logging, limits, sdk_adapter
+from .completions import Completer
+from .notifications import LISTEN_PRINCIPAL, LegacySession
 from .resources import register_resources
 from .state import AppState, ServerLifespan
 from .tools import TOOL_FAILURE, register_tools
@@ -111,6 +115,28 @@ def audit_outcome(result: HandlerResult) -> tuple[str, int | None]:
     return "ok", None
 
 
+def is_error(result: HandlerResult) -> bool:
+    """Whether a tool call's result is an error result (read without serialising the result)."""
+    if isinstance(result, dict):
+        return bool(result.get("isError"))
+    return bool(getattr(result, "is_error", False))
+
+
+class CountedSession:
+    """A legacy session as the notification hub sees it, counting what it sends."""
+
+    def __init__(self, session: LegacySession) -> None:
+        self._session = session
+
+    async def send_resource_updated(self, uri: str) -> None:
+        await self._session.send_resource_updated(uri)
+        metrics.notifications_sent.labels("resource_updated").inc()
+
+    async def send_resource_list_changed(self) -> None:
+        await self._session.send_resource_list_changed()
+        metrics.notifications_sent.labels("list_changed").inc()
+
+
 def topic_of(parsed: ParsedUri) -> Topic:
     """The bus topic whose messages change a resource: a scope's events, or the tenant's workspaces."""
     return Topic(parsed.tenant, parsed.scope if parsed.kind == "recent" else None)
@@ -132,7 +158,21 @@ def build_server(
             await register_legacy_connection(ctx)
         if ctx.method == "subscriptions/listen":
             return await guarded_listen(ctx, call_next)
-        if ctx.method not in AUDITED or ctx.lifespan_context.runtime.audit is None:
+        if ctx.request_id is None:
+            return await call_next(ctx)
+        # What the server logs while serving this request reaches its client too (client_logging.py).
+        with client_logging.capture() as told:
+            try:
+                result = await measured(ctx, call_next)
+            except Exception:
+                await client_logging.deliver(ctx, told)
+                raise
+            await client_logging.deliver(ctx, told)
+            return result
+
+    async def measured(ctx: ServerRequestContext[AppState, Any], call_next: CallNext) -> HandlerResult:
+        """The request, audited (tool calls, reads, subscriptions) and timed for the metrics (tool calls)."""
+        if ctx.method not in AUDITED:
             return await call_next(ctx)
         started = time.perf_counter()
         failure: dict[str, str] = {}
@@ -140,13 +180,31 @@ def build_server(
         try:
             result = await call_next(ctx)
         except Exception as exc:
-            audit(ctx, started, type(exc).__name__, None)
+            finished(ctx, started, type(exc).__name__, result=None)
             raise
         finally:
             TOOL_FAILURE.reset(token)
-        outcome, count = audit_outcome(result)
-        audit(ctx, started, failure.get("error", outcome) if outcome != "ok" else outcome, count)
+        finished(ctx, started, failure.get("error"), result=result)
         return result
+
+    def finished(
+        ctx: ServerRequestContext[AppState, Any], started: float, error: str | None, *, result: HandlerResult
+    ) -> None:
+        """Record a request that ended: ``error`` names the exception it raised or the domain error its tool
+        failed with (None: no domain error)."""
+        if ctx.method == "tools/call":
+            params = ctx.params if isinstance(ctx.params, dict) else {}
+            name = params.get("name")
+            outcome = error or ("ToolError" if result is None or is_error(result) else "ok")
+            tool = name if isinstance(name, str) and name in tool_names else "<unknown>"
+            metrics.observe_tool_call(tool, outcome, time.perf_counter() - started)
+        if ctx.lifespan_context.runtime.audit is None:
+            return
+        if result is None:
+            audit(ctx, started, error or "error", None)
+            return
+        outcome, count = audit_outcome(result)
+        audit(ctx, started, (error or outcome) if outcome != "ok" else outcome, count)
 
     def audit(ctx: ServerRequestContext[AppState, Any], started: float, outcome: str, result_count: int | None) -> None:
         """Buffer the request's audit row (unauthenticated requests never reach a handler: not recorded)."""
@@ -180,7 +238,7 @@ def build_server(
             return
         conn_state[LEGACY_KEY] = True
         key = sdk_adapter.connection_key(ctx)
-        state.hub.add_legacy_session(principal, key, ctx.session)
+        state.hub.add_legacy_session(principal, key, CountedSession(ctx.session))
         await state.hub.acquire(Topic(principal.tenant))
         conn_state["msm_topics"] = [Topic(principal.tenant)]
 
@@ -244,6 +302,16 @@ def build_server(
     register_tools(mcp, lifespan_owner.settings)
     sdk_adapter.inline_output_schemas(mcp)
     register_resources(mcp)
+    tool_names = frozenset(sdk_adapter.tool_names(mcp))
+    prompts, templates = sdk_adapter.prompt_and_template_names(mcp)
+    completer = Completer(prompts=prompts, templates=templates)
+
+    async def on_complete(ctx: ServerRequestContext[AppState, Any], params: CompleteRequestParams) -> CompleteResult:
+        return await completer.complete(ctx.lifespan_context, params)
+
+    sdk_adapter.register_request_handler(mcp, "completion/complete", CompleteRequestParams, on_complete)
+    sdk_adapter.register_request_handler(mcp, "logging/setLevel", SetLevelRequestParams, client_logging.set_level)
+    client_logging.install()
 
     async def on_subscribe(ctx: ServerRequestContext[AppState, Any], params: SubscribeRequestParams) -> EmptyResult:
         state = ctx.lifespan_context

@@ -1,20 +1,23 @@
-"""Streamable HTTP transport: stateful sessions, bearer tokens verified against PostgreSQL, /healthz,
+"""Streamable HTTP transport: stateful sessions, bearer tokens verified against PostgreSQL, /healthz, /metrics,
 behind the guard of ``http_guard`` (Host/Origin, failed-authentication limit and audit, 503 on a store
 outage, the end of a revoked or expired token's streams and sessions)."""
 
 from __future__ import annotations
 
+import hmac
 import logging
 from typing import Any
 
 from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.auth.settings import AuthSettings
+from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import Message, Scope
 
+from .. import metrics
 from ..errors import InvalidInput, StoreUnavailable
 from ..runtime import Runtime
 from ..settings import Settings
@@ -57,6 +60,24 @@ class DatabaseTokenVerifier(TokenVerifier):
         )
 
 
+def metrics_route(mcp: MCPServer[Any], settings: Settings) -> None:
+    """``GET /metrics`` (Prometheus text format) for a scraper sending ``MSM_METRICS_TOKEN`` as its bearer
+    token; without that setting the route answers 404. The metrics are the process's, across tenants, so a
+    tenant's token does not open them. A wrong token counts as a failed authentication (``HttpGuard``)."""
+    secret = settings.metrics_token.get_secret_value().encode() if settings.metrics_token else None
+
+    @mcp.custom_route("/metrics", methods=["GET"], include_in_schema=False)  # type: ignore[untyped-decorator]
+    async def prometheus(request: Request) -> Response:
+        if secret is None:
+            return PlainTextResponse("metrics are off: set MSM_METRICS_TOKEN\n", status_code=404)
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), secret):
+            return PlainTextResponse(
+                "send MSM_METRICS_TOKEN as a bearer token\n", status_code=401, headers={"WWW-Authenticate": "Bearer"}
+            )
+        return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE_LATEST)
+
+
 def create_http_app(settings: Settings, *, runtime: Runtime | None = None) -> Starlette:
     """The Streamable HTTP app for ``settings.host``/``port`` (``public_url`` when behind a proxy). With
     ``runtime`` given (tests, embedding) the app uses it instead of opening its own."""
@@ -90,6 +111,7 @@ def create_http_app(settings: Settings, *, runtime: Runtime | None = None) -> St
             {"status": "ok" if health.ok else "unavailable", **checks}, status_code=200 if health.ok else 503
         )
 
+    metrics_route(mcp, settings)
     peers = AllowedPeers.from_settings(settings)
     # The SDK checks /mcp only, case-sensitively; the guard checks every route but /healthz, first.
     security = TransportSecuritySettings(allowed_hosts=list(peers.hosts), allowed_origins=list(peers.origins))

@@ -32,8 +32,13 @@ class WriteEventResult(BaseModel):
 
 class EventList(BaseModel):
     events: list[Event]
-    next_since_seq: int | None = Field(description="pass as since_seq to get what was written after these")
+    next_since_seq: int | None = Field(
+        default=None, description="pass as since_seq to get what was written after these"
+    )
     truncated: bool = Field(default=False, description=TRUNCATED)
+    degraded: str | None = Field(
+        default=None, description="what the search had to rank without (e.g. the embedding model being down)"
+    )
 
 
 class CreatedWorkspace(Workspace):
@@ -68,7 +73,7 @@ class ToolResults:
     def one(self, structured: BaseModel, text: Callable[[datetime], str] | None = None) -> CallToolResult:
         """A whole result: refused (``ResultTooLarge``) if over the response limit. ``text``: the rendering
         for the model (default: the JSON)."""
-        body = text(datetime.now(UTC)) if self.compact_text and text else structured.model_dump_json(indent=2)
+        body = text(datetime.now(UTC)) if self.compact_text and text else _json_text(structured)
         answered = _result(structured, body)
         self.budget.check(_size(answered), "this result")
         return answered
@@ -90,7 +95,7 @@ class ToolResults:
             cut = len(kept) < len(items)
             structured = record(list(kept), cut)
             if not self.compact_text:
-                return _result(structured, structured.model_dump_json(indent=2))
+                return _result(structured, _json_text(structured))
             body = text(structured, now)
             if cut:
                 body = (
@@ -102,9 +107,16 @@ class ToolResults:
         return self.budget.fit(items, build, _size, noun=noun)
 
 
+def _json_text(structured: BaseModel) -> str:
+    return structured.model_dump_json(indent=2, exclude_defaults=True)
+
+
 def _result(structured: BaseModel, body: str) -> CallToolResult:
+    # Fields at their defaults (no role, empty metadata, no scores outside a search) are left out: the
+    # client parses and validates less, and the output schema marks them optional.
     return CallToolResult(
-        content=[TextContent(type="text", text=body)], structured_content=structured.model_dump(mode="json")
+        content=[TextContent(type="text", text=body)],
+        structured_content=structured.model_dump(mode="json", exclude_defaults=True),
     )
 
 

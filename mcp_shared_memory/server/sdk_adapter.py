@@ -9,7 +9,15 @@ from typing import Any
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.mcpserver import MCPServer
-from mcp.types import EmptyResult, SubscribeRequestParams, UnsubscribeRequestParams
+from mcp.types import (
+    EmptyResult,
+    LoggingLevel,
+    LoggingMessageNotification,
+    LoggingMessageNotificationParams,
+    SubscribeRequestParams,
+    UnsubscribeRequestParams,
+)
+from pydantic import BaseModel
 
 SubscribeHandler = Callable[[ServerRequestContext[Any, Any], SubscribeRequestParams], Awaitable[EmptyResult]]
 UnsubscribeHandler = Callable[[ServerRequestContext[Any, Any], UnsubscribeRequestParams], Awaitable[EmptyResult]]
@@ -26,6 +34,33 @@ def register_legacy_subscriptions(
     low.create_initialization_options = functools.partial(  # type: ignore[method-assign]
         low.create_initialization_options, NotificationOptions(resources_changed=True)
     )
+
+
+def register_request_handler(
+    server: MCPServer[Any], method: str, params_type: type[BaseModel], handler: Callable[..., Awaitable[Any]]
+) -> None:
+    """A request MCPServer has no handler-with-context decorator for (``completion/complete`` hands its
+    function no context, ``logging/setLevel`` has none); registering it advertises the capability."""
+    server._lowlevel_server.add_request_handler(method, params_type, handler)
+
+
+def prompt_and_template_names(server: MCPServer[Any]) -> tuple[list[str], list[str]]:
+    """The names of the registered prompts and the URI templates of the registered resource templates."""
+    prompts = [p.name for p in server._prompt_manager.list_prompts()]
+    templates = [t.uri_template for t in server._resource_manager.list_templates()]
+    return prompts, templates
+
+
+def tool_names(server: MCPServer[Any]) -> list[str]:
+    return [t.name for t in server._tool_manager.list_tools()]
+
+
+async def send_log_message(ctx: ServerRequestContext[Any, Any], level: LoggingLevel, data: str, logger: str) -> None:
+    """``notifications/message`` on the request's own stream. ``ServerSession.send_log_message`` does the same
+    but warns on every use (the 2026 revision deprecates logging; 2025-era clients still rely on it). The
+    caller has checked the level against what the client takes (``client_logging.allowed_levels``)."""
+    params = LoggingMessageNotificationParams(level=level, data=data, logger=logger)
+    await ctx.session._notify(LoggingMessageNotification(params=params), request_scoped=True)
 
 
 def inline_output_schemas(server: MCPServer[Any]) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import anyio
 from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.subscriptions import ResourcesListChanged, ServerEvent
+from prometheus_client import Counter
 
+from .. import metrics
 from ..errors import AccessDenied, ConfigError, InvalidInput
 from ..memory import SharedMemory
 from ..models import Principal, Scope
@@ -60,6 +63,22 @@ class AppState:
         return self.local_principal
 
 
+class CountedListenerBus(ListenerBus):
+    """Counts what the listen streams are handed (``msm_notifications_sent_total``)."""
+
+    def subscribe(self, listener: Callable[[ServerEvent], None]) -> Callable[[], None]:
+        def counted(event: ServerEvent) -> None:
+            listener(event)
+            notification_kind(event).inc()
+
+        return super().subscribe(counted)
+
+
+def notification_kind(event: ServerEvent) -> Counter:
+    kind = "list_changed" if isinstance(event, ResourcesListChanged) else "resource_updated"
+    return metrics.notifications_sent.labels(kind)
+
+
 class ServerLifespan:
     """Opens the state once per process (HTTP) or per stdio connection. With ``runtime`` given (tests,
     embedding the server in another program) the server uses it instead of opening its own. With
@@ -75,7 +94,7 @@ class ServerLifespan:
     ) -> None:
         self.settings = settings
         self.local_principal = local_principal
-        self.listeners = ListenerBus()
+        self.listeners = CountedListenerBus()
         self.token_watch = token_watch
         self._given_runtime = runtime
         self.state: AppState | None = None

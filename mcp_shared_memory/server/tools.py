@@ -13,9 +13,10 @@ from pydantic import Field, WithJsonSchema
 
 from .. import render
 from .. import validation as limits
-from ..errors import SharedMemoryError
+from ..errors import RateLimited, SharedMemoryError
 from ..models import Event, EventFilter, Principal, Scope, SearchMode, Workspace
 from ..settings import Settings
+from . import client_logging
 from .results import (
     CreatedWorkspace,
     EventList,
@@ -68,7 +69,9 @@ MODES = (
 WorkspaceStatus = Literal[limits.WORKSPACE_STATUSES]  # type: ignore[valid-type]
 # Rate-limit tokens a call takes: a write (it embeds, commits and announces) costs more than a read.
 READ_COST, WRITE_COST = 1, 2
-WRITE_TOOLS = frozenset({"write_event", "create_workspace", "update_workspace", "store_fact", "forget_fact"})
+WRITE_TOOLS = frozenset(
+    {"write_event", "create_workspace", "update_workspace", "store_fact", "forget_fact", "retract_event"}
+)
 
 # Set by the audit middleware around a call: the domain error a tool failed with (the SDK turns it into
 # an error result before the middleware sees it).
@@ -91,6 +94,8 @@ def domain_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
         except SharedMemoryError as exc:
             if (failure := TOOL_FAILURE.get()) is not None:
                 failure["error"] = type(exc).__name__
+            if isinstance(exc, RateLimited):
+                client_logging.tell("warning", f"{fn.__name__} was rate limited: {exc.message}")
             raise ToolError(exc.message) from exc
 
     return wrapper
@@ -194,8 +199,8 @@ def register_tools(mcp: MCPServer[Any], settings: Settings) -> None:
             filters=filters, recency_half_life=recency_half_life,
         )  # fmt: skip
         return answer_list(
-            events, lambda kept, cut: EventList(events=kept, next_since_seq=None, truncated=cut),
-            lambda listed, now: render.search_results(listed.events, now=now),
+            events, lambda kept, cut: EventList(events=kept, truncated=cut, degraded=events.degraded),
+            lambda listed, now: render.search_results(listed.events, now=now, degraded=listed.degraded),
             hint="lower limit, or narrow the search with filters",
         )  # fmt: skip
 
@@ -360,3 +365,14 @@ def register_tools(mcp: MCPServer[Any], settings: Settings) -> None:
         state = state_of(ctx)
         await state.memory.forget_fact(state.principal(), fact_id, scope=scope)
         return answer(Forgotten(forgotten=fact_id))
+
+    @mcp.tool(title="Retract an event", annotations=DELETE)
+    @domain_errors
+    async def retract_event(
+        event_id: Annotated[str, Field(min_length=1, max_length=limits.MAX_FACT_ID_CHARS)],
+        ctx: Context[Any],
+        scope: Scope_ = None,
+    ) -> Annotated[CallToolResult, Event]:
+        """Delete an event you wrote (e.g. a mistake) from a scope; its agents are notified. Returns it as it was."""
+        state = state_of(ctx)
+        return answer(await state.memory.retract_event(state.principal(), event_id, scope=scope))

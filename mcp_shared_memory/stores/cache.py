@@ -21,6 +21,7 @@ from typing import cast
 
 import redis.asyncio as aioredis
 
+from .. import metrics
 from ..models import Event, Scope, Workspace
 from ..recent import MemberRange
 from .redis_client import REDIS_ERRORS, RedisBreaker
@@ -209,6 +210,7 @@ class RedisCache:
         """The floor and the members in ``wanted``; ``CacheMiss.COLD`` when the scope is not cached,
         ``CacheMiss.UNAVAILABLE`` when Redis is failing."""
         if not self._breaker.closed:
+            metrics.recent_cache_reads.labels("unavailable").inc()
             return CacheMiss.UNAVAILABLE
         recent_key = self._keys.recent(tenant, scope)
         try:
@@ -224,9 +226,12 @@ class RedisCache:
                 floors, members = await pipe.execute()
         except REDIS_ERRORS as exc:
             self._breaker.trip("recent read", exc)
+            metrics.recent_cache_reads.labels("unavailable").inc()
             return CacheMiss.UNAVAILABLE
         if not floors:
+            metrics.recent_cache_reads.labels("miss").inc()
             return CacheMiss.COLD
+        metrics.recent_cache_reads.labels("hit").inc()
         events = [Event.model_validate_json(m) for m in members]
         if wanted.after_seq is not None:
             events.reverse()
@@ -243,6 +248,20 @@ class RedisCache:
             await self._refill(keys=[self._keys.recent(tenant, scope)], args=args)
         except REDIS_ERRORS as exc:
             self._breaker.trip("recent refill", exc)
+
+    async def drop_recent(self, tenant: str, scope: Scope, seqs: Sequence[int]) -> None:
+        """Events deleted from PostgreSQL (retracted, expired) leave the recent set; the floor stays true,
+        since the set still holds every event of the log above it."""
+        if not seqs:
+            return
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for seq in seqs:
+                    pipe.zremrangebyscore(self._keys.recent(tenant, scope), seq, seq)
+                await pipe.execute()
+        except REDIS_ERRORS as exc:
+            # Best effort: when Redis fails here the member stays until the set expires (MSM_RECENT_TTL).
+            self._breaker.trip("recent-events removal", exc)
 
     # workspaces
 

@@ -14,10 +14,10 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import anyio
-import numpy as np
 
 from ..errors import Conflict, StoreUnavailable
 from ..models import Event, NewEvent, Scope, UnconsolidatedEvent
@@ -86,29 +86,6 @@ COUNT_EVENTS = """
 SELECT count(*) FROM shared_episodic_memories WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3
 """
 
-# A lease, committed before the model runs: SKIP LOCKED lets processes claim different rows, and a
-# claimant that dies only delays its rows until the lease ends.
-CLAIM_UNEMBEDDED = """
-UPDATE shared_episodic_memories SET embedding_retry_at = now() + make_interval(secs => $2)
-WHERE id IN (
-  SELECT id FROM shared_episodic_memories
-  WHERE embedding IS NULL AND (embedding_retry_at IS NULL OR embedding_retry_at <= now())
-  ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
-)
-RETURNING id, content
-"""
-SET_EMBEDDING = """
-UPDATE shared_episodic_memories SET embedding = $2, embedding_model = $3, embedding_retry_at = NULL
-WHERE id = $1 AND embedding IS NULL
-"""
-DEFER_EMBEDDING = """
-UPDATE shared_episodic_memories SET embedding_retry_at = now() + make_interval(secs => $2)
-WHERE id = ANY($1::uuid[]) AND embedding IS NULL
-"""
-CLEAR_EMBEDDINGS = """
-UPDATE shared_episodic_memories SET embedding = NULL, embedding_model = NULL, embedding_retry_at = NULL
-"""
-
 # Rows written before the lexical index existed (migration 008): filled in batches, oldest first.
 FILL_LEXEMES = """
 UPDATE shared_episodic_memories SET lexemes = msm_lexemes(content)
@@ -134,6 +111,26 @@ UPDATE shared_episodic_memories SET consolidated = true, consolidated_at = now()
 WHERE id = ANY($1::uuid[]) AND consolidated = false
 """
 TRY_LOCK_CONSOLIDATION = "SELECT pg_try_advisory_lock(hashtextextended($1, 7340003))"
+
+# Retraction (retraction.py) and retention (retention.py): see those modules for the rules.
+RETRACT = f"""
+DELETE FROM shared_episodic_memories
+WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3 AND id = $4 AND ($5::text IS NULL OR agent_id = $5)
+RETURNING {EVENT_COLUMNS}
+"""
+SELECT_EVENT = f"""
+SELECT {EVENT_COLUMNS} FROM shared_episodic_memories
+WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3 AND id = $4
+"""
+EXPIRE_EVENTS = """
+WITH gone AS (
+  DELETE FROM shared_episodic_memories WHERE id IN (
+    SELECT id FROM shared_episodic_memories WHERE scope_type = $1 AND created_at < $2 LIMIT $3 FOR UPDATE SKIP LOCKED
+  ) RETURNING tenant_id, scope_type, scope_id, id, seq
+)
+SELECT tenant_id, scope_type, scope_id, array_agg(id ORDER BY seq) AS ids, array_agg(seq ORDER BY seq) AS seqs
+FROM gone GROUP BY tenant_id, scope_type, scope_id
+"""
 UNLOCK_CONSOLIDATION = "SELECT pg_advisory_unlock(hashtextextended($1, 7340003))"
 
 
@@ -213,8 +210,8 @@ class _LocalQueue:
 
 class PostgresEpisodicStore:
     """Events, always filtered by tenant and scope (and, on the application role's pool, by row-level
-    security). The methods that work across tenants (the outbox sweep's scope list, the embedding back-fill,
-    the lexeme fill, consolidation's scope list and marks, re-embedding) need the owner's pool."""
+    security). The methods that work across tenants (the outbox sweep's scope list, the lexeme fill,
+    consolidation's scope list and marks) need the owner's pool."""
 
     def __init__(self, db: PostgresPool) -> None:
         self._db = db
@@ -269,31 +266,6 @@ class PostgresEpisodicStore:
         async with self._db.tenant(tenant) as conn:
             return int(await conn.fetchval(COUNT_EVENTS, tenant, scope.type, scope.id))
 
-    # embeddings written after the fact
-
-    async def claim_unembedded(self, *, limit: int, lease_seconds: float) -> list[tuple[uuid.UUID, str]]:
-        """Claim up to ``limit`` events stored without a vector for ``lease_seconds`` (committed at once)."""
-        async with self._db.cross_tenant() as conn:
-            rows = await conn.fetch(CLAIM_UNEMBEDDED, limit, lease_seconds)
-        return [(r["id"], r["content"]) for r in rows]
-
-    async def set_embeddings(self, vectors: list[tuple[uuid.UUID, np.ndarray]], *, model_id: str) -> None:
-        if vectors:
-            async with self._db.cross_tenant() as conn:
-                await conn.executemany(SET_EMBEDDING, [(i, v, model_id) for i, v in vectors])
-
-    async def defer_embedding(self, event_ids: list[uuid.UUID], *, seconds: float) -> None:
-        """The model rejected these: try them again after ``seconds`` rather than on every pass."""
-        if event_ids:
-            async with self._db.cross_tenant() as conn:
-                await conn.execute(DEFER_EMBEDDING, event_ids, seconds)
-
-    async def clear_embeddings(self) -> int:
-        """Drop every event vector (before re-embedding with another model)."""
-        async with self._db.cross_tenant() as conn:
-            status = await conn.execute(CLEAR_EMBEDDINGS)
-        return int(status.split()[-1])
-
     # the lexical index of rows older than it
 
     async def fill_lexemes(self, *, batch: int) -> int:
@@ -339,6 +311,31 @@ class PostgresEpisodicStore:
     async def mark_consolidated(self, event_ids: list[uuid.UUID]) -> None:
         async with self._db.cross_tenant() as conn:
             await conn.execute(MARK_CONSOLIDATED, event_ids)
+
+    # retraction and retention
+
+    async def get(self, tenant: str, scope: Scope, event_id: uuid.UUID) -> Event | None:
+        async with self._db.tenant(tenant) as conn:
+            row = await conn.fetchrow(SELECT_EVENT, tenant, scope.type, scope.id, event_id)
+        return row_to_event(row) if row is not None else None
+
+    async def retract(self, tenant: str, scope: Scope, event_id: uuid.UUID, *, agent_id: str | None) -> Event | None:
+        """Delete one event of the scope (only ``agent_id``'s when given); None when there was none."""
+        async with self._db.tenant(tenant) as conn:
+            row = await conn.fetchrow(RETRACT, tenant, scope.type, scope.id, event_id, agent_id)
+        return row_to_event(row) if row is not None else None
+
+    async def expire(
+        self, scope_type: str, *, before: datetime, limit: int
+    ) -> list[tuple[str, Scope, list[tuple[uuid.UUID, int]]]]:
+        """Delete up to ``limit`` events of ``scope_type`` written before ``before``, across tenants (the
+        owner's pool); returns (tenant, scope, the (id, seq) deleted, oldest first) per scope."""
+        async with self._db.cross_tenant() as conn:
+            rows = await conn.fetch(EXPIRE_EVENTS, scope_type, before, limit)
+        return [
+            (r["tenant_id"], Scope(r["scope_type"], r["scope_id"]), list(zip(r["ids"], r["seqs"], strict=True)))
+            for r in rows
+        ]
 
 
 def _unconsolidated(row: Record, model_id: str) -> UnconsolidatedEvent:

@@ -1,0 +1,107 @@
+"""retract_event (an agent takes back its own event) and the retention sweep, on the real stores."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from mcp import Client
+
+from mcp_shared_memory.errors import AccessDenied, NotFound
+from mcp_shared_memory.memory import SharedMemory
+from mcp_shared_memory.models import Principal, Scope
+from mcp_shared_memory.runtime import Connections, Runtime, open_runtime
+from mcp_shared_memory.settings import Settings
+from mcp_shared_memory.stores.bus import BusMessage, EventWritten, Topic
+
+from ..conftest import Backdoor, isolated
+from ..server.mcp_clients import in_process_server
+
+pytestmark = pytest.mark.anyio
+ALICE = Scope("user", "alice")
+
+
+async def test_an_agent_retracts_its_own_event_and_subscribers_hear_of_it(
+    runtime: Runtime, memory: SharedMemory, backdoor: Backdoor, alice: Principal
+) -> None:
+    kept = await memory.write_event(alice, "The deploy window is Tuesday")
+    wrong = await memory.write_event(alice, "The staging password is hunter2")
+    assert [e.id for e in await memory.get_recent_shared(alice)] == [wrong.event_id, kept.event_id]  # cached
+    heard: list[BusMessage] = []
+    got = anyio.Event()
+
+    async def listener(message: BusMessage) -> None:
+        heard.append(message)
+        got.set()
+
+    remove = runtime.bus.add_listener(listener)
+    async with runtime.bus.subscription(Topic(alice.tenant, ALICE)):
+        retracted = await memory.retract_event(alice, str(wrong.event_id))
+        with anyio.fail_after(10):
+            await got.wait()
+    remove()
+
+    assert retracted.content == "The staging password is hunter2"
+    assert isinstance(heard[0], EventWritten) and heard[0].event_id == wrong.event_id
+    assert [e.id for e in await memory.get_recent_shared(alice)] == [kept.event_id]
+    assert await backdoor.episodic.count(alice.tenant, ALICE) == 1
+
+
+async def test_another_agents_event_is_refused_and_other_tenants_see_nothing(
+    memory: SharedMemory, backdoor: Backdoor, alice: Principal, alice_coder: Principal, other_tenant: Principal
+) -> None:
+    written = await memory.write_event(alice, "Auth uses OAuth2 PKCE")
+    event_id = str(written.event_id)
+
+    with pytest.raises(AccessDenied, match="written by agent research-1"):
+        await memory.retract_event(alice_coder, event_id)
+    with pytest.raises(NotFound, match="does not exist"):
+        await memory.retract_event(other_tenant, event_id)
+    assert await backdoor.episodic.count(alice.tenant, ALICE) == 1
+
+    admin = Principal(tenant=alice.tenant, agent_id="lead-1", allowed_scopes=("user:alice=rwa",))
+    assert (await memory.retract_event(admin, event_id, scope="user:alice")).id == written.event_id
+    assert await backdoor.episodic.count(alice.tenant, ALICE) == 0
+
+
+async def test_the_tool_retracts_and_refuses_with_clear_messages(
+    runtime: Runtime, memory: SharedMemory, alice: Principal, alice_coder: Principal
+) -> None:
+    mine = await memory.write_event(alice_coder, "a note by code-1")
+    async with Client(in_process_server(runtime, alice)) as client:
+        written = await client.call_tool("write_event", {"content": "a mistake"})
+        done = await client.call_tool("retract_event", {"event_id": written.structured_content["event_id"]})
+        assert not done.is_error and done.structured_content["content"] == "a mistake"
+        refused = await client.call_tool("retract_event", {"event_id": str(mine.event_id)})
+        assert refused.is_error and "only its own events" in refused.content[0].text
+        bad = await client.call_tool("retract_event", {"event_id": "not-a-uuid"})
+        assert bad.is_error and "expected a UUID" in bad.content[0].text
+    assert [e.content for e in await memory.get_recent_shared(alice)] == ["a note by code-1"]
+
+
+async def test_retention_deletes_only_old_events_of_the_configured_scope_type(
+    settings: Settings, connections: Connections, backdoor: Backdoor, alice: Principal
+) -> None:
+    changed = isolated(settings, retention_user_days=5)
+    async with open_runtime(changed, connections=connections) as runtime:
+        memory = runtime.memory
+        workspace = await memory.create_workspace(alice, "Ship v2", [])
+        in_workspace = f"workspace:{workspace.id}"
+        old_user = await memory.write_event(alice, "an old note about alice")
+        new_user = await memory.write_event(alice, "a new note about alice")
+        old_ws = await memory.write_event(alice, "an old workspace note", scope=in_workspace)
+        for written in (old_user, old_ws):
+            await backdoor.db.execute(
+                "UPDATE shared_episodic_memories SET created_at = now() - interval '10 days' WHERE id = $1",
+                written.event_id,
+            )
+        assert len(await memory.get_recent_shared(alice)) == 2  # both cached
+
+        assert await runtime.maintenance.expire_events() >= 1
+
+        assert [e.id for e in await memory.get_recent_shared(alice)] == [new_user.event_id]
+        ws_events = await memory.get_recent_shared(alice, scope=in_workspace)
+        assert old_ws.event_id in [e.id for e in ws_events]
+
+
+async def test_no_retention_configured_deletes_nothing(runtime: Runtime) -> None:
+    assert await runtime.maintenance.expire_events() == 0

@@ -1,0 +1,139 @@
+"""Writes are acknowledged at commit and embedded afterwards (``embedding_queue.py``): nothing
+acknowledged stays unembedded, a search right after a write finds it by meaning, and an embedder that
+fails, hangs or refuses one text neither slows writes nor hides events."""
+
+from __future__ import annotations
+
+import uuid
+
+import anyio
+import pytest
+
+from mcp_shared_memory.models import Principal
+from mcp_shared_memory.runtime import Connections
+from mcp_shared_memory.settings import Settings
+from mcp_shared_memory.stores.embedding_backlog import PostgresEmbeddingBacklog
+
+from .conftest import Backdoor, isolated
+from .faults import eventually, faulty_embedder_runtime
+
+pytestmark = pytest.mark.anyio
+
+ROTATION = "The on-call rotation changes every Monday at 9am"
+
+
+async def embedded(backdoor: Backdoor, *event_ids: uuid.UUID | None) -> bool:
+    count = await backdoor.db.fetchval(
+        "SELECT count(*) FROM shared_episodic_memories WHERE id = ANY($1::uuid[]) AND embedding IS NOT NULL",
+        list(event_ids),
+    )
+    return int(count) == len(event_ids)
+
+
+async def rejection_of(backdoor: Backdoor, event_id: uuid.UUID | None) -> str | None:
+    reason: str | None = await backdoor.db.fetchval(
+        "SELECT embedding_error FROM shared_episodic_memories WHERE id = $1", event_id
+    )
+    return reason
+
+
+async def test_a_write_is_acknowledged_without_waiting_for_the_model(
+    settings: Settings, connections: Connections, alice: Principal, backdoor: Backdoor
+) -> None:
+    async with faulty_embedder_runtime(isolated(settings), connections) as (runtime, embedder):
+        embedder.hangs = True
+        with anyio.fail_after(5):
+            written = await runtime.memory.write_event(alice, "Deploy of payments-api v2.3.1 finished")
+        assert written.status == "written"
+        assert not await embedded(backdoor, written.event_id)
+        (hit,) = await runtime.memory.search_shared(alice, "payments-api v2.3.1", mode="lexical")
+        assert hit.id == written.event_id
+
+
+async def test_every_acknowledged_write_is_embedded_without_anyone_asking(
+    settings: Settings, connections: Connections, alice: Principal, backdoor: Backdoor
+) -> None:
+    async with faulty_embedder_runtime(isolated(settings), connections) as (runtime, _):
+        written = [
+            await runtime.memory.write_event(alice, f"finding {i}: the cache misses on key k{i}") for i in range(30)
+        ]
+        await eventually(lambda: embedded(backdoor, *(w.event_id for w in written)))
+
+
+async def test_a_search_right_after_a_write_finds_it_by_meaning(
+    settings: Settings, connections: Connections, alice: Principal, backdoor: Backdoor
+) -> None:
+    """The model was down when the event was written (so the queue could not embed it); it is back when
+    the search starts: the search embeds the scope's waiting event before ranking."""
+    async with faulty_embedder_runtime(isolated(settings), connections) as (runtime, embedder):
+        embedder.down = True
+        written = await runtime.memory.write_event(alice, ROTATION)
+        embedder.down = False
+        hits = await runtime.memory.search_shared(alice, "when do we switch who is on call?", mode="semantic")
+        assert [h.id for h in hits] == [written.event_id] and hits.degraded is None
+        assert await embedded(backdoor, written.event_id)
+
+
+async def test_an_embedder_outage_degrades_search_to_words_and_it_says_so(
+    settings: Settings, connections: Connections, alice: Principal, backdoor: Backdoor
+) -> None:
+    async with faulty_embedder_runtime(isolated(settings), connections) as (runtime, embedder):
+        memory = runtime.memory
+        embedder.down = True
+        written = await memory.write_event(alice, ROTATION)
+        assert written.status == "written"
+
+        hits = await memory.search_shared(alice, "on-call rotation Monday")
+        assert [h.id for h in hits] == [written.event_id]
+        assert hits.degraded is not None and "embedding model is unavailable" in hits.degraded
+        assert hits[0].similarity is None and hits[0].lexical
+        # Waiting, not refused: an outage never marks an event as rejected.
+        assert await rejection_of(backdoor, written.event_id) is None
+
+        embedder.down = False  # embedded within seconds of the model's return, by the queue alone
+        await eventually(lambda: embedded(backdoor, written.event_id), seconds=10)
+        hits = await memory.search_shared(alice, "when does on-call rotate?", mode="semantic")
+        assert [h.id for h in hits] == [written.event_id] and hits.degraded is None
+
+
+async def test_a_text_the_model_refuses_is_isolated_reported_and_retried_on_request(
+    settings: Settings, connections: Connections, alice: Principal, backdoor: Backdoor
+) -> None:
+    backlog = PostgresEmbeddingBacklog(connections.db)
+    async with faulty_embedder_runtime(isolated(settings), connections) as (runtime, embedder):
+        memory = runtime.memory
+        embedder.rejects = lambda text: len(text) > 150  # an oversized input
+        refused = await memory.write_event(alice, "REJECTED-BY-ENDPOINT " + "字" * 200)
+        normal = await memory.write_event(alice, "The staging cluster moved to eu-west-1")
+
+        await eventually(lambda: embedded(backdoor, normal.event_id))
+        await eventually(lambda: rejection_of(backdoor, refused.event_id))
+        assert "rejected the input" in (await rejection_of(backdoor, refused.event_id) or "")
+        assert refused.event_id in [r.event_id for r in await backlog.rejected(limit=1000)]
+        assert (await backlog.counts()).rejected >= 1
+        # A refused event is not waited for by searches, which still find it by its words.
+        hits = await memory.search_shared(alice, "REJECTED-BY-ENDPOINT")
+        assert hits[0].id == refused.event_id and hits.degraded is None
+
+        embedder.rejects = lambda text: False
+        assert await backlog.retry_rejected() >= 1
+        runtime.embeddings.notify()
+        await eventually(lambda: embedded(backdoor, refused.event_id))
+        assert await rejection_of(backdoor, refused.event_id) is None
+
+
+async def test_events_left_by_a_writer_that_died_are_embedded_by_the_next_process(
+    settings: Settings, connections: Connections, alice: Principal, backdoor: Backdoor
+) -> None:
+    """A writer that died after its commit leaves events without a vector, some under its claim's lease:
+    a process that polls later embeds the unclaimed ones at once and the claimed ones when the lease ends."""
+    async with faulty_embedder_runtime(isolated(settings), connections) as (runtime, embedder):
+        embedder.down = True  # this process stands for the writer: it commits, never embeds
+        unclaimed = await runtime.memory.write_event(alice, "the writer died before embedding this")
+        claimed = await runtime.memory.write_event(alice, "and this one was under its lease")
+    await backdoor.db.execute(
+        "UPDATE shared_episodic_memories SET embedding_retry_at = now() + interval '1 second' WHERE id = $1",
+        claimed.event_id,
+    )
+    async with faulty_embedder_runtime(isolated(settings), connections):
+        await eventually(lambda: embedded(backdoor, unclaimed.event_id, claimed.event_id), seconds=10)
