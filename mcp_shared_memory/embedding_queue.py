@@ -24,10 +24,11 @@ import anyio
 import anyio.abc
 import numpy as np
 
+from . import metrics
 from .embeddings import Embedder
 from .errors import EmbeddingUnavailable, SharedMemoryError
 from .models import Scope
-from .stores.embedding_backlog import PostgresEmbeddingBacklog
+from .stores.embedding_backlog import Claimed, PostgresEmbeddingBacklog
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ BACKOFF_FIRST = 0.25
 BACKOFF_MAX = 4.0
 RETRY_REJECTED_AFTER = 3600.0
 CATCH_UP_MAX_EVENTS = 256
+DEPTH_EVERY = 10.0  # seconds between two counts of the waiting events, for the metrics
 PROBE_TEXT = "embedding probe"
 
 
@@ -86,6 +88,7 @@ class EmbeddingQueue:
         database is down. Never raises."""
         task_status.started()
         backoff = 0.0
+        counted_at = -DEPTH_EVERY
         while True:
             with anyio.move_on_after(backoff or self._poll_seconds):
                 await self._wake.wait()
@@ -93,6 +96,9 @@ class EmbeddingQueue:
             try:
                 await self.drain()
                 backoff = 0.0
+                if time.monotonic() - counted_at >= DEPTH_EVERY:
+                    counted_at = time.monotonic()
+                    metrics.embedding_queue_depth.set((await self._backlog.counts()).waiting)
             except SharedMemoryError as exc:
                 if not isinstance(exc, EmbeddingUnavailable) and not backoff:
                     log.warning("embedding queue paused: %s", exc.message)
@@ -103,17 +109,21 @@ class EmbeddingQueue:
         when the model is down (the claimed events are given back first)."""
         total = 0
         while claimed := await self._claim():
+            started = time.monotonic()
             try:
-                total += await self._embed_claimed(claimed)
+                total += await self._embed_claimed([(c.event_id, c.content) for c in claimed])
             except BaseException:
                 # Given back (those still without a vector), so nobody waits for the lease to end.
                 with anyio.CancelScope(shield=True):
-                    await self._backlog.release([event_id for event_id, _ in claimed])
+                    await self._backlog.release([c.event_id for c in claimed])
                 raise
+            took = time.monotonic() - started
+            for event in claimed:
+                metrics.embedding_queue_seconds.observe(event.age + took)
         self._came_back(total)
         return total
 
-    async def _claim(self) -> list[tuple[uuid.UUID, str]]:
+    async def _claim(self) -> list[Claimed]:
         # Shielded: a claim committed while its caller is cancelled would be lost until the lease ends.
         with anyio.CancelScope(shield=True):
             claimed = await self._backlog.claim(limit=self._batch, lease_seconds=LEASE_SECONDS)

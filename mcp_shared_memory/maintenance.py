@@ -13,6 +13,7 @@ import logging
 import anyio
 import anyio.abc
 
+from . import metrics
 from .announcer import Announcer
 from .consolidation import Consolidator
 from .errors import SharedMemoryError
@@ -55,6 +56,7 @@ class Maintenance:
             async with self._episodic.writer(tenant, scope, wait=False) as writer:
                 if writer is not None:
                     total += await self._announcer.events(writer, await writer.backlog())
+        metrics.outbox_backlog.set(await self._episodic.outbox_size())
         return total
 
     async def fill_lexemes(self, *, batch: int = LEXEME_BATCH) -> int:

@@ -21,6 +21,7 @@ import anyio
 import anyio.to_thread
 import redis.asyncio as aioredis
 
+from . import metrics
 from .announcer import Announcer
 from .consolidation import Consolidator
 from .embedding_queue import EmbeddingQueue
@@ -308,6 +309,8 @@ async def open_runtime(
 
         tasks = await stack.enter_async_context(anyio.create_task_group())
         stack.callback(tasks.cancel_scope.cancel)
+        metrics.watch_pool("requests", db.usage)
+        metrics.watch_pool("owner", owner.usage)
         await tasks.start(bus.run)
         await tasks.start(embeddings.run)  # every process: its writes are acknowledged before they are embedded
         if audit is not None:

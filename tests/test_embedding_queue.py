@@ -9,6 +9,7 @@ import uuid
 import anyio
 import pytest
 
+from mcp_shared_memory import metrics
 from mcp_shared_memory.models import Principal
 from mcp_shared_memory.runtime import Connections
 from mcp_shared_memory.settings import Settings
@@ -53,11 +54,18 @@ async def test_a_write_is_acknowledged_without_waiting_for_the_model(
 async def test_every_acknowledged_write_is_embedded_without_anyone_asking(
     settings: Settings, connections: Connections, alice: Principal, backdoor: Backdoor
 ) -> None:
+    before = _observed_embeddings()
     async with faulty_embedder_runtime(isolated(settings), connections) as (runtime, _):
         written = [
             await runtime.memory.write_event(alice, f"finding {i}: the cache misses on key k{i}") for i in range(30)
         ]
         await eventually(lambda: embedded(backdoor, *(w.event_id for w in written)))
+    assert _observed_embeddings() - before >= 1  # the queue's latency histogram moved (msm_embedding_queue_seconds)
+
+
+def _observed_embeddings() -> float:
+    value = metrics.REGISTRY.get_sample_value("msm_embedding_queue_seconds_count")
+    return value or 0.0
 
 
 async def test_a_search_right_after_a_write_finds_it_by_meaning(

@@ -23,7 +23,7 @@ WHERE id IN (
   WHERE embedding IS NULL AND (embedding_retry_at IS NULL OR embedding_retry_at <= now())
   ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
 )
-RETURNING id, content
+RETURNING id, content, extract(epoch FROM now() - created_at)::float8 AS age
 """
 PENDING_IN_SCOPE = """
 SELECT id, content FROM shared_episodic_memories
@@ -74,6 +74,15 @@ class BacklogCounts:
 
 
 @dataclass(frozen=True, slots=True)
+class Claimed:
+    """A claimed event; ``age``: seconds since it was committed."""
+
+    event_id: uuid.UUID
+    content: str
+    age: float
+
+
+@dataclass(frozen=True, slots=True)
 class RejectedEvent:
     tenant_id: str
     event_id: uuid.UUID
@@ -87,11 +96,11 @@ class PostgresEmbeddingBacklog:
     def __init__(self, db: PostgresPool) -> None:
         self._db = db
 
-    async def claim(self, *, limit: int, lease_seconds: float) -> list[tuple[uuid.UUID, str]]:
+    async def claim(self, *, limit: int, lease_seconds: float) -> list[Claimed]:
         """Claim up to ``limit`` waiting events (oldest first) for ``lease_seconds``, committed at once."""
         async with self._db.cross_tenant() as conn:
             rows = await conn.fetch(CLAIM, limit, lease_seconds)
-        return [(r["id"], r["content"]) for r in rows]
+        return [Claimed(r["id"], r["content"], r["age"]) for r in rows]
 
     async def set(self, vectors: list[tuple[uuid.UUID, np.ndarray]], *, model_id: str) -> None:
         if vectors:

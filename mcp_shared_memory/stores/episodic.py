@@ -61,6 +61,8 @@ SELECT DISTINCT tenant_id, scope_type, scope_id FROM msm_cache_outbox
 WHERE queued_at < now() - make_interval(secs => $1) LIMIT $2
 """
 
+OUTBOX_SIZE = "SELECT count(*) FROM msm_cache_outbox"
+
 LOCK_SCOPE = "SELECT pg_advisory_lock(hashtextextended($1, 7340004))"
 TRY_LOCK_SCOPE = "SELECT pg_try_advisory_lock(hashtextextended($1, 7340004))"
 
@@ -250,6 +252,11 @@ class PostgresEpisodicStore:
         async with self._db.cross_tenant() as conn:
             rows = await conn.fetch(QUEUED_SCOPES, older_than, limit)
         return [(r["tenant_id"], Scope(r["scope_type"], r["scope_id"])) for r in rows]
+
+    async def outbox_size(self) -> int:
+        """Events committed and not yet announced, in every tenant."""
+        async with self._db.cross_tenant() as conn:
+            return int(await conn.fetchval(OUTBOX_SIZE))
 
     async def recent(
         self, tenant: str, scope: Scope, *, limit: int, min_importance: float = 0.0, since_seq: int | None = None

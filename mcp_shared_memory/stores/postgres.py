@@ -241,6 +241,11 @@ class PostgresPool:
             pool, self._pool = self._pool, None
             await pool.close()
 
+    def usage(self) -> tuple[int, int, int]:
+        """(open, idle, max) connections, for the metrics."""
+        pool = self._open_pool
+        return pool.get_size(), pool.get_idle_size(), self._max_size
+
     @property
     def _open_pool(self) -> asyncpg.Pool:
         if self._pool is None:
