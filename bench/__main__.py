@@ -20,6 +20,7 @@ import anyio
 
 from . import floors, large, notify, peer, redaction, report, retrieval, rls, scale, server, startup, throughput
 from .context import Bench, open_backends
+from .embedding_service import run as run_embedding
 from .profile import PROFILES
 
 SECTIONS: dict[str, Callable[[Bench], Awaitable[None]]] = {
@@ -34,6 +35,7 @@ SECTIONS: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "redaction": redaction.run,
     "rls": rls.run,
     "large": large.run,
+    "embedding": run_embedding,
 }
 # Run only when named in --only: builds (once, then cached) a 1M-event database.
 OPT_IN = ("large",)

@@ -26,6 +26,24 @@ Vector = npt.NDArray[np.float32]
 
 
 @dataclass(slots=True)
+class BatchStats:
+    """Model batches run by an embedder's worker, for status output."""
+
+    batches: int = 0
+    texts: int = 0
+    largest: int = 0
+
+    def add(self, size: int) -> None:
+        self.batches += 1
+        self.texts += size
+        self.largest = max(self.largest, size)
+
+    @property
+    def mean(self) -> float:
+        return self.texts / self.batches if self.batches else 0.0
+
+
+@dataclass(slots=True)
 class _Request:
     text: str
     future: asyncio.Future[Vector]
@@ -43,10 +61,15 @@ class Embedder(ABC):
     #: Inputs are cut to this many characters before they reach the model.
     max_chars: int = 8000
 
-    def __init__(self, *, batch_size: int = 32) -> None:
+    def __init__(self, *, batch_size: int = 32, batch_wait: float = 0.0) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if batch_wait < 0:
+            raise ValueError("batch_wait must not be negative")
         self.batch_size = batch_size
+        #: Seconds a batch that is not full may wait for more texts before the model call.
+        self.batch_wait = batch_wait
+        self.stats = BatchStats()
         self._queue: asyncio.Queue[_Request] | None = None
         self._worker: asyncio.Task[None] | None = None
 
@@ -148,15 +171,29 @@ class Embedder(ABC):
             await asyncio.sleep(0)
             while len(batch) < self.batch_size and not queue.empty():
                 batch.append(queue.get_nowait())
+            if self.batch_wait and len(batch) < self.batch_size:
+                await self._top_up(queue, batch)
             live = [r for r in batch if not r.future.done()]
             if not live:
                 continue
+            self.stats.add(len(live))
             try:
                 await self._process(live)
             except asyncio.CancelledError:
                 for request in live:
                     _fail(request.future, EmbeddingUnavailable("The embedder was closed."))
                 raise
+
+    async def _top_up(self, queue: asyncio.Queue[_Request], batch: list[_Request]) -> None:
+        """Wait up to ``batch_wait`` for more texts (callers in other processes are a few ms apart).
+
+        Short sleeps and ``get_nowait`` rather than a timed ``get()``: a timeout can never lose a request."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.batch_wait
+        while len(batch) < self.batch_size and (remaining := deadline - loop.time()) > 0:
+            await asyncio.sleep(min(remaining, 0.0005))
+            while len(batch) < self.batch_size and not queue.empty():
+                batch.append(queue.get_nowait())
 
     async def _load_then_run(self, queue: asyncio.Queue[_Request]) -> None:
         try:

@@ -78,12 +78,13 @@ class OnnxEmbedder(Embedder):
         self,
         *,
         batch_size: int = 32,
+        batch_wait: float = 0.0,
         threads: int | None = None,
         model_path: Path | None = None,
         tokenizer_path: Path | None = None,
         verify: bool = True,
     ) -> None:
-        super().__init__(batch_size=batch_size)
+        super().__init__(batch_size=batch_size, batch_wait=batch_wait)
         self._threads = threads
         self._model_path = model_path
         self._tokenizer_path = tokenizer_path or TOKENIZER_PATH

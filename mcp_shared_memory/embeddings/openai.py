@@ -5,13 +5,19 @@ from __future__ import annotations
 import base64
 import logging
 import re
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import numpy as np
 import numpy.typing as npt
 import openai
 from pydantic import SecretStr
+
+try:  # the HTTP client the openai package is built on: httpx2 since openai 3, httpx before
+    import httpx2 as httpx
+except ImportError:  # pragma: no cover - older openai
+    import httpx  # type: ignore[no-redef]
 
 from ..errors import ConfigError, EmbeddingUnavailable, SharedMemoryError
 from .base import Embedder
@@ -22,7 +28,10 @@ KNOWN_DIMENSIONS = {
     "text-embedding-3-small": 1536,
     "text-embedding-3-large": 3072,
     "text-embedding-ada-002": 1536,
+    "all-MiniLM-L6-v2": 384,  # the machine's embedding service (embeddings/service_app.py)
 }
+# The host part of requests over a unix socket (httpx needs one; the socket decides where they go).
+SOCKET_BASE_URL = "http://embedding-service/v1"
 # Sent when no key is configured: compatible local servers ignore it, the client insists on one.
 _NO_KEY = "unused"
 _PROBE_TEXT = "dimension probe"
@@ -42,7 +51,11 @@ def safe_url(url: str | None) -> str:
 
 
 class OpenAIEmbedder(Embedder):
-    """Embeddings from ``POST {base_url}/embeddings``; one request per coalesced batch."""
+    """Embeddings from ``POST {base_url}/embeddings``; one request per coalesced batch.
+
+    With ``socket_path`` the endpoint is a local server on that unix socket (the machine's embedding
+    service). ``encoding_format="base64"`` moves vectors as packed float32, cheaper to encode and parse.
+    """
 
     def __init__(
         self,
@@ -55,6 +68,8 @@ class OpenAIEmbedder(Embedder):
         timeout: float = 30.0,
         max_retries: int = 2,
         max_chars: int = 8000,
+        socket_path: Path | None = None,
+        encoding_format: Literal["float", "base64"] = "float",
     ) -> None:
         super().__init__(batch_size=min(batch_size, 2048))  # the API takes at most 2048 inputs
         self.model_id = model
@@ -65,17 +80,28 @@ class OpenAIEmbedder(Embedder):
         self.dimension = dimensions or KNOWN_DIMENSIONS.get(model, 0)
         self._timeout = timeout
         self._max_retries = max_retries
+        self._socket_path = socket_path
+        self._encoding_format = encoding_format
         self._client: openai.AsyncOpenAI | None = None
 
     def __repr__(self) -> str:
-        return f"OpenAIEmbedder(model={self.model_id!r}, endpoint={safe_url(self._base_url)!r})"
+        return f"{type(self).__name__}(model={self.model_id!r}, endpoint={self._endpoint()!r})"
+
+    def _endpoint(self) -> str:
+        return f"unix:{self._socket_path}" if self._socket_path is not None else safe_url(self._base_url)
 
     async def _load(self) -> None:
+        http_client = None
+        if self._socket_path is not None:
+            http_client = httpx.AsyncClient(
+                transport=httpx.AsyncHTTPTransport(uds=str(self._socket_path)), timeout=self._timeout
+            )
         self._client = openai.AsyncOpenAI(
             api_key=self._api_key.get_secret_value() or _NO_KEY,
-            base_url=self._base_url,
+            base_url=SOCKET_BASE_URL if self._socket_path is not None else self._base_url,
             timeout=self._timeout,
             max_retries=self._max_retries,
+            http_client=http_client,
         )
         try:
             await self._probe()
@@ -133,7 +159,7 @@ class OpenAIEmbedder(Embedder):
         extra: dict[str, Any] = {"dimensions": self._dimensions} if self._dimensions else {}
         try:
             response = await client.embeddings.create(
-                input=texts, model=self.model_id, encoding_format="float", **extra
+                input=texts, model=self.model_id, encoding_format=self._encoding_format, **extra
             )
         except openai.OpenAIError as exc:
             raise self._translate(exc) from None
@@ -154,7 +180,7 @@ class OpenAIEmbedder(Embedder):
         status = getattr(exc, "status_code", None)
         logger.warning(
             "embedding endpoint %s failed: %s%s: %s",
-            safe_url(self._base_url),
+            self._endpoint(),
             type(exc).__name__,
             f" (HTTP {status})" if status is not None else "",
             self._scrub(_describe(exc)),

@@ -200,8 +200,11 @@ async def test_embed_before_open_is_a_clear_error() -> None:
 
 
 async def test_factory_builds_the_local_embedder() -> None:
-    e = create_embedder(Settings(embedding_provider="local", embedding_batch_size=7, embedding_threads=1))
+    settings = Settings(embedding_provider="local", embedding_batch_size=7, embedding_threads=1)
+    e = create_embedder(settings.model_copy(update={"embedding_service": "off"}))
     assert isinstance(e, OnnxEmbedder) and e.batch_size == 7
+    shared = create_embedder(settings)  # by default through the machine's embedding service (test_service.py)
+    assert shared.model_id == e.model_id and shared.dimension == e.dimension and shared.batch_size == 7
     with pytest.raises(ConfigError, match="384"):
         create_embedder(Settings(embedding_provider="local", embedding_dimensions=1536))
 
