@@ -19,6 +19,7 @@ from .errors import SharedMemoryError
 from .logs import LogFormat
 from .ops.commands import progress_bar
 from .ops.commands import register as register_operator_commands
+from .ops.pending import embed_pending
 from .settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Shared memory for fleets of AI agents (MCP).")
@@ -304,16 +305,26 @@ def audit(
 
 
 @app.command()
-def reembed(data_dir: DataDir = None, log_level: LogLevel = None) -> None:
-    """Re-embed every event and fact with the configured model (after changing models; stop servers first)."""
+def reembed(
+    pending: Annotated[
+        bool, typer.Option("--pending", help="only embed the events still waiting, retrying those the model refused")
+    ] = False,
+    data_dir: DataDir = None,
+    log_level: LogLevel = None,
+) -> None:
+    """Re-embed every event and fact with the configured model (after changing models; stop servers first).
+    With --pending: show and embed what waits for a vector (or what the model refused), keeping the rest."""
     settings = start(data_dir=data_dir, log_level=log_level)
 
     async def main() -> None:
         from .runtime import open_runtime
 
+        if pending:
+            await embed_pending(settings)
+            return
         async with open_runtime(settings, check_model=False) as runtime:
-            with progress_bar(f"re-embedding with {settings.embedding_model_id}", None):
-                cleared, done, facts = await runtime.reembed()
+            with progress_bar(f"re-embedding with {settings.embedding_model_id}", None) as advance:
+                cleared, done, facts = await runtime.reembed(advance)
         typer.echo(f"re-embedded {done} of {cleared} events and {facts} facts with {settings.embedding_model_id}")
 
     run(main)

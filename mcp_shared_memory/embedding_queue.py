@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -75,6 +75,11 @@ class EmbeddingQueue:
         self.embedded = 0  # by this process, since it started
 
     @property
+    def backlog(self) -> PostgresEmbeddingBacklog:
+        """Every tenant's waiting and refused events (counts, reasons, retry)."""
+        return self._backlog
+
+    @property
     def model_down(self) -> bool:
         """The last attempt found the model unavailable (until an attempt succeeds)."""
         return self._down_since is not None
@@ -104,9 +109,10 @@ class EmbeddingQueue:
                     log.warning("embedding queue paused: %s", exc.message)
                 backoff = min(max(2 * backoff, BACKOFF_FIRST), BACKOFF_MAX)
 
-    async def drain(self) -> int:
-        """Embed every event waiting now; returns how many were embedded. Raises ``EmbeddingUnavailable``
-        when the model is down (the claimed events are given back first)."""
+    async def drain(self, progress: Callable[[int], object] | None = None) -> int:
+        """Embed every event waiting now; returns how many were embedded (``progress(n)`` after each
+        batch). Raises ``EmbeddingUnavailable`` when the model is down (the claimed events are given back
+        first)."""
         total = 0
         while claimed := await self._claim():
             started = time.monotonic()
@@ -120,6 +126,8 @@ class EmbeddingQueue:
             took = time.monotonic() - started
             for event in claimed:
                 metrics.embedding_queue_seconds.observe(event.age + took)
+            if progress is not None:
+                progress(len(claimed))
         self._came_back(total)
         return total
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
@@ -224,12 +224,12 @@ class Runtime:
             redis_ok = False
         return Health(postgres=await self._connections.requests_db.ping(), redis=redis_ok)
 
-    async def reembed(self) -> tuple[int, int, int]:
+    async def reembed(self, progress: Callable[[int], object] | None = None) -> tuple[int, int, int]:
         """Re-embed every event and fact with the configured model: (events cleared, embedded, facts)."""
         db, embedder = self._connections.db, self._connections.embedder
         cleared = await PostgresEmbeddingBacklog(db).clear()
         await db.set_embedding_model(embedder.model_id, embedder.dimension)
-        embedded = await self.embeddings.drain()
+        embedded = await self.embeddings.drain(progress)
         facts = self._facts
         if isinstance(facts, PgVectorFactsStore):  # it serves requests: every tenant's facts need the owner
             facts = PgVectorFactsStore(db, model_id=embedder.model_id)
