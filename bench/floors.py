@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -23,6 +25,7 @@ from .stats import Summary, latency_metric, time_calls
 from .text import Sentences
 
 if TYPE_CHECKING:
+    from mcp_shared_memory.embeddings import Embedder
     from mcp_shared_memory.embeddings.local import OnnxEmbedder
 
     from .context import Bench
@@ -52,6 +55,7 @@ FLOOR_NAMES = {
     "redis_pipeline": "raw Redis pipeline LPUSH/LTRIM/EXPIRE/PUBLISH",
     "embed_single": "one local embedding of an event sentence (OnnxEmbedder.embed)",
     "embed_query": "one local embedding of a short query (OnnxEmbedder.embed)",
+    "embed_query_service": "one embedding of a short query through the shared embedding service (unix socket)",
     "embed_batch": "local embedding, batch of 32 (value: sentences/s)",
     "pubsub": "raw Redis pub/sub round trip (publish -> other connection)",
 }
@@ -87,6 +91,21 @@ async def local_embedder() -> AsyncIterator[OnnxEmbedder]:
         await embedder.close()
 
 
+@asynccontextmanager
+async def service_embedder() -> AsyncIterator[Embedder]:
+    """The client of an embedding service started for this floor in a temporary data dir."""
+    from mcp_shared_memory.embeddings import create_embedder
+    from mcp_shared_memory.settings import Settings
+
+    with tempfile.TemporaryDirectory(prefix="msm-bench-embed-") as data_dir:
+        embedder = create_embedder(Settings(data_dir=Path(data_dir), embedding_service="auto"))
+        await embedder.open()
+        try:
+            yield embedder
+        finally:
+            await embedder.close()
+
+
 async def measure_floor(bench: Bench, name: str) -> tuple[Summary, float | None]:
     """Measure one floor and record its row; returns (latency summary, value for rate floors)."""
     p = bench.profile
@@ -103,6 +122,8 @@ async def measure_floor(bench: Bench, name: str) -> tuple[Summary, float | None]
         samples = await embed_singles(p.embed_calls, 5, query=False)
     elif name == "embed_query":
         samples = await embed_singles(p.embed_calls, 5, query=True)
+    elif name == "embed_query_service":
+        samples = await embed_singles(p.embed_calls, 5, query=True, service=True)
     elif name == "embed_batch":
         samples = await embed_batches(p.embed_batches, 2)
         value = BATCH * len(samples) / sum(samples)
@@ -193,10 +214,11 @@ async def redis_pipelines(bench: Bench, n: int, warmup: int) -> list[float]:
         await client.aclose()
 
 
-async def embed_singles(n: int, warmup: int, *, query: bool) -> list[float]:
-    """Event-like sentences (~30 tokens, as written) or short questions (as searched)."""
+async def embed_singles(n: int, warmup: int, *, query: bool, service: bool = False) -> list[float]:
+    """Event-like sentences (~30 tokens, as written) or short questions (as searched); ``service``: through
+    an embedding service of its own (what a stdio server asks), else in process."""
     words = Sentences(seed=13)
-    async with local_embedder() as embedder:
+    async with service_embedder() if service else local_embedder() as embedder:
 
         async def embed(i: int) -> None:
             # a counter keeps queries distinct, like the unique sentences

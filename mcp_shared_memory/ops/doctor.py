@@ -212,6 +212,28 @@ async def check_backlogs(probe: Probe) -> CheckResult:
     return CheckResult("backlogs", "ok", summary, details)
 
 
+async def check_embedding_service(probe: Probe) -> CheckResult:
+    settings = probe.settings
+    if settings.embedding_provider != "local" or settings.embedding_service == "off":
+        return CheckResult("embedding service", "ok", "not used: each process embeds on its own")
+    from ..embedded.embedding_service import service_status
+    from ..embeddings.local_service import LocalServiceEmbedder
+
+    embedder = await probe.embedder()  # attached (or started) the service, as a server would
+    status = service_status(settings.data_dir)
+    if (isinstance(embedder, LocalServiceEmbedder) and embedder.in_process) or not status.get("running"):
+        return CheckResult(
+            "embedding service", "warning",
+            f"not running: processes embed on their own (see {status.get('log')})", status,
+        )  # fmt: skip
+    holders = status.get("holders")
+    return CheckResult(
+        "embedding service", "ok",
+        f"pid {status.get('pid')}, {len(holders) if holders is not None else '?'} processes attached, "
+        f"{status.get('requests', 0)} requests served", status,
+    )  # fmt: skip
+
+
 # Run in this order; append a check here to have doctor run it.
 CHECKS: list[Check] = [
     check_postgres,
@@ -220,6 +242,7 @@ CHECKS: list[Check] = [
     check_qdrant,
     check_embedding_model,
     check_embedder_speed,
+    check_embedding_service,
     check_backlogs,
 ]
 

@@ -35,6 +35,8 @@ async def test_a_healthy_installation_exits_0_and_reports_every_check(
     checks = {c["name"]: c for c in report["checks"]}
     assert report["healthy"] is True
     assert {"postgres", "migrations", "redis", "qdrant", "embedding model", "embedder speed", "backlogs"} <= set(checks)
+    service = checks["embedding service"]
+    assert service["status"] == "ok" and service["details"]["running"] and service["details"]["pid"]
     assert checks["postgres"]["details"]["pgvector_version"]
     assert checks["redis"]["details"]["version"]
     assert checks["embedding model"]["details"]["model"] == checks["embedding model"]["details"]["recorded_model"]
