@@ -4,6 +4,9 @@ fails, hangs or refuses one text neither slows writes nor hides events."""
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 import uuid
 
 import anyio
@@ -11,7 +14,7 @@ import pytest
 
 from mcp_shared_memory import metrics
 from mcp_shared_memory.models import Principal
-from mcp_shared_memory.runtime import Connections
+from mcp_shared_memory.runtime import Connections, Runtime
 from mcp_shared_memory.settings import Settings
 from mcp_shared_memory.stores.embedding_backlog import PostgresEmbeddingBacklog
 
@@ -145,3 +148,30 @@ async def test_events_left_by_a_writer_that_died_are_embedded_by_the_next_proces
     )
     async with faulty_embedder_runtime(isolated(settings), connections):
         await eventually(lambda: embedded(backdoor, unclaimed.event_id, claimed.event_id), seconds=10)
+
+
+async def test_a_writer_killed_right_after_its_acknowledgements_loses_no_embedding(
+    backend_env: dict[str, str], runtime: Runtime, alice: Principal, backdoor: Backdoor
+) -> None:
+    """A real server process acknowledges writes and is SIGKILLed at once, with its events waiting or
+    under its claim: this process's queue embeds every one of them (the claim's lease is 30 s at most)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MSM_")} | backend_env
+    lines = [f"killed-writer finding {i}: shard {i} rebalanced" for i in range(20)]
+    command = [sys.executable, "-m", "tests.writer_child", alice.tenant]
+    async with await anyio.open_process(command, env=env, cwd=os.getcwd()) as child:
+        assert child.stdin is not None and child.stdout is not None
+        with anyio.fail_after(60):
+            assert (await child.stdout.receive()).strip() == b"ready"
+        await child.stdin.send("".join(f"{line}\n" for line in lines).encode())
+        acknowledged = 0
+        with anyio.fail_after(60):
+            while acknowledged < len(lines):
+                acknowledged += len((await child.stdout.receive()).split())
+        child.send_signal(signal.SIGKILL)
+        await child.wait()
+    ids = await backdoor.db.fetch(
+        "SELECT id FROM shared_episodic_memories WHERE tenant_id = $1 AND content = ANY($2::text[])",
+        alice.tenant, lines,
+    )  # fmt: skip
+    assert len(ids) == len(lines)
+    await eventually(lambda: embedded(backdoor, *(r["id"] for r in ids)), seconds=45)
