@@ -33,7 +33,7 @@ from .stores.embedding_backlog import Claimed, PostgresEmbeddingBacklog
 log = logging.getLogger(__name__)
 
 BATCH = 64
-LEASE_SECONDS = 30.0  # a claimant that died delays its events this long at most
+LEASE_SECONDS = 10.0  # a claimant that died delays its events this long at most (a slower batch is only done twice)
 # Another process's events, an expired lease, a writer that died: found by polling this often.
 POLL_SECONDS = 2.0
 BACKOFF_FIRST = 0.25

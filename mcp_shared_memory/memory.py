@@ -259,14 +259,18 @@ class SharedMemory(WorkspaceRules):
 
     async def _query_vector(self, tenant: str, scope: Scope, query: str) -> tuple[np.ndarray | None, str | None]:
         """The query's vector, computed while the scope's waiting events are embedded; (None, why) when
-        the model is unavailable."""
+        the model is unavailable or does not answer within ``MSM_EMBEDDING_CATCH_UP_SECONDS``."""
         caught_up = asyncio.ensure_future(self._embeddings.catch_up(tenant, scope))
+        wait = self.settings.embedding_catch_up_seconds
         try:
-            vector = await self._embedder.embed(query)
+            with anyio.fail_after(wait):
+                vector = await self._embedder.embed(query)
         except BaseException as exc:
             caught_up.cancel()
             if isinstance(exc, EmbeddingUnavailable):
                 return None, "the embedding model is unavailable: ranked by matching words only"
+            if isinstance(exc, TimeoutError):
+                return None, f"the embedding model did not answer within {wait:g} s: ranked by matching words only"
             raise
         left = (await caught_up).left
         if left:

@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     embedding_service_batch_size: int = Field(default=32, ge=1, le=2048)
     # How long a model batch that is not full waits for texts from other requests.
     embedding_service_batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
-    # a search first embeds its scope's events still waiting for a vector, for at most this long
+    # how long a search waits for the model: its query's vector, and its scope's events still waiting for one
     embedding_catch_up_seconds: float = Field(default=2.0, ge=0, le=60)
 
     # serving (CLI flags override)
@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"  # json: one object per line, for log collectors
     # The bearer secret a Prometheus scraper sends to GET /metrics on HTTP; unset, /metrics is off (404).
     metrics_token: SecretStr | None = None
+    # the live timeline page at /ui on HTTP (read-only, the same bearer tokens); false: no /ui routes
+    ui: bool = True
     # HTTP Host / Origin values accepted besides loopback and the public URL's (comma-separated)
     allowed_hosts: str | None = None
     allowed_origins: str | None = None

@@ -154,7 +154,7 @@ async def test_a_writer_killed_right_after_its_acknowledgements_loses_no_embeddi
     backend_env: dict[str, str], runtime: Runtime, alice: Principal, backdoor: Backdoor
 ) -> None:
     """A real server process acknowledges writes and is SIGKILLed at once, with its events waiting or
-    under its claim: this process's queue embeds every one of them (the claim's lease is 30 s at most)."""
+    under its claim: this process's queue embeds every one of them (the claim's lease is 10 s at most)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MSM_")} | backend_env
     lines = [f"killed-writer finding {i}: shard {i} rebalanced" for i in range(20)]
     command = [sys.executable, "-m", "tests.writer_child", alice.tenant]
@@ -175,3 +175,18 @@ async def test_a_writer_killed_right_after_its_acknowledgements_loses_no_embeddi
     )  # fmt: skip
     assert len(ids) == len(lines)
     await eventually(lambda: embedded(backdoor, *(r["id"] for r in ids)), seconds=45)
+
+
+async def test_a_hanging_model_degrades_search_within_the_wait(
+    settings: Settings, connections: Connections, alice: Principal
+) -> None:
+    async with faulty_embedder_runtime(isolated(settings, embedding_catch_up_seconds=0.5), connections) as (
+        runtime,
+        embedder,
+    ):
+        written = await runtime.memory.write_event(alice, "Rotated the TLS certificate of edge-proxy-7")
+        embedder.hangs = True
+        with anyio.fail_after(5):
+            hits = await runtime.memory.search_shared(alice, "edge-proxy-7 certificate")
+        assert [h.id for h in hits] == [written.event_id]
+        assert hits.degraded is not None and "did not answer within 0.5 s" in hits.degraded
