@@ -1,4 +1,4 @@
-"""Streamable HTTP transport: stateful sessions, bearer tokens verified against PostgreSQL, /healthz, /metrics,
+"""Streamable HTTP transport: stateful sessions, bearer tokens verified against PostgreSQL, /healthz, /metrics, /ui,
 behind the guard of ``http_guard`` (Host/Origin, failed-authentication limit and audit, 503 on a store
 outage, the end of a revoked or expired token's streams and sessions)."""
 
@@ -25,6 +25,7 @@ from ..stores.audit import AuditEntry
 from .app import build_server
 from .http_guard import AllowedPeers, AuthFailureLimiter, HttpGuard, TokenWatch
 from .state import CLAIM_PRINCIPAL, ServerLifespan
+from .ui import register_ui
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,8 @@ def create_http_app(settings: Settings, *, runtime: Runtime | None = None) -> St
         )
 
     metrics_route(mcp, settings)
+    if settings.ui:
+        register_ui(mcp, lifespan)
     peers = AllowedPeers.from_settings(settings)
     # The SDK checks /mcp only, case-sensitively; the guard checks every route but /healthz, first.
     security = TransportSecuritySettings(allowed_hosts=list(peers.hosts), allowed_origins=list(peers.origins))
