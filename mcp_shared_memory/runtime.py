@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import anyio
 import anyio.to_thread
-import redis.asyncio as aioredis
 
 from . import metrics
 from .announcer import Announcer
@@ -41,7 +40,7 @@ from .stores.facts_pg import PgVectorFactsStore
 from .stores.postgres import PostgresPool
 from .stores.quota import TenantEventQuota
 from .stores.rate_limit import RedisRateLimiter
-from .stores.redis_client import RedisBreaker, connect_redis
+from .stores.redis_client import RedisBreaker, RedisClient, connect_redis
 from .stores.tokens import PostgresTokenStore
 from .stores.workspaces import PostgresWorkspaceStore
 
@@ -105,7 +104,7 @@ class Connections:
     row-level security; None (connections built by hand, in tests) serves requests from ``db``."""
 
     db: PostgresPool
-    redis: aioredis.Redis
+    redis: RedisClient
     embedder: Embedder
     tenant_db: PostgresPool | None = None
 

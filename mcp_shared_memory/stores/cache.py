@@ -19,18 +19,17 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import cast
 
-import redis.asyncio as aioredis
-
 from .. import metrics
 from ..models import Event, Scope, Workspace
 from ..recent import MemberRange
-from .redis_client import REDIS_ERRORS, RedisBreaker
+from .redis_client import REDIS_ERRORS, RedisBreaker, RedisClient
 
 log = logging.getLogger(__name__)
 
 FLOOR_PREFIX = "~floor:"
 
-# KEYS: recent zset, dedup key ('' when none). ARGV: seq, event json, max, ttl, dedup value
+# KEYS: recent zset, dedup key (only when there is one: a placeholder key would hash to another cluster slot).
+# ARGV: seq, event json, max, ttl, dedup value
 RECORD_EVENT = """
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
 local count = redis.call('ZCOUNT', KEYS[1], '(0', '+inf')
@@ -49,7 +48,7 @@ if count > max then
   end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-if KEYS[2] ~= '' then redis.call('SET', KEYS[2], ARGV[5], 'XX', 'KEEPTTL') end
+if #KEYS > 1 then redis.call('SET', KEYS[2], ARGV[5], 'XX', 'KEEPTTL') end
 return 1
 """
 
@@ -136,7 +135,7 @@ class RedisKeys:
 
 class RedisCache:
     def __init__(
-        self, client: aioredis.Redis, *, prefix: str, recent_max: int, recent_ttl: int, breaker: RedisBreaker
+        self, client: RedisClient, *, prefix: str, recent_max: int, recent_ttl: int, breaker: RedisBreaker
     ) -> None:
         self._redis = client
         self._keys = RedisKeys(prefix)
@@ -194,7 +193,9 @@ class RedisCache:
         if not self._breaker.closed:
             self._stale.add((tenant, scope))
             return False
-        keys = [self._keys.recent(tenant, scope), self._keys.dedup(tenant, scope, dedup_hash) if dedup_hash else ""]
+        keys = [self._keys.recent(tenant, scope)]
+        if dedup_hash:
+            keys.append(self._keys.dedup(tenant, scope, dedup_hash))
         dedup_value = f"{event.agent_id} {event.id}"
         args: list[str | int] = [event.seq, event.model_dump_json(), self.recent_max, self.recent_ttl, dedup_value]
         try:

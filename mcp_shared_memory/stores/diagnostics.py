@@ -11,13 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
 from qdrant_client import AsyncQdrantClient
 
 from ..errors import ConfigError, StoreUnavailable
 from .postgres import DRIVER_ERRORS, translated, unavailable
 from .qdrant_points import COLLECTION_PREFIX
-from .redis_client import REDIS_ERRORS
+from .redis_client import REDIS_ERRORS, RedisClient
 
 POSTGRES = """
 SELECT current_setting('server_version') AS server,
@@ -101,7 +100,7 @@ async def _read(conn: asyncpg.Connection) -> PostgresFacts:
     )  # fmt: skip
 
 
-async def redis_facts(client: aioredis.Redis) -> dict[str, Any]:
+async def redis_facts(client: RedisClient) -> dict[str, Any]:
     """Server name and version, mode (standalone, cluster, sentinel) and replication role."""
     try:
         info: dict[str, Any] = await client.info()

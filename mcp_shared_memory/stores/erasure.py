@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from qdrant_client import AsyncQdrantClient, models
 
 from ..errors import StoreUnavailable
 from ..models import Scope
 from .postgres import PostgresPool
 from .qdrant_points import COLLECTION_PREFIX, match
-from .redis_client import REDIS_ERRORS
+from .redis_client import REDIS_ERRORS, RedisClient
 
 # $1 tenant, $2 scope type (NULL: every scope), $3 scope id, $4 agent (NULL: every agent)
 WHERE = """tenant_id = $1 AND ($2::text IS NULL OR (scope_type = $2 AND scope_id = $3))"""
@@ -95,7 +94,7 @@ async def erase_postgres(db: PostgresPool, target: ErasureTarget) -> ErasedRows:
     return ErasedRows(len(events), facts, workspaces, tokens, scopes)
 
 
-async def erase_redis(client: aioredis.Redis, *, prefix: str, target: ErasureTarget, scopes: list[Scope]) -> int:
+async def erase_redis(client: RedisClient, *, prefix: str, target: ErasureTarget, scopes: list[Scope]) -> int:
     """Delete the cached copies: recent sets, dedup keys and workspace contexts of the scopes (every key of
     the tenant for a whole tenant), and the tenant's cached event count. Returns the keys deleted."""
     tenant = target.tenant

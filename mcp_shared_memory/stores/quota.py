@@ -13,11 +13,9 @@ import logging
 import time
 from typing import cast
 
-import redis.asyncio as aioredis
-
 from ..errors import QuotaExceeded
 from .postgres import PostgresPool
-from .redis_client import REDIS_ERRORS, RedisBreaker
+from .redis_client import REDIS_ERRORS, RedisBreaker, RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +33,7 @@ return false
 
 class TenantEventQuota:
     def __init__(
-        self, db: PostgresPool, client: aioredis.Redis, *, prefix: str, limit: int | None, breaker: RedisBreaker
+        self, db: PostgresPool, client: RedisClient, *, prefix: str, limit: int | None, breaker: RedisBreaker
     ) -> None:
         """``limit`` None: no quota (every call returns at once)."""
         self._db = db

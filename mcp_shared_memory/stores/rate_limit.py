@@ -13,10 +13,8 @@ import math
 import time
 from typing import cast
 
-import redis.asyncio as aioredis
-
 from ..errors import RateLimited
-from .redis_client import REDIS_ERRORS, RedisBreaker
+from .redis_client import REDIS_ERRORS, RedisBreaker, RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +39,7 @@ return tostring(wait)
 
 
 class RedisRateLimiter:
-    def __init__(
-        self, client: aioredis.Redis, *, prefix: str, per_minute: int, burst: int, breaker: RedisBreaker
-    ) -> None:
+    def __init__(self, client: RedisClient, *, prefix: str, per_minute: int, burst: int, breaker: RedisBreaker) -> None:
         self._prefix = prefix
         self.per_minute = per_minute
         self.burst = burst

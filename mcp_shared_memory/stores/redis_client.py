@@ -1,26 +1,57 @@
-"""The Redis (or Valkey) client shared by the cache and the bus, and the breaker they share."""
+"""The Redis (or Valkey) client shared by the cache and the bus, and the breaker they share.
+
+``MSM_REDIS_URL`` names one server (``redis://``, ``rediss://``, ``unix://``) or a Redis Cluster
+(``redis+cluster://`` or ``rediss+cluster://``, with more seed nodes after commas:
+``redis+cluster://user:pass@10.0.0.1:7000,10.0.0.2:7000``); a cluster gets redis-py's asyncio cluster
+client, which follows slot moves and failovers. Every key of a scope carries one hash tag, so each
+command and script touches a single slot either way.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from typing import Any, TypeAlias
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
+
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-REDIS_ERRORS = (RedisError, OSError, TimeoutError)
+# RedisClusterException (a slot not covered during a failover, ...) is not a RedisError.
+REDIS_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
+
+RedisClient: TypeAlias = aioredis.Redis | RedisCluster
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 
-def connect_redis(url: str, *, timeout: float) -> aioredis.Redis:
+def connect_redis(url: str, *, timeout: float) -> RedisClient:
     """A client with timeouts we chose: one quick retry, no multi-second backoff on a dead server.
 
     The retry must be the asyncio ``Retry``: handed the synchronous one, the asyncio client never awaits
     its reconnect, and a pub/sub connection stays dead after a Redis restart until the next health check.
+    On a cluster the retry is the cluster client's: once, after re-reading the slot map.
     """
+    if (cluster := _cluster_url(url)) is not None:
+        node_url, seeds = cluster
+        try:
+            return RedisCluster.from_url(
+                node_url,
+                startup_nodes=[ClusterNode(host, port) for host, port in seeds],
+                decode_responses=True,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 1),
+                health_check_interval=30,
+            )
+        except (RedisClusterException, ValueError) as exc:
+            raise ConfigError(f"MSM_REDIS_URL names a Redis Cluster but is not usable: {exc}") from None
     return aioredis.Redis.from_url(
         url,
         decode_responses=True,
@@ -29,6 +60,40 @@ def connect_redis(url: str, *, timeout: float) -> aioredis.Redis:
         retry=Retry(NoBackoff(), 1),
         health_check_interval=30,
     )
+
+
+def is_cluster_url(url: str) -> bool:
+    return url.partition("://")[0].lower() in CLUSTER_SCHEMES
+
+
+def _cluster_url(url: str) -> tuple[str, list[tuple[str, int]]] | None:
+    """``redis+cluster://[auth@]host:port[,host:port...][/0][?options]`` as a plain URL of the first
+    seed (what redis-py parses) and the other seeds."""
+    scheme, _, rest = url.partition("://")
+    plain = CLUSTER_SCHEMES.get(scheme.lower())
+    if plain is None:
+        return None
+    end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    auth, at, hosts = authority.rpartition("@")
+    first, *others = hosts.split(",")
+    seeds = []
+    for seed in others:
+        host, _, port = seed.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError("MSM_REDIS_URL: each seed node of a cluster is host:port")
+        seeds.append((host.strip("[]"), int(port)))
+    return f"{plain}://{auth}{at}{first}{tail}", seeds
+
+
+def node_client(cluster: RedisCluster, node: ClusterNode) -> aioredis.Redis:
+    """A plain client to one node of ``cluster``, with the cluster's connection settings (credentials,
+    TLS, timeouts): the bus holds one pub/sub connection per shard through it."""
+    kwargs: dict[str, Any] = dict(cluster.get_connection_kwargs())
+    kwargs.pop("response_callbacks", None)
+    kwargs.pop("max_connections", None)
+    pool = aioredis.ConnectionPool(host=node.host, port=node.port, **kwargs)
+    return aioredis.Redis(connection_pool=pool)
 
 
 class RedisBreaker:

@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import numpy as np
-import redis.asyncio as aioredis
 from qdrant_client import AsyncQdrantClient, models
 
 from ..errors import StoreUnavailable
@@ -24,7 +23,7 @@ from .cache import RedisKeys
 from .postgres import PostgresPool
 from .qdrant_collection import ensure_collection
 from .qdrant_points import DENSE, LEXICAL, lexical_vector, match
-from .redis_client import REDIS_ERRORS
+from .redis_client import REDIS_ERRORS, RedisClient
 
 PAGE = 500
 ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "mcp-shared-memory/import")
@@ -128,7 +127,7 @@ async def insert_rows(db: PostgresPool, kind: str, rows: Sequence[tuple[Any, ...
     return inserted
 
 
-async def drop_cached(client: aioredis.Redis, *, prefix: str, tenant: str, scopes: Sequence[Scope]) -> None:
+async def drop_cached(client: RedisClient, *, prefix: str, tenant: str, scopes: Sequence[Scope]) -> None:
     """The scopes' recent sets and the tenant's cached event count: rebuilt from PostgreSQL on next use."""
     keys = RedisKeys(prefix)
     try:
