@@ -36,9 +36,10 @@ SECTIONS: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "rls": rls.run,
     "large": large.run,
     "embedding": run_embedding,
+    "faults": lambda bench: __import__("bench.faults", fromlist=["run"]).run(bench),  # opt-in: real faults
 }
 # Run only when named in --only: builds (once, then cached) a 1M-event database.
-OPT_IN = ("large",)
+OPT_IN = ("large", "faults")
 RESULTS = Path(__file__).resolve().parent / "results"
 log = logging.getLogger("bench")
 

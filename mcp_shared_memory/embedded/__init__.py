@@ -11,8 +11,9 @@ Layout of ``data_dir``::
 
 The first process to call ``start()`` starts the server, later ones attach; the last holder to
 ``release()`` (or to exit) stops it. Holders that die without releasing (SIGKILL, OOM) stop counting:
-PostgreSQL holders by their flock, Valkey holders by their named client connection. A server whose last
-holder was SIGKILLed keeps running until the next holder releases.
+PostgreSQL holders by their flock, Valkey holders by their flock and named client connection. Every holder
+restarts a server that died (the first to notice wins the start lock; the others attach), and a detached
+reaper started with each server stops it once every holder died without releasing it.
 
 The data dir must belong to the current user and be writable by nobody else; logs, locks and sockets
 that are symbolic links are refused.

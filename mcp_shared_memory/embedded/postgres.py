@@ -9,6 +9,7 @@ import logging
 import os
 import shlex
 import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +120,7 @@ class EmbeddedPostgres(EmbeddedServer):
     """
 
     name = "embedded PostgreSQL"
+    _reap_signal = signal.SIGINT  # fast shutdown
 
     def __init__(self, data_dir: Path) -> None:
         super().__init__(data_dir)
@@ -157,6 +159,20 @@ class EmbeddedPostgres(EmbeddedServer):
         if self._hold_fd is not None:
             os.close(self._hold_fd)
             self._hold_fd = None
+
+    def _holders_file(self) -> Path:
+        return self._holders_path
+
+    def _server_pid(self) -> int | None:
+        postmaster = _Postmaster.read(self.pgdata)
+        return postmaster.pid if postmaster is not None else None
+
+    def _running(self) -> bool:
+        try:
+            postmaster = _Postmaster.read(self.pgdata)
+        except ConfigError:
+            return True  # nothing a restart could fix
+        return postmaster is not None and postmaster.is_live(self.pgdata)
 
     def _leave(self) -> bool:
         self._drop_hold()

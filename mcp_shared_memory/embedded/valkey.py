@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
+import signal
 import stat
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ from . import _root
 from ._common import (
     RunAs,
     log_tail,
+    open_nofollow,
     path_hash,
     pid_alive,
     private_dir,
@@ -79,11 +82,13 @@ class EmbeddedValkey(EmbeddedServer):
     ``_root``); only its start lock stays in ``<data_dir>/valkey``.
 
     Holders keep a client connection named ``msm-holder-<pid>`` open; the server drops it when a holder
-    dies, so a SIGKILLed holder stops counting. The last holder's SHUTDOWN flushes the AOF.
+    dies, so a SIGKILLed holder stops counting. The last holder's SHUTDOWN flushes the AOF. Holders also
+    keep a shared flock on ``valkey/holders``, which the reaper watches (see ``EmbeddedServer``).
     ``start()`` returns a redis-py URL (``unix://...``).
     """
 
     name = "embedded Valkey"
+    _reap_signal = signal.SIGTERM  # SHUTDOWN: flushes the AOF
 
     def __init__(self, data_dir: Path) -> None:
         super().__init__(data_dir)
@@ -92,6 +97,8 @@ class EmbeddedValkey(EmbeddedServer):
         self._run_as: RunAs | None = None
         self._binary = Path()
         self._holder: redis.Redis | None = None
+        self._holders_path = self.lock_path.parent / "holders"
+        self._hold_fd: int | None = None
 
     def _place(self, directory: Path) -> None:
         self.dir = self.home = directory
@@ -119,14 +126,36 @@ class EmbeddedValkey(EmbeddedServer):
                 f"the embedded Valkey is not answering ({type(exc).__name__}); see {self.log_path}"
             ) from None
         self._holder = holder
+        if self._hold_fd is None:
+            fd = open_nofollow(self._holders_path, os.O_RDWR | os.O_CREAT)
+            fcntl.flock(fd, fcntl.LOCK_SH)  # only the reaper takes it exclusively, and never for long
+            self._hold_fd = fd
 
     def _drop_hold(self) -> None:
         if self._holder is not None:
             with contextlib.suppress(Exception):
                 self._holder.close()
             self._holder = None
+        if self._hold_fd is not None:
+            os.close(self._hold_fd)
+            self._hold_fd = None
+
+    def _holders_file(self) -> Path:
+        return self._holders_path
+
+    def _server_pid(self) -> int | None:
+        return self._recorded_pid()
+
+    def _running(self) -> bool:
+        pid = self._recorded_pid()
+        try:
+            return pid is not None and process_in(pid, self.dir) is not None
+        except psutil.AccessDenied:
+            return True
 
     def _leave(self) -> bool:
+        """Last when no other holder keeps the holders flock (a holder re-attaching after a restart is not
+        named on the server yet, but keeps its flock) nor a named connection (older versions only name)."""
         assert self._holder is not None
         try:
             me = self._holder.client_id()
@@ -136,8 +165,20 @@ class EmbeddedValkey(EmbeddedServer):
                 if str(c.get("name", "")).startswith(VALKEY_HOLDER_PREFIX) and int(c["id"]) != me
             ]
         except redis.ConnectionError:
-            return False  # already stopped
-        return not others
+            return False  # already stopped, or restarted under us: its reaper stops it if nobody holds it
+        if others:
+            return False
+        if self._hold_fd is not None:
+            os.close(self._hold_fd)
+            self._hold_fd = None
+        fd = open_nofollow(self._holders_path, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
 
     # -- start -------------------------------------------------------------------------------------------
 

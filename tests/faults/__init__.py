@@ -20,8 +20,8 @@ from mcp_shared_memory.settings import Settings
 from mcp_shared_memory.stores.postgres import PostgresPool
 from mcp_shared_memory.stores.redis_client import connect_redis
 
-from .redis_server import RedisProcess, redis_process
-from .tcp_proxy import FaultyProxy, faulty_proxy
+from ..redis_server import RedisProcess, redis_process
+from ..tcp_proxy import FaultyProxy, faulty_proxy
 
 
 async def eventually(check: Callable[[], Awaitable[object]], *, seconds: float = 10) -> None:
