@@ -1,6 +1,6 @@
 """Large scopes: the exact scan against the two-pass search (binary-quantized shortlist, exact re-rank),
 at 100k events with a 10k-event scope and 1M events with a 100k-event scope (data: ``large_data.py``,
-built once and cached). Opt-in: ``python -m bench --only large``.
+built once and cached). Opt-in: ``python -m bench --only large``; ``MSM_BENCH_LARGE_CASES=100k`` runs one case.
 
 Two phases over the same questions. First the two-pass subjects, question after question: the raw SQL
 floors (the two-pass k-NN; the two-pass hybrid candidates with ``ts_rank``), the store's vector candidates,
@@ -14,6 +14,7 @@ events) in the same table show what the size check costs where the exact scan st
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from mcp_shared_memory.stores.quantized import shortlist_length
 from . import large_data as data
 from .context import MODEL_ID
 from .floors import connect_pg
+from .scale import rate_metric
 from .stats import Metric, Summary, compose, latency_metric
 
 if TYPE_CHECKING:
@@ -103,18 +105,12 @@ async def run(bench: Bench) -> None:
     corpus = data.corpus(rows)
     vectors, embed_seconds = await data.embeddings([d.content for d in corpus.docs])
     if embed_seconds is not None:
-        bench.add(
-            Metric(
-                section=SECTION,
-                name=f"embed the {rows} scope events (cached afterwards)",
-                unit="events/s",
-                n=rows,
-                value=rows / embed_seconds,
-                note=f"{embed_seconds:.0f} s",
-            )
-        )
+        name = f"embed the {rows} scope events (cached afterwards)"
+        bench.add(rate_metric(SECTION, name, rows, embed_seconds, "events/s", f"{embed_seconds:.0f} s"))
+    only = os.environ.get("MSM_BENCH_LARGE_CASES")  # e.g. "100k": the cases to run, by label
+    cases = [case for case in data.CASES if not only or case.label in only.split(",")]
     async with data.cluster() as cluster_url:
-        for case in data.CASES:
+        for case in cases:
             try:
                 with anyio.fail_after(4 * 3600):
                     await run_case(bench, cluster_url, case, corpus, vectors)
@@ -140,16 +136,8 @@ async def run_case(bench: Bench, cluster_url: str, case: data.Case, corpus: data
     loading = settings.model_copy(update={"db_timeout": 3600.0})  # a COPY of 20k rows on a busy machine
     built = await data.ensure(cluster_url, case, corpus.docs, vectors, loading)
     how = f"cached, built {built.built_at}" if built.cached else "built in this run"
-    bench.add(
-        Metric(
-            section=SECTION,
-            name=f"{case.label}: build (COPY + VACUUM ANALYZE)",
-            unit="rows/s",
-            n=built.rows,
-            value=built.rows / built.seconds,
-            note=f"{built.seconds:.0f} s, {how}",
-        )
-    )
+    name, note = f"{case.label}: build (COPY + VACUUM ANALYZE)", f"{built.seconds:.0f} s, {how}"
+    bench.add(rate_metric(SECTION, name, built.rows, built.seconds, "rows/s", note))
     seeds = corpus.seeds_for[case.scope_rows]
     questions = [q for q, s in zip(corpus.questions, corpus.question_seed, strict=True) if s < seeds]
     texts = random.Random(case.rows).sample(questions, min(bench.profile.scale_queries, len(questions)))

@@ -206,16 +206,13 @@ async def grow(bench: Bench, db: PostgresPool, data: Dataset, size: int) -> None
     await analyze_events(db)
     elapsed = time.perf_counter() - started
     data.rows = size
-    bench.add(
-        Metric(
-            section=SECTION,
-            name=f"{label(size)}: COPY {added} synthetic rows",
-            unit="rows/s",
-            n=added,
-            value=added / elapsed,
-            note=f"{elapsed:.1f} s incl. vector generation and ANALYZE",
-        )
-    )
+    note = f"{elapsed:.1f} s incl. vector generation and ANALYZE"
+    bench.add(rate_metric(SECTION, f"{label(size)}: COPY {added} synthetic rows", added, elapsed, "rows/s", note))
+
+
+def rate_metric(section: str, name: str, count: int, seconds: float, unit: str, note: str) -> Metric:
+    """How many things a step did per second (rows loaded, texts embedded)."""
+    return Metric(section=section, name=name, unit=unit, n=count, value=count / seconds, note=note)
 
 
 def label(size: int) -> str:
@@ -230,9 +227,14 @@ async def measure_cell(bench: Bench, subjects: Subjects, data: Dataset, size: in
     assert scopes and scopes[0] is not None
     truth_cache: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
     vector_cache: dict[str, np.ndarray] = {}
-    raw_t, store_t, api_t, recalls, complete = [], [], [], [], 0
-    raw_hybrid_t, hybrid_t = [], []
-    raw_recalls = []
+    raw_t: list[float] = []
+    store_t: list[float] = []
+    api_t: list[float] = []
+    recalls: list[float] = []
+    complete = 0
+    raw_hybrid_t: list[float] = []
+    hybrid_t: list[float] = []
+    raw_recalls: list[float] = []
     two_pass_t: list[float] = []
     two_pass_recalls: list[float] = []
     for _ in range(bench.profile.scale_queries):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 
 import pytest
 
@@ -16,8 +17,10 @@ from mcp_shared_memory.models import Event, EventFilter, Principal, Scope
 from mcp_shared_memory.runtime import Connections, open_runtime
 from mcp_shared_memory.settings import Settings
 from mcp_shared_memory.stores.event_search import PostgresEventSearch
+from mcp_shared_memory.stores.lexical import SCOPE_SIZE_CAP
 
 from .conftest import Backdoor, isolated
+from .faults import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -166,12 +169,16 @@ async def bits_state(backdoor: Backdoor, tenant: str) -> tuple[int, int]:
     return row["stale"], row["without"]
 
 
+async def _bits_state_is(backdoor: Backdoor, tenant: str, expected: tuple[int, int]) -> bool:
+    return await bits_state(backdoor, tenant) == expected
+
+
 async def test_every_way_of_writing_an_embedding_keeps_its_bits(
     memory: SharedMemory, alice: Principal, backdoor: Backdoor
 ) -> None:
-    await memory.write_event(alice, "The staging database runs PostgreSQL 17")
+    await memory.write_event(alice, "The staging database runs PostgreSQL 17")  # embedded just after its commit
     await backdoor.bulk_append(alice.tenant, ALICE, event_texts(5))
-    assert await bits_state(backdoor, alice.tenant) == (0, 0)  # insert and COPY
+    await eventually(lambda: _bits_state_is(backdoor, alice.tenant, (0, 0)))  # the queue's write-back and COPY
 
     await backdoor.db.execute("UPDATE shared_episodic_memories SET embedding = NULL WHERE tenant_id = $1", alice.tenant)
     assert await bits_state(backdoor, alice.tenant) == (0, 6)  # cleared for re-embedding
@@ -180,3 +187,44 @@ async def test_every_way_of_writing_an_embedding_keeps_its_bits(
         "UPDATE shared_episodic_memories SET embedding = $2 WHERE tenant_id = $1", alice.tenant, vector
     )
     assert await bits_state(backdoor, alice.tenant) == (0, 0)  # back-filled
+
+
+async def test_searches_of_a_large_scope_are_planned_for_their_own_parameters(
+    alice: Principal, backdoor: Backdoor, connections: Connections, settings: Settings
+) -> None:
+    """Once a search has counted a scope at the store's threshold, the next ones with a question are planned
+    for their own parameters (not the generic plan, made for a one-event scope); smaller scopes keep the
+    generic plan. What a search returns is the same either way, and the setting does not outlive it."""
+    threshold = 60
+    store = PostgresEventSearch(connections.requests_db, plan_per_search_from=threshold)
+    small = Scope("user", "small")
+    await backdoor.bulk_append(alice.tenant, ALICE, event_texts(threshold))
+    await backdoor.bulk_append(alice.tenant, small, event_texts(threshold - 1, seed=3))
+
+    async def search(scope: Scope, question: str, *, lexical: bool) -> list[tuple[str, float | None, float | None]]:
+        vector = None if lexical else await backdoor.embedder.embed(question)
+        found = await store.candidates(
+            alice.tenant, scope, EventFilter(), vector=vector, query=question, model_id=backdoor.embedder.model_id,
+            per_ranking=10,
+        )  # fmt: skip
+        return sorted((str(e.id), e.similarity, e.lexical) for e in found)
+
+    assert not store.plans_per_search(alice.tenant, ALICE)
+    for lexical in (False, True):
+        for question in QUESTIONS:
+            generic = await search(ALICE, question, lexical=lexical)
+            assert store.plans_per_search(alice.tenant, ALICE)
+            assert await search(ALICE, question, lexical=lexical) == generic and generic, question
+            await search(small, question, lexical=lexical)
+            assert not store.plans_per_search(alice.tenant, small)
+            assert not store.plans_per_search(alice.tenant, Scope("user", "bob"))
+
+    async with AsyncExitStack() as stack:  # every pooled connection: the setting went with its search
+        for _ in range(settings.db_pool_max):
+            conn = await stack.enter_async_context(connections.requests_db.tenant(alice.tenant))
+            assert await conn.fetchval("SHOW plan_cache_mode") == "auto"
+
+
+def test_the_plan_threshold_is_within_what_a_search_counts(connections: Connections) -> None:
+    with pytest.raises(ValueError, match="plan_per_search_from"):
+        PostgresEventSearch(connections.requests_db, plan_per_search_from=SCOPE_SIZE_CAP + 1)
