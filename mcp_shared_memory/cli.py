@@ -343,8 +343,10 @@ def consolidate(
         from .runtime import open_runtime
 
         async with open_runtime(settings) as runtime:
-            with progress_bar("consolidating", None):
-                report = await runtime.maintenance.consolidator.run(tenant=tenant)
+            with progress_bar("consolidating scopes", None) as advance:
+                report = await runtime.maintenance.consolidator.run(
+                    tenant=tenant, progress=lambda _, scopes: advance(1, total=scopes)
+                )
         typer.echo(
             f"consolidated {report.events} events in {report.scopes} scopes: {report.stored} facts stored, "
             f"{report.confirmed} confirmed, {report.skipped_busy} scopes busy in another process"

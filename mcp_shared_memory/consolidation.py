@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -156,11 +156,21 @@ class Consolidator:
             extractor=extractor,
         )  # fmt: skip
 
-    async def run(self, *, tenant: str | None = None, max_scopes: int = 1000) -> ConsolidationReport:
-        """Consolidate every scope with pending events (of one tenant, if given)."""
+    async def run(
+        self,
+        *,
+        tenant: str | None = None,
+        max_scopes: int = 1000,
+        progress: Callable[[int, int], object] | None = None,
+    ) -> ConsolidationReport:
+        """Consolidate every scope with pending events (of one tenant, if given); ``progress(done, scopes)``
+        after each scope."""
         report = ConsolidationReport()
-        for scope_tenant, scope in await self._episodic.unconsolidated_scopes(tenant=tenant, limit=max_scopes):
+        scopes = await self._episodic.unconsolidated_scopes(tenant=tenant, limit=max_scopes)
+        for done, (scope_tenant, scope) in enumerate(scopes, start=1):
             report.add(await self.consolidate_scope(scope_tenant, scope))
+            if progress is not None:
+                progress(done, len(scopes))
         return report
 
     async def consolidate_scope(self, tenant: str, scope: Scope) -> ConsolidationReport:

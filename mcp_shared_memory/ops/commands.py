@@ -54,14 +54,14 @@ def _tenant(settings: Settings, tenant: str | None) -> str:
 
 @contextmanager
 def progress_bar(description: str, total: int | None) -> Iterator[Any]:
-    """A Rich progress bar on stderr; yields ``advance(n)``."""
+    """A Rich progress bar on stderr; yields ``advance(n, total=None)`` (``total`` once it is known)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
         task = progress.add_task(description, total=total)
-        yield lambda n: progress.advance(task, n)
+        yield lambda n, total=None: progress.update(task, advance=n, total=total)
 
 
 @asynccontextmanager
