@@ -12,6 +12,7 @@ from mcp_shared_memory.runtime import Connections, open_runtime
 from mcp_shared_memory.settings import Settings
 
 from .conftest import Backdoor, isolated
+from .faults import eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -168,10 +169,10 @@ async def test_a_written_secret_never_reaches_postgres_redis_search_or_the_embed
         REDACTED_KEY: ["aws_key", "url_password"],
     }
 
-    row = await backdoor.db.fetchrow(
-        "SELECT content, metadata::text AS metadata, embedding FROM shared_episodic_memories WHERE id=$1",
-        written.event_id,
-    )
+    query = "SELECT content, metadata::text AS metadata, embedding FROM shared_episodic_memories WHERE id=$1"
+    # embedded just after the commit, by the embedding queue
+    await eventually(lambda: backdoor.db.fetchval(f"SELECT embedding IS NOT NULL FROM ({query}) e", written.event_id))
+    row = await backdoor.db.fetchrow(query, written.event_id)
     assert row is not None and row["content"] == expected
     assert "hunter2" not in row["metadata"] and AWS_KEY not in row["metadata"]
     assert np.allclose(row["embedding"].to_numpy(), await backdoor.embedder.embed(expected), atol=1e-5)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -22,7 +21,7 @@ from mcp_shared_memory.stores.bus import EventWritten, Topic, WorkspaceChanged
 from mcp_shared_memory.stores.cache import CachedRecent, RedisCache, RedisKeys
 from mcp_shared_memory.stores.event_search import PostgresEventSearch
 from mcp_shared_memory.stores.quota import TenantEventQuota
-from mcp_shared_memory.stores.redis_client import RedisBreaker, connect_redis, node_client
+from mcp_shared_memory.stores.redis_client import RedisBreaker, node_client
 
 from ..conftest import fresh_id, isolated
 from ..redis_server import RedisClusterProcesses
@@ -32,16 +31,6 @@ from ..test_failure_modes import Heard, runtime_on
 pytestmark = pytest.mark.anyio
 
 REDIS_LOGGERS = ("mcp_shared_memory.stores.redis_client", "mcp_shared_memory.stores.bus")
-
-
-@pytest.fixture
-async def backdoor(cluster: RedisClusterProcesses) -> AsyncIterator[RedisCluster]:
-    """A cluster client of the test's own, to look at what the server stored."""
-    opened = connect_redis(cluster.url, timeout=1)
-    assert isinstance(opened, RedisCluster)
-    await opened.initialize()
-    yield opened
-    await opened.aclose()
 
 
 def agent(tenant: str, agent_id: str = "writer") -> Principal:
