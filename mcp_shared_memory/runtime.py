@@ -257,7 +257,8 @@ async def open_runtime(
             )
         # Requests are served from the application role's pool; the owner's does the background work.
         db, owner, embedder = connections.requests_db, connections.db, connections.embedder
-        breaker = RedisBreaker(settings.redis_breaker_seconds)
+        breaker = RedisBreaker(settings.redis_breaker_seconds, probe=connections.redis.ping)
+        stack.callback(breaker.close)
         cache = RedisCache(
             connections.redis, prefix=settings.redis_prefix, recent_max=settings.recent_max,
             recent_ttl=settings.recent_ttl, breaker=breaker,

@@ -26,7 +26,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import SlotNotCoveredError
 
 from ..models import Scope
-from .redis_client import REDIS_ERRORS, RedisBreaker, RedisClient, node_client
+from .redis_client import REDIS_ERRORS, UNDER_LOCK_SECONDS, RedisBreaker, RedisClient, node_client
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +148,11 @@ class RedisBus:
                 "agents": list(message.agents), "added": list(message.added), "removed": list(message.removed),
             }  # fmt: skip
         try:
-            if isinstance(self._redis, RedisCluster):
-                await self._redis.spublish(self.channel(topic), json.dumps(payload))
-            else:
-                await self._redis.publish(self.channel(topic), json.dumps(payload))
+            with anyio.fail_after(UNDER_LOCK_SECONDS):
+                if isinstance(self._redis, RedisCluster):
+                    await self._redis.spublish(self.channel(topic), json.dumps(payload))
+                else:
+                    await self._redis.publish(self.channel(topic), json.dumps(payload))
         except REDIS_ERRORS as exc:
             self._breaker.trip("publish", exc)
             return False

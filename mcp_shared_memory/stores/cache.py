@@ -28,10 +28,12 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, cast
 
+import anyio
+
 from .. import metrics
 from ..models import Event, Scope, Workspace
 from ..recent import MemberRange
-from .redis_client import REDIS_ERRORS, RedisBreaker, RedisClient
+from .redis_client import REDIS_ERRORS, UNDER_LOCK_SECONDS, RedisBreaker, RedisClient
 
 log = logging.getLogger(__name__)
 
@@ -268,8 +270,9 @@ class RedisCache:
         dedup_value = f"{event.agent_id} {event.id}"
         args: list[str | int] = [event.seq, event.model_dump_json(), self.recent_max, self.recent_ttl, dedup_value]
         try:
-            await self._heal(tenant, scope)
-            known_node = await self._record(keys=keys, args=args)
+            with anyio.fail_after(UNDER_LOCK_SECONDS):
+                await self._heal(tenant, scope)
+                known_node = await self._record(keys=keys, args=args)
         except REDIS_ERRORS as exc:
             self._stale.add((tenant, scope))
             self._breaker.trip("recent-events update", exc)

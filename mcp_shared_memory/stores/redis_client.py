@@ -9,14 +9,17 @@ command and script touches a single slot either way.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 
 from ..errors import ConfigError
@@ -27,6 +30,9 @@ log = logging.getLogger(__name__)
 REDIS_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 RedisClient: TypeAlias = aioredis.Redis | RedisCluster
+# The longest a writer holding its scope's lock waits for Redis to take its event (cache, then bus). Past
+# it the event stays in the outbox and is announced later: every writer of the scope waits for this one.
+UNDER_LOCK_SECONDS = 0.5
 
 CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
@@ -47,7 +53,7 @@ def connect_redis(url: str, *, timeout: float) -> RedisClient:
                 decode_responses=True,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 1),
+                retry=_retry_once(),
                 health_check_interval=30,
             )
         except (RedisClusterException, ValueError) as exc:
@@ -57,9 +63,15 @@ def connect_redis(url: str, *, timeout: float) -> RedisClient:
         decode_responses=True,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
-        retry=Retry(NoBackoff(), 1),
+        retry=_retry_once(),
         health_check_interval=30,
     )
+
+
+def _retry_once() -> Retry:
+    """One immediate retry after a dropped connection, never after a timeout: a Redis that hangs would
+    make every call wait twice its timeout."""
+    return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
 
 
 def is_cluster_url(url: str) -> bool:
@@ -98,20 +110,46 @@ def node_client(cluster: RedisCluster, node: ClusterNode) -> aioredis.Redis:
 
 class RedisBreaker:
     """After a failure, Redis is skipped for ``seconds`` (``MSM_REDIS_BREAKER_SECONDS``): callers fall back
-    to PostgreSQL at once instead of each waiting for its own timeout while Redis is down."""
+    to PostgreSQL at once instead of each waiting for its own timeout while Redis is down. With a ``probe``
+    (a PING), Redis is tried again only once a probe in the background has succeeded, so no caller (a
+    writer holding its scope's lock) waits for a Redis that still hangs."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, *, probe: Callable[[], Awaitable[object]] | None = None) -> None:
         self.seconds = seconds
+        self._probe = probe
         self._down_until = 0.0
+        self._probing: asyncio.Task[None] | None = None
 
     @property
     def closed(self) -> bool:
         """True when Redis may be tried."""
-        return time.monotonic() >= self._down_until
+        return time.monotonic() >= self._down_until and self._probing is None
 
     def trip(self, what: str, exc: BaseException) -> None:
         self._down_until = time.monotonic() + self.seconds
         log.warning("Redis %s failed (%s); falling back to PostgreSQL", what, type(exc).__name__)
+        if self._probe is not None and self.seconds > 0 and self._probing is None:
+            self._probing = asyncio.get_running_loop().create_task(self._probe_until_up(self._probe))
 
     def reset(self) -> None:
         self._down_until = 0.0
+
+    def close(self) -> None:
+        if self._probing is not None:
+            self._probing.cancel()
+            self._probing = None
+
+    async def _probe_until_up(self, probe: Callable[[], Awaitable[object]]) -> None:
+        try:
+            while True:
+                await asyncio.sleep(max(self._down_until - time.monotonic(), 0.0))
+                try:
+                    async with asyncio.timeout(max(self.seconds, 0.1)):
+                        await probe()
+                except Exception:
+                    self._down_until = time.monotonic() + self.seconds
+                    continue
+                self._down_until = 0.0
+                return
+        finally:
+            self._probing = None

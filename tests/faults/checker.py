@@ -14,14 +14,30 @@ class Ledger:
 
     acked: dict[str, int] = field(default_factory=dict)
     statuses: Counter[str] = field(default_factory=Counter)
+    writes: list[tuple[float, float]] = field(default_factory=list)  # (began, seconds) per acknowledged write
     failures: list[tuple[float, float, str]] = field(default_factory=list)  # (at, seconds, message)
     reads: int = 0
     read_failures: int = 0
+    searches: int = 0
+    degraded: list[float] = field(default_factory=list)  # when a search said it was degraded
+    silent_misses: list[float] = field(default_factory=list)  # a search missed the last write, saying nothing
 
-    def ack(self, key: str, seq: int, status: str) -> None:
+    def ack(self, key: str, seq: int, status: str, *, began: float, took: float) -> None:
         previous = self.acked.setdefault(key, seq)
         assert previous == seq, f"{key} acknowledged twice with different seqs ({previous}, {seq})"
         self.statuses[status] += 1
+        self.writes.append((began, took))
+
+    def searched(self, at: float, *, hit: bool, degraded: str | None) -> None:
+        self.searches += 1
+        if degraded:
+            self.degraded.append(at)
+        elif not hit:
+            self.silent_misses.append(at)
+
+    def write_times(self, start: float, end: float) -> list[float]:
+        """How long the writes acknowledged between ``start`` and ``end`` took."""
+        return [took for began, took in self.writes if start <= began <= end]
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """The system under test, all real processes: an embedded PostgreSQL in a private data dir (held by this
-process and by every server), a private Redis that can be SIGKILLed, and HTTP server replicas that can
-be SIGKILLed and started again on their port."""
+process and by every server), a private Redis that can be SIGKILLed or stopped, the data dir's shared
+embedding service (started by this process, used by every server), HTTP server replicas that can be
+SIGKILLed and started again on their port, and stdio servers (one per agent connection)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from typing import IO
 
 import anyio
 import httpx2
+import redis.asyncio as aioredis
+from mcp import Client
+from mcp.client.stdio import stdio_client
 from pydantic import SecretStr
 
 from mcp_shared_memory.embedded import EmbeddedBackends, remove_data_dir, start_embedded
@@ -25,6 +29,7 @@ from mcp_shared_memory.runtime import Runtime, open_runtime
 from mcp_shared_memory.settings import Settings
 
 from ..redis_server import RedisProcess, free_port, redis_process
+from ..server.mcp_clients import stdio_server
 
 
 class Replica:
@@ -74,6 +79,18 @@ class Cluster:
     replicas: list[Replica]
     runtime: Runtime  # this process's own server runtime: tokens, and what PostgreSQL holds
     env: dict[str, str]
+    data_dir: Path
+    errlog: IO[str]  # the stdio servers' stderr
+
+    @property
+    def log_path(self) -> Path:
+        """Every server's stderr (the replicas' and the stdio servers')."""
+        return self.data_dir / "servers.log"
+
+    @property
+    def database_url(self) -> str:
+        assert self.backends.database_url is not None
+        return self.backends.database_url
 
     @property
     def postmaster_pid(self) -> int:
@@ -81,6 +98,22 @@ class Cluster:
         pid = self.backends.postgres._server_pid()
         assert pid is not None
         return pid
+
+    @property
+    def embedding_service_pid(self) -> int:
+        return int((self.data_dir / "embeddings" / "service.pid").read_text())
+
+    async def redis_pid(self) -> int:
+        client = aioredis.Redis.from_url(self.redis.url, socket_timeout=2)
+        try:
+            return int((await client.info("server"))["process_id"])
+        finally:
+            await client.aclose()
+
+    def stdio_client(self, tenant: str, agent_id: str, scope: str) -> Client:
+        """A ``serve`` process over stdio bound to ``agent_id`` in ``tenant`` (a new process per client)."""
+        params = stdio_server(self.env, tenant=tenant, agent_id=agent_id, scope=scope)
+        return Client(stdio_client(params, errlog=self.errlog), mode="auto")  # type: ignore[arg-type]
 
 
 @asynccontextmanager
@@ -93,14 +126,15 @@ async def cluster(replicas: int = 2) -> AsyncIterator[Cluster]:
             # the servers attach to the embedded PostgreSQL as holders themselves (and so supervise it)
             env.update(MSM_DATA_DIR=str(data_dir), MSM_REDIS_URL=redis.url, MSM_REDIS_TIMEOUT="0.5")
             settings = Settings(data_dir=data_dir, redis_url=SecretStr(redis.url), redis_timeout=0.5)
-            with open(data_dir / "servers.log", "ab") as log:  # noqa: ASYNC230 - a local file, once
+            log_path = data_dir / "servers.log"
+            with open(log_path, "ab") as log, open(log_path, "a") as errlog:  # noqa: ASYNC230 - local, once
                 servers = [Replica(env, log) for _ in range(replicas)]
                 try:
                     async with open_runtime(settings) as runtime:  # applies the migrations first
                         async with anyio.create_task_group() as tg:
                             for server in servers:
                                 tg.start_soon(server.start)
-                        yield Cluster(backends, redis, servers, runtime, env)
+                        yield Cluster(backends, redis, servers, runtime, env, data_dir, errlog)
                 finally:
                     for server in servers:
                         server.stop()

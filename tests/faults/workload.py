@@ -1,12 +1,14 @@
-"""The workload: agents on their own MCP connections (Streamable HTTP, spread over the replicas) writing
-with idempotency keys and retrying every failed call with the same key, reading recent events, searching;
-subscribers that count notifications and catch up with ``since_seq``."""
+"""The workload: agents on their own MCP connections (Streamable HTTP spread over the replicas, or a stdio
+``serve`` process each) writing with idempotency keys and retrying every failed call with the same key,
+reading recent events, searching for their last write; subscribers that count notifications and catch up
+with ``since_seq``."""
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +21,8 @@ from .checker import Ledger
 CALL_TIMEOUT = 10.0  # a call with no answer by then is retried (same key) on a new connection
 RETRY_DELAY = 0.05
 
+Connect = Callable[[int], AbstractAsyncContextManager[Client]]  # attempt number -> a new connection
+
 
 class Broken(Exception):
     """The connection failed: reconnect (to the next replica) and retry."""
@@ -30,11 +34,15 @@ async def _call(client: Client, tool: str, args: dict[str, Any]) -> Any:
     raise Broken(f"{tool}: no answer within {CALL_TIMEOUT:.0f} s")
 
 
+def over_http(urls: Sequence[str], token: str) -> Connect:
+    """Connections to the replicas in turn, the first to ``urls[0]``."""
+    return lambda attempt: http_client(urls[attempt % len(urls)], token, "auto")
+
+
 @dataclass
 class Agent:
     name: str
-    token: str
-    urls: Sequence[str]
+    connect: Connect
     ledger: Ledger
     written: int = 0
     _attempt: int = 0
@@ -42,10 +50,9 @@ class Agent:
     async def run(self, stop: anyio.Event, *, pace: float = 0.02) -> None:
         """Write ``<name>-<n>`` for n = 0, 1, ... until ``stop``; every failure retries the same key."""
         while not stop.is_set():
-            url = self.urls[self._attempt % len(self.urls)]
             self._attempt += 1
             try:
-                async with http_client(url, self.token, "auto") as client:
+                async with self.connect(self._attempt - 1) as client:
                     while not stop.is_set():
                         await self._write(client)
                         if self.written % 5 == 0:
@@ -69,14 +76,19 @@ class Agent:
             await anyio.sleep(RETRY_DELAY)
             return
         written = result.structured_content
-        self.ledger.ack(key, written["seq"], written["status"])
+        self.ledger.ack(key, written["seq"], written["status"], began=began, took=time.monotonic() - began)
         self.written += 1
 
     async def _read(self, client: Client) -> None:
         recent = await _call(client, "get_recent_shared", {"limit": 5})
-        search = await _call(client, "search_shared", {"query": f"{self.name} observed", "limit": 3})
+        last = f"{self.name}-{self.written - 1}"
+        search = await _call(client, "search_shared", {"query": last, "limit": 3})
         self.ledger.reads += 2
         self.ledger.read_failures += int(recent.is_error) + int(search.is_error)
+        if not search.is_error:
+            found = search.structured_content
+            hit = any(e["content"].startswith(f"{last}:") for e in found["events"])
+            self.ledger.searched(time.monotonic(), hit=hit, degraded=found.get("degraded"))
 
 
 def _more_than(seen: int, inbox: Inbox) -> bool:
