@@ -83,6 +83,9 @@ def settings(session_backends: EmbeddedBackends, backend_env: dict[str, str]) ->
         database_owner_url=backend_env["MSM_DATABASE_URL"] if app_url else None,
         redis_url=backend_env["MSM_REDIS_URL"],
         data_dir=Path(backend_env["MSM_DATA_DIR"]),
+        # A loaded machine, or the embedding service restarted by a fault test, can keep a search's model
+        # wait past the 2 s default; the tests of that bound set their own.
+        embedding_catch_up_seconds=15,
     )
 
 

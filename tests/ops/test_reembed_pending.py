@@ -13,6 +13,7 @@ import pytest
 from mcp_shared_memory.models import Principal
 
 from ..conftest import Backdoor
+from ..faults import eventually
 from ..server.mcp_clients import server_env
 
 pytestmark = pytest.mark.anyio
@@ -49,9 +50,14 @@ async def test_reembed_pending_reports_refusals_and_embeds_them(
     done = await anyio.to_thread.run_sync(lambda: reembed_pending(server_env(backend_env)))
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"event {refused_id}: HTTP 400: input too long" in done.stdout
-    assert "0 still wait, 0 refused again" in done.stdout
-    embedded = await backdoor.db.fetchval(
-        "SELECT count(*) FROM shared_episodic_memories WHERE id = ANY($1::uuid[]) AND embedding IS NOT NULL",
-        [refused_id, waiting_id],
-    )
-    assert embedded == 2
+    assert "0 refused again" in done.stdout
+
+    async def both_embedded() -> bool:
+        embedded = await backdoor.db.fetchval(
+            "SELECT count(*) FROM shared_episodic_memories WHERE id = ANY($1::uuid[]) AND embedding IS NOT NULL",
+            [refused_id, waiting_id],
+        )
+        return bool(embedded == 2)
+
+    # by the command, or by a server of the test session that claimed them first
+    await eventually(both_embedded)
