@@ -92,6 +92,10 @@ class Race:
     deadline: float = 0.0
     latencies: list[float] = field(default_factory=list)
     last_done: float = 0.0
+    finished: int = 0
+    all_finished: anyio.Event = field(default_factory=anyio.Event)
+    # The agents stay connected (their servers running their embedding queues) until this is set.
+    release: anyio.Event = field(default_factory=anyio.Event)
 
 
 async def run(bench: Bench) -> None:
@@ -134,10 +138,11 @@ async def measure(bench: Bench, kind: str, agents: int, connect: Connect, tenant
                 race.start = time.perf_counter()
                 race.deadline = race.start + seconds
                 race.go.set()
-                await anyio.sleep(seconds)
+                await race.all_finished.wait()
                 cpu = meter.shares()
                 waiting = int(await db.fetchval(WAITING, tenant))
-            drained = await searchable(db, tenant) - race.last_done
+                drained = await searchable(db, tenant) - race.last_done
+                race.release.set()
     except Exception as exc:
         bench.error(SECTION, f"{kind} x{agents}", exc)
         return
@@ -195,3 +200,7 @@ async def agent(i: int, connect: Connect, race: Race) -> None:
             check(result, "write_event")
             race.latencies.append(done - start)
             race.last_done = max(race.last_done, done)
+        race.finished += 1
+        if race.finished == race.agents:
+            race.all_finished.set()
+        await race.release.wait()

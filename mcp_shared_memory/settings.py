@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     embedding_service_threads: int | None = Field(default=None, ge=1)  # unset: every core
     embedding_service_batch_size: int = Field(default=32, ge=1, le=2048)
     # How long a model batch that is not full waits for texts from other requests.
-    embedding_service_batch_wait_ms: float = Field(default=2.0, ge=0, le=1000)
+    embedding_service_batch_wait_ms: float = Field(default=0.0, ge=0, le=1000)
     # how long a search waits for the model: its query's vector, and its scope's events still waiting for one
     embedding_catch_up_seconds: float = Field(default=2.0, ge=0, le=60)
 

@@ -114,7 +114,7 @@ class EmbeddedEmbeddingService(EmbeddedServer):
         model: str = "all-MiniLM-L6-v2",
         threads: int | None = None,
         batch_size: int = 32,
-        batch_wait: float = 0.002,
+        batch_wait: float = 0.0,
     ) -> None:
         super().__init__(data_dir)
         self.dir = self.home = self.data_dir / "embeddings"
