@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import anyio
 import pytest
 from mcp import Client
@@ -14,6 +16,7 @@ from mcp_shared_memory.settings import Settings
 from mcp_shared_memory.stores.bus import BusMessage, EventWritten, Topic
 
 from ..conftest import Backdoor, isolated
+from ..faults import eventually
 from ..server.mcp_clients import in_process_server
 
 pytestmark = pytest.mark.anyio
@@ -95,12 +98,22 @@ async def test_retention_deletes_only_old_events_of_the_configured_scope_type(
                 written.event_id,
             )
         assert len(await memory.get_recent_shared(alice)) == 2  # both cached
+        # The sweep skips rows locked at that moment (SKIP LOCKED): let the embedding queue finish with them.
+        ids = [old_user.event_id, new_user.event_id, old_ws.event_id]
+        await eventually(lambda: _all_embedded(backdoor, ids))
 
         assert await runtime.maintenance.expire_events() >= 1
 
         assert [e.id for e in await memory.get_recent_shared(alice)] == [new_user.event_id]
         ws_events = await memory.get_recent_shared(alice, scope=in_workspace)
         assert old_ws.event_id in [e.id for e in ws_events]
+
+
+async def _all_embedded(backdoor: Backdoor, ids: list[uuid.UUID | None]) -> bool:
+    waiting = await backdoor.db.fetchval(
+        "SELECT count(*) FROM shared_episodic_memories WHERE id = ANY($1::uuid[]) AND embedding IS NULL", ids
+    )
+    return waiting == 0
 
 
 async def test_no_retention_configured_deletes_nothing(runtime: Runtime) -> None:
