@@ -23,6 +23,7 @@ import anyio
 import anyio.abc
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import SlotNotCoveredError
 
 from ..models import Scope
@@ -150,13 +151,22 @@ class RedisBus:
         try:
             with anyio.fail_after(UNDER_LOCK_SECONDS):
                 if isinstance(self._redis, RedisCluster):
-                    await self._redis.spublish(self.channel(topic), json.dumps(payload))
+                    await self._cluster_publish(self._redis, self.channel(topic), json.dumps(payload))
                 else:
                     await self._redis.publish(self.channel(topic), json.dumps(payload))
         except REDIS_ERRORS as exc:
             self._breaker.trip("publish", exc)
             return False
         return True
+
+    @staticmethod
+    async def _cluster_publish(cluster: RedisCluster, channel: str, payload: str) -> None:
+        try:
+            await cluster.spublish(channel, payload)
+        except AttributeError as exc:
+            # redis-py 8.1 can hit a connection torn down by a failover mid-command (redis/redis-py#4287):
+            # an outage like any other, the event stays in the outbox.
+            raise RedisConnectionError("the node's connection closed during a failover") from exc
 
     # subscribing
 
