@@ -13,7 +13,18 @@ from pathlib import Path
 
 import asyncpg
 
+from ..errors import ConfigError
+
 log = logging.getLogger(__name__)
+
+MIN_POSTGRES = 140000  # server_version_num
+MIN_PGVECTOR = (0, 8)
+VERSIONS = """
+SELECT current_setting('server_version_num')::int AS server,
+       current_setting('server_version') AS server_name,
+       (SELECT extversion FROM pg_extension WHERE extname = 'vector') AS installed,
+       (SELECT default_version FROM pg_available_extensions WHERE name = 'vector') AS available
+"""
 
 MIGRATION_FILE = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 # Arbitrary constant: serialises concurrent first starts of several processes.
@@ -53,9 +64,45 @@ def available_migrations() -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
+def version_problem(server: int, server_name: str, installed: str | None, available: str | None) -> str | None:
+    """What keeps this PostgreSQL from holding the schema (None: nothing): PostgreSQL 14 or later with
+    pgvector 0.8 or later, installed or installable."""
+    if server < MIN_POSTGRES:
+        return f"PostgreSQL {server_name} is too old: mcp-shared-memory needs PostgreSQL 14 or later"
+    if installed is not None and _version(installed) < MIN_PGVECTOR:
+        fix = (
+            "run ALTER EXTENSION vector UPDATE as its owner"
+            if available is not None and _version(available) >= MIN_PGVECTOR
+            else "upgrade the server's pgvector package, then run ALTER EXTENSION vector UPDATE"
+        )
+        return f"pgvector {installed} is too old: mcp-shared-memory needs pgvector 0.8 or later ({fix})"
+    if installed is None and available is None:
+        return (
+            "pgvector is not installed on this PostgreSQL server: install pgvector 0.8 or later (e.g. the "
+            "postgresql-<major>-pgvector package, or the pgvector/pgvector image)"
+        )
+    if installed is None and available is not None and _version(available) < MIN_PGVECTOR:
+        return f"pgvector {available} is too old: mcp-shared-memory needs pgvector 0.8 or later"
+    return None
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", text)[:3])
+
+
+async def check_versions(conn: asyncpg.Connection) -> None:
+    """Refuse, with what to do, a PostgreSQL or pgvector the migrations would fail on halfway."""
+    row = await conn.fetchrow(VERSIONS)
+    assert row is not None
+    problem = version_problem(row["server"], row["server_name"], row["installed"], row["available"])
+    if problem is not None:
+        raise ConfigError(problem)
+
+
 async def apply_migrations(conn: asyncpg.Connection) -> list[str]:
     """Apply the migrations this database lacks; returns the names applied. Safe to run concurrently."""
     applied_now: list[str] = []
+    await check_versions(conn)
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
     try:
         await conn.execute(CREATE_LEDGER)
