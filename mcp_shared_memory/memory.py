@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from typing import Any
 
 import anyio
@@ -17,12 +16,11 @@ from .announcer import Announcer
 from .context import format_shared_context, task_context
 from .embedding_queue import EmbeddingQueue
 from .embeddings import Embedder
-from .errors import EmbeddingUnavailable, InvalidInput, NotFound
+from .errors import EmbeddingUnavailable
+from .fact_rules import FactRules
 from .models import (
     Event,
     EventFilter,
-    Fact,
-    FactWrite,
     NewEvent,
     Principal,
     Scope,
@@ -44,7 +42,6 @@ from .stores.event_search import PostgresEventSearch
 from .stores.facts import FactsStore
 from .stores.quota import TenantEventQuota
 from .stores.workspaces import PostgresWorkspaceStore
-from .workspace_rules import WorkspaceRules
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +49,7 @@ SHARED_CONTEXT_MAX_EVENTS = 20
 SHARED_CONTEXT_MAX_FACTS = 10
 
 
-class SharedMemory(WorkspaceRules):
+class SharedMemory(FactRules):
     """Shared memory of a tenant's agents. Every call takes the caller's ``Principal``."""
 
     def __init__(
@@ -277,12 +274,6 @@ class SharedMemory(WorkspaceRules):
             return vector, f"{left} events written moments ago are ranked by matching words only (still embedding)"
         return vector, None
 
-    def _floor(self, min_similarity: float | None) -> float:
-        """A search's similarity floor: the model's default unless given."""
-        if min_similarity is None:
-            return self.settings.search_floor
-        return check.similarity(min_similarity, "min_similarity")
-
     async def get_agent_history(
         self,
         principal: Principal,
@@ -343,69 +334,11 @@ class SharedMemory(WorkspaceRules):
         """A sub-agent's output, written back to the shared scope."""
         return await self.write_event(principal, result, event_type="agent_result", importance=importance, scope=scope)
 
-    # facts
-
-    async def store_fact(
-        self,
-        principal: Principal,
-        fact: str,
-        *,
-        scope: str | Scope | None = None,
-        source_event_ids: list[uuid.UUID] | None = None,
-    ) -> FactWrite:
-        """Store a shared fact; a near-duplicate of an existing fact confirms it instead."""
-        target = principal.resolve_scope(scope, need="write")
-        check.text(fact, "fact", max_chars=check.MAX_FACT_CHARS)
-        await self._workspace_access(principal, target, write=True)
-        await self._quota.check(principal.tenant)  # facts are not counted, but none is stored past the quota
-        fact = self._redactor.text(fact)
-        vector = await self._embedder.embed(fact)
-        return await self._facts.upsert(
-            principal.tenant, target, fact, vector, source_event_ids=source_event_ids or [],
-            source_agents=[principal.agent_id], duplicate_floor=self.settings.duplicate_floor,
-        )  # fmt: skip
-
-    async def search_facts(
-        self,
-        principal: Principal,
-        query: str,
-        *,
-        scope: str | Scope | None = None,
-        top_k: int = 10,
-        min_similarity: float | None = None,
-        mode: SearchMode = "hybrid",
-    ) -> list[Fact]:
-        """The scope's shared facts that answer ``query``, best first (modes as in ``search_shared``)."""
-        target = principal.resolve_scope(scope)
-        check.bounded_int(top_k, "top_k", low=1, high=check.MAX_LIMIT)
-        check.text(query, "query", max_chars=check.MAX_QUERY_CHARS)
-        mode = check.search_mode(mode)
-        floor = self._floor(min_similarity)
-        await self._workspace_access(principal, target, write=False)
-        return await self._search_facts(principal.tenant, target, query, top_k, floor, mode)
-
-    async def _search_facts(
-        self, tenant: str, scope: Scope, query: str, top_k: int, floor: float, mode: SearchMode
-    ) -> list[Fact]:
-        vector = await self._embedder.embed(query)
-        return await self._facts.search(
-            tenant, scope, vector, query=query, top_k=top_k, min_similarity=floor, mode=mode
-        )
-
     async def retract_event(self, principal: Principal, event_id: str, *, scope: str | Scope | None = None) -> Event:
         """Delete an event this agent wrote (any, with the admin role on the scope); see ``retraction.py``."""
         target = principal.resolve_scope(scope, need="write")
         await self._workspace_access(principal, target, write=False)
         return await retract_event(principal, target, event_id, episodic=self._episodic, announcer=self._announcer)
-
-    async def forget_fact(self, principal: Principal, fact_id: str, *, scope: str | Scope | None = None) -> None:
-        target = principal.resolve_scope(scope, need="write")
-        parsed = as_uuid(fact_id)
-        if parsed is None:
-            raise InvalidInput(f"invalid fact id {fact_id!r}: expected a UUID")
-        await self._workspace_access(principal, target, write=True)
-        if not await self._facts.forget(principal.tenant, target, parsed):
-            raise NotFound(f"fact {fact_id} does not exist in scope {target}")
 
 
 __all__ = ["SharedMemory", "WorkspaceSummary", "format_shared_context"]

@@ -40,17 +40,7 @@ class RedisProcess:
             "--appendonly", "no", "--dir", str(self.directory),
         ]  # fmt: skip
         self._proc = await anyio.open_process(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = aioredis.Redis.from_url(self.url, socket_connect_timeout=0.2)
-        try:
-            with anyio.fail_after(10):
-                while True:
-                    try:
-                        await client.ping()
-                        return
-                    except (OSError, aioredis.ConnectionError):
-                        await anyio.sleep(0.02)
-        finally:
-            await client.aclose()
+        await wait_for_ping(self.port)
 
     async def kill(self) -> None:
         """SIGKILL: no goodbye to clients, nothing saved."""

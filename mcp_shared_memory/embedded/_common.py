@@ -115,6 +115,41 @@ def open_nofollow(path: Path, flags: int, mode: int = 0o600) -> int:
         raise
 
 
+class HoldersFile:
+    """The file on which every holder of a server keeps a shared flock while it holds it: the kernel drops a
+    dead holder's lock, however it died. Only a releaser or a reaper takes it exclusively, never for long."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def hold(self) -> None:
+        if self._fd is None:
+            fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            self._fd = fd
+
+    def drop(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def none_left(self) -> bool:
+        """Nobody keeps a shared flock on the file: every holder released it or died."""
+        fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+
+
 def refuse_symlink(path: Path) -> None:
     """Refuse ``path`` when it is a symbolic link (for files a server program opens itself)."""
     with contextlib.suppress(FileNotFoundError):

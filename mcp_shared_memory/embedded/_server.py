@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from ..errors import ConfigError, StoreUnavailable
-from ._common import RunAs, check_path, flock, log_tail, make_data_dir, open_nofollow, safe_dir
+from ._common import HoldersFile, RunAs, check_path, flock, log_tail, make_data_dir, open_nofollow, safe_dir
 
 log = logging.getLogger(__name__)
 
@@ -173,10 +173,10 @@ class EmbeddedServer(abc.ABC):
     def _spawn_reaper(self) -> None:
         """Under the lock, after starting the server: a detached process that stops it once every holder
         died without releasing it (a live holder's release() or the reaper: whichever sees no holder left)."""
-        pid = self._server_pid()
-        if pid is None:
+        pid, holders = self._server_pid(), self._holders_file()
+        if pid is None or holders is None:
             return
-        args = [sys.executable, "-I", str(_REAPER), str(self.lock_path), str(self._holders_file())]
+        args = [sys.executable, "-I", str(_REAPER), str(self.lock_path), str(holders)]
         args += [str(pid), str(int(self._reap_signal))]
         try:
             with open(open_nofollow(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab") as logf:
@@ -232,6 +232,7 @@ class EmbeddedServer(abc.ABC):
     # -- what each server does ---------------------------------------------------------------------------
 
     # Supervision and reaping are opt-in: a server that keeps the defaults is neither restarted nor reaped.
+    _holders: HoldersFile | None = None  # set by a server whose holders keep a flock (see HoldersFile)
     _reap_signal: ClassVar[signal.Signals] = signal.SIGTERM  # the signal that makes the server shut down cleanly
 
     def _running(self) -> bool:
@@ -242,9 +243,9 @@ class EmbeddedServer(abc.ABC):
         """The running server's pid (for the supervisor and the reaper)."""
         return None
 
-    def _holders_file(self) -> Path:
-        """The file every holder keeps a shared flock on (for the reaper)."""
-        raise NotImplementedError
+    def _holders_file(self) -> Path | None:
+        """The file every holder keeps a shared flock on, which the reaper watches (None: no reaper)."""
+        return self._holders.path if self._holders is not None else None
 
     @abc.abstractmethod
     def _ensure_running(self) -> tuple[StartMode, str]:

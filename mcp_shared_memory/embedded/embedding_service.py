@@ -41,6 +41,7 @@ import psutil
 
 from ..errors import ConfigError, StoreUnavailable
 from ._common import (
+    HoldersFile,
     log_tail,
     open_nofollow,
     path_hash,
@@ -120,7 +121,8 @@ class EmbeddedEmbeddingService(EmbeddedServer):
         self.dir = self.home = self.data_dir / "embeddings"
         self.lock_path = self.dir / "start.lock"
         self.log_path = self.dir / "service.log"
-        self._holders_path = self.dir / "holders"
+        # Not ``_holders``: the service has no reaper (see above); it checks its holders itself.
+        self._holders_at = HoldersFile(self.dir / "holders")
         self._pid_path = self.dir / "service.pid"
         preferred = self.dir / "embeddings.sock"
         self.socket_path = (
@@ -129,31 +131,26 @@ class EmbeddedEmbeddingService(EmbeddedServer):
             else Path("/tmp") / f"msm-embed-{path_hash(self.dir)}" / "embeddings.sock"
         )
         self._options = {"model": model, "threads": threads, "batch-size": batch_size, "batch-wait": batch_wait}
-        self._hold_fd: int | None = None
 
     # -- holders (as EmbeddedPostgres: a shared flock each) ------------------------------------------------
 
     def _holds(self) -> bool:
-        return self._hold_fd is not None
+        return self._holders_at.held
 
     def _hold(self) -> None:
-        fd = open_nofollow(self._holders_path, os.O_RDWR | os.O_CREAT)
-        fcntl.flock(fd, fcntl.LOCK_SH)  # only a releaser or the service holds it exclusively, under our lock
-        self._hold_fd = fd
+        self._holders_at.hold()
 
     def _drop_hold(self) -> None:
-        if self._hold_fd is not None:
-            os.close(self._hold_fd)
-            self._hold_fd = None
+        self._holders_at.drop()
 
     def _leave(self) -> bool:
         self._drop_hold()
-        return _no_holder(self._holders_path)
+        return self._holders_at.none_left()
 
     # -- start -------------------------------------------------------------------------------------------
 
     def _ensure_running(self) -> tuple[StartMode, str]:
-        for path in (self.log_path, self._pid_path, self._holders_path):
+        for path in (self.log_path, self._pid_path, self._holders_at.path):
             refuse_symlink(path)
         if self.socket_path.parent != self.dir:
             private_dir(self.socket_path.parent, os.geteuid(), os.getegid())
@@ -234,7 +231,7 @@ class EmbeddedEmbeddingService(EmbeddedServer):
 
     def holder_pids(self) -> list[int] | None:
         """Processes holding the service now (Linux: from /proc/locks), or None where that is unknown."""
-        return _flock_holders(self._holders_path)
+        return _flock_holders(self._holders_at.path)
 
     def status(self) -> dict[str, Any]:
         """What a ``doctor`` shows: whether it runs, its pid, socket, model, settings, holders, counters."""
@@ -276,17 +273,6 @@ def _terminate(proc: psutil.Process) -> None:
             wait_until(lambda: not pid_alive(proc.pid), timeout=5, interval=0.01)
 
 
-def _no_holder(holders_path: Path) -> bool:
-    fd = open_nofollow(holders_path, os.O_RDWR | os.O_CREAT)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-
-
 def _flock_holders(path: Path) -> list[int] | None:
     try:
         st = path.stat()
@@ -319,7 +305,7 @@ def _abandoned(service_dir: Path, socket_path: Path, inode: int) -> bool:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False  # a process is starting, attaching or releasing: look again later
-        if not _no_holder(service_dir / "holders"):
+        if not HoldersFile(service_dir / "holders").none_left():
             return False
         _unpublish(service_dir, socket_path, inode)  # under the lock: the next start finds no service
         return True

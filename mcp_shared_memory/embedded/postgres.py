@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.util
 import logging
 import os
@@ -20,8 +19,8 @@ import psutil
 from ..errors import ConfigError, StoreUnavailable
 from . import _root
 from ._common import (
+    HoldersFile,
     RunAs,
-    open_nofollow,
     path_hash,
     pid_alive,
     private_dir,
@@ -120,6 +119,7 @@ class EmbeddedPostgres(EmbeddedServer):
     """
 
     name = "embedded PostgreSQL"
+    _holders: HoldersFile
     _reap_signal = signal.SIGINT  # fast shutdown
 
     def __init__(self, data_dir: Path) -> None:
@@ -129,8 +129,7 @@ class EmbeddedPostgres(EmbeddedServer):
         self.pgdata = self.home = base / "pg"
         self.log_path = self.data_dir / "postgres.log"
         self.lock_path = self.data_dir / "postgres.lock"
-        self._holders_path = self.data_dir / "postgres.holders"
-        self._hold_fd: int | None = None
+        self._holders = HoldersFile(self.data_dir / "postgres.holders")
         self._run_as: RunAs | None = None
         self._bin = Path()
 
@@ -147,21 +146,13 @@ class EmbeddedPostgres(EmbeddedServer):
     # -- holders -----------------------------------------------------------------------------------------
 
     def _holds(self) -> bool:
-        return self._hold_fd is not None
+        return self._holders.held
 
     def _hold(self) -> None:
-        fd = open_nofollow(self._holders_path, os.O_RDWR | os.O_CREAT)
-        # Only a releaser holds it exclusively, under the lock we hold: this cannot block.
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        self._hold_fd = fd
+        self._holders.hold()
 
     def _drop_hold(self) -> None:
-        if self._hold_fd is not None:
-            os.close(self._hold_fd)
-            self._hold_fd = None
-
-    def _holders_file(self) -> Path:
-        return self._holders_path
+        self._holders.drop()
 
     def _server_pid(self) -> int | None:
         postmaster = _Postmaster.read(self.pgdata)
@@ -176,14 +167,7 @@ class EmbeddedPostgres(EmbeddedServer):
 
     def _leave(self) -> bool:
         self._drop_hold()
-        fd = open_nofollow(self._holders_path, os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            return False
-        finally:
-            os.close(fd)
+        return self._holders.none_left()
 
     # -- start -------------------------------------------------------------------------------------------
 
@@ -214,7 +198,7 @@ class EmbeddedPostgres(EmbeddedServer):
 
     def _ensure_running(self) -> tuple[StartMode, str]:
         run_as = self._prepare()
-        refuse_symlink(self._holders_path)  # now, rather than once the server runs
+        refuse_symlink(self._holders.path)  # now, rather than once the server runs
         postmaster = _Postmaster.read(self.pgdata)
         if postmaster is not None and postmaster.is_live(self.pgdata):
             ready = self._wait_ready(postmaster.pid, timeout=PG_START_TIMEOUT)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import signal
@@ -21,9 +20,9 @@ from redis.retry import Retry
 from ..errors import ConfigError, StoreUnavailable
 from . import _root
 from ._common import (
+    HoldersFile,
     RunAs,
     log_tail,
-    open_nofollow,
     path_hash,
     pid_alive,
     private_dir,
@@ -88,6 +87,7 @@ class EmbeddedValkey(EmbeddedServer):
     """
 
     name = "embedded Valkey"
+    _holders: HoldersFile
     _reap_signal = signal.SIGTERM  # SHUTDOWN: flushes the AOF
 
     def __init__(self, data_dir: Path) -> None:
@@ -97,8 +97,7 @@ class EmbeddedValkey(EmbeddedServer):
         self._run_as: RunAs | None = None
         self._binary = Path()
         self._holder: redis.Redis | None = None
-        self._holders_path = self.lock_path.parent / "holders"
-        self._hold_fd: int | None = None
+        self._holders = HoldersFile(self.lock_path.parent / "holders")
 
     def _place(self, directory: Path) -> None:
         self.dir = self.home = directory
@@ -126,22 +125,14 @@ class EmbeddedValkey(EmbeddedServer):
                 f"the embedded Valkey is not answering ({type(exc).__name__}); see {self.log_path}"
             ) from None
         self._holder = holder
-        if self._hold_fd is None:
-            fd = open_nofollow(self._holders_path, os.O_RDWR | os.O_CREAT)
-            fcntl.flock(fd, fcntl.LOCK_SH)  # only the reaper takes it exclusively, and never for long
-            self._hold_fd = fd
+        self._holders.hold()
 
     def _drop_hold(self) -> None:
         if self._holder is not None:
             with contextlib.suppress(Exception):
                 self._holder.close()
             self._holder = None
-        if self._hold_fd is not None:
-            os.close(self._hold_fd)
-            self._hold_fd = None
-
-    def _holders_file(self) -> Path:
-        return self._holders_path
+        self._holders.drop()
 
     def _server_pid(self) -> int | None:
         return self._recorded_pid()
@@ -168,17 +159,8 @@ class EmbeddedValkey(EmbeddedServer):
             return False  # already stopped, or restarted under us: its reaper stops it if nobody holds it
         if others:
             return False
-        if self._hold_fd is not None:
-            os.close(self._hold_fd)
-            self._hold_fd = None
-        fd = open_nofollow(self._holders_path, os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            return False
-        finally:
-            os.close(fd)
+        self._holders.drop()
+        return self._holders.none_left()
 
     # -- start -------------------------------------------------------------------------------------------
 
