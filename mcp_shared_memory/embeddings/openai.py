@@ -11,16 +11,18 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import numpy.typing as npt
-import openai
 from pydantic import SecretStr
-
-try:  # the HTTP client the openai package is built on: httpx2 since openai 3, httpx before
-    import httpx2 as httpx
-except ImportError:  # pragma: no cover - older openai
-    import httpx  # type: ignore[no-redef]
 
 from ..errors import ConfigError, EmbeddingUnavailable, SharedMemoryError
 from .base import Embedder
+from .http_endpoint import (
+    APIConnectionError,
+    APIError,
+    APIResponseValidationError,
+    APIStatusError,
+    APITimeoutError,
+    JsonEndpoint,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -32,8 +34,7 @@ KNOWN_DIMENSIONS = {
 }
 # The host part of requests over a unix socket (httpx needs one; the socket decides where they go).
 SOCKET_BASE_URL = "http://embedding-service/v1"
-# Sent when no key is configured: compatible local servers ignore it, the client insists on one.
-_NO_KEY = "unused"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _PROBE_TEXT = "dimension probe"
 
 
@@ -82,7 +83,7 @@ class OpenAIEmbedder(Embedder):
         self._max_retries = max_retries
         self._socket_path = socket_path
         self._encoding_format = encoding_format
-        self._client: openai.AsyncOpenAI | None = None
+        self._client: JsonEndpoint | None = None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model_id!r}, endpoint={self._endpoint()!r})"
@@ -91,17 +92,16 @@ class OpenAIEmbedder(Embedder):
         return f"unix:{self._socket_path}" if self._socket_path is not None else safe_url(self._base_url)
 
     async def _load(self) -> None:
-        http_client = None
-        if self._socket_path is not None:
-            http_client = httpx.AsyncClient(
-                transport=httpx.AsyncHTTPTransport(uds=str(self._socket_path)), timeout=self._timeout
-            )
-        self._client = openai.AsyncOpenAI(
-            api_key=self._api_key.get_secret_value() or _NO_KEY,
-            base_url=SOCKET_BASE_URL if self._socket_path is not None else self._base_url,
+        base = SOCKET_BASE_URL if self._socket_path is not None else self._base_url or DEFAULT_BASE_URL
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if key := self._api_key.get_secret_value():  # none for local servers: send no placeholder
+            headers["Authorization"] = f"Bearer {key}"
+        self._client = JsonEndpoint(
+            base.rstrip("/") + "/embeddings",
+            headers=headers,
             timeout=self._timeout,
             max_retries=self._max_retries,
-            http_client=http_client,
+            socket_path=self._socket_path,
         )
         try:
             await self._probe()
@@ -130,7 +130,7 @@ class OpenAIEmbedder(Embedder):
     async def _unload(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            await client.close()
+            await client.aclose()
 
     async def _embed_batch(self, texts: list[str]) -> npt.NDArray[np.float32]:
         try:
@@ -154,24 +154,22 @@ class OpenAIEmbedder(Embedder):
         client = self._client
         if client is None:
             raise RuntimeError("the client is not open")
-        if max_retries is not None:
-            client = client.with_options(max_retries=max_retries)
-        extra: dict[str, Any] = {"dimensions": self._dimensions} if self._dimensions else {}
+        body: dict[str, Any] = {"input": texts, "model": self.model_id, "encoding_format": self._encoding_format}
+        if self._dimensions:
+            body["dimensions"] = self._dimensions
         try:
-            response = await client.embeddings.create(
-                input=texts, model=self.model_id, encoding_format=self._encoding_format, **extra
-            )
-        except openai.OpenAIError as exc:
+            data = _embeddings(await client.post(body, max_retries=max_retries))
+        except APIError as exc:
             raise self._translate(exc) from None
-        data = sorted(response.data, key=lambda item: item.index)
-        if [item.index for item in data] != list(range(len(texts))):
+        data.sort(key=lambda item: item[0])
+        if [index for index, _ in data] != list(range(len(texts))):
             raise EmbeddingUnavailable(f"The embedding endpoint returned {len(data)} vectors for {len(texts)} inputs.")
-        rows = [_as_floats(item.embedding) for item in data]
+        rows = [row for _, row in data]
         if len({len(row) for row in rows}) != 1 or not len(rows[0]):
             raise EmbeddingUnavailable("The embedding endpoint returned vectors of inconsistent length.")
         return np.stack(rows)
 
-    def _translate(self, exc: openai.OpenAIError) -> SharedMemoryError:
+    def _translate(self, exc: APIError) -> SharedMemoryError:
         """A generic error for callers (agents see it); the detail goes to the server log.
 
         The endpoint's address, the server's own text and the transport's message are infrastructure: they
@@ -183,17 +181,21 @@ class OpenAIEmbedder(Embedder):
             self._endpoint(),
             type(exc).__name__,
             f" (HTTP {status})" if status is not None else "",
-            self._scrub(_describe(exc)),
+            self._scrub(exc.detail),
         )
-        if isinstance(exc, openai.APITimeoutError):
+        if isinstance(exc, APITimeoutError):
             return EmbeddingUnavailable("The embedding service is unavailable (timeout); retry later.")
-        if isinstance(exc, openai.APIConnectionError):
+        if isinstance(exc, APIConnectionError):
             return EmbeddingUnavailable("The embedding service is unavailable (connection failed); retry later.")
-        if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
-            return ConfigError(f"The embedding service rejected the API key (HTTP {status}); check OPENAI_API_KEY.")
-        if isinstance(exc, openai.RateLimitError):
-            return EmbeddingUnavailable("The embedding service is rate limiting (HTTP 429); retry later.")
-        if isinstance(exc, openai.APIStatusError):
+        if isinstance(exc, APIResponseValidationError):
+            return EmbeddingUnavailable(
+                "The embedding service returned an invalid answer (not an embeddings response); retry later."
+            )
+        if isinstance(exc, APIStatusError):
+            if status in (401, 403):
+                return ConfigError(f"The embedding service rejected the API key (HTTP {status}); check OPENAI_API_KEY.")
+            if status == 429:
+                return EmbeddingUnavailable("The embedding service is rate limiting (HTTP 429); retry later.")
             if status in (400, 404, 422):
                 return ConfigError(
                     f"The embedding service rejected model {self.model_id!r} (HTTP {status}); check "
@@ -205,7 +207,7 @@ class OpenAIEmbedder(Embedder):
     def _scrub(self, message: str) -> str:
         """For the log: the API key and anything that looks like a credential masked, length capped."""
         key = self._api_key.get_secret_value()
-        if key and key != _NO_KEY:
+        if key:
             message = message.replace(key, "***")
         return mask_credentials(message)[:500]
 
@@ -225,22 +227,21 @@ def mask_credentials(text: str) -> str:
     return _KEY_LIKE.sub("sk-***", text)
 
 
-def _describe(exc: openai.OpenAIError) -> str:
-    """The exception's text with the server's answer or the transport error it wraps, for the log."""
-    text = str(exc)
-    extra = ""
-    if isinstance(exc, openai.APIStatusError):
-        try:
-            extra = exc.response.text
-        except Exception:  # a streamed body that was never read: the status is enough
-            extra = ""
-    else:
-        cause = exc.__cause__ or exc.__context__
-        if cause is not None:
-            extra = f"{type(cause).__name__}: {cause}"
-    if extra and extra not in text:
-        text = f"{text} ({extra})"
-    return text
+def _embeddings(payload: object) -> list[tuple[int, npt.NDArray[np.float32]]]:
+    """``(index, vector)`` for each item of an embeddings answer; ``APIResponseValidationError`` if malformed."""
+    try:
+        items = payload["data"] if isinstance(payload, dict) else None
+        if not isinstance(items, list):
+            raise TypeError("no data list")
+        data = []
+        for item in items:
+            index, row = item["index"], _as_floats(item["embedding"])
+            if not isinstance(index, int) or isinstance(index, bool) or row.ndim != 1:
+                raise TypeError("an item without an integer index and a flat embedding")
+            data.append((index, row))
+    except (KeyError, TypeError, ValueError) as exc:  # ValueError: bad base64, or not numbers
+        raise APIResponseValidationError(f"not an embeddings answer ({exc!r}): {str(payload)[:300]}") from None
+    return data
 
 
 def _as_floats(embedding: object) -> npt.NDArray[np.float32]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import socket
 import time
@@ -10,12 +11,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio
 import numpy as np
 import pytest
 from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from mcp_shared_memory.embeddings import create_embedder
@@ -43,21 +45,35 @@ def fake_vector(text: str, dim: int) -> np.ndarray:
 
 @dataclass
 class FakeOpenAI:
-    """Records every request; ``status`` forces an error answer, ``key`` is the accepted API key."""
+    """Records every request; ``status`` forces an error answer, ``key`` is the accepted API key (None: a local
+    server that wants no Authorization header). ``fail_next`` statuses are answered first, one per request,
+    with ``retry_after`` as their Retry-After header; ``raw`` replaces a successful answer's body."""
 
     requests: list[dict[str, Any]] = field(default_factory=list)
     status: int | None = None
-    key: str = API_KEY
+    key: str | None = API_KEY
+    fail_next: list[int] = field(default_factory=list)
+    retry_after: str | None = None
+    raw: str | None = None
 
-    async def embeddings(self, request: Request) -> JSONResponse:
+    async def embeddings(self, request: Request) -> Response:
         body = await request.json()
         self.requests.append({"auth": request.headers.get("authorization"), "body": body})
-        auth = request.headers.get("authorization", "")
-        if auth != f"Bearer {self.key}":
+        auth = request.headers.get("authorization")
+        if auth != (None if self.key is None else f"Bearer {self.key}"):
             # Like the real API, echo the key that was sent: the client must not pass this on.
-            return error(401, f"Incorrect API key provided: {auth.removeprefix('Bearer ')}", "invalid_api_key")
+            sent = (auth or "").removeprefix("Bearer ")
+            return error(401, f"Incorrect API key provided: {sent}", "invalid_api_key")
+        if self.fail_next:
+            status = self.fail_next.pop(0)
+            answer = error(status, f"forced {status}", "forced")
+            if self.retry_after is not None:
+                answer.headers["Retry-After"] = self.retry_after
+            return answer
         if self.status is not None:
             return error(self.status, f"forced {self.status}", "forced")
+        if self.raw is not None:
+            return Response(self.raw, media_type="application/json")
         model = body["model"]
         if model not in MODEL_DIMENSIONS:
             return error(404, f"The model `{model}` does not exist", "model_not_found")
@@ -69,8 +85,9 @@ class FakeOpenAI:
         dim = body.get("dimensions") or MODEL_DIMENSIONS[model]
         if model == "ignores-dims":
             dim = MODEL_DIMENSIONS[model]
+        encode = base64_floats if body.get("encoding_format") == "base64" else list_floats
         data = [
-            {"object": "embedding", "index": i, "embedding": fake_vector(text, dim).tolist()}
+            {"object": "embedding", "index": i, "embedding": encode(fake_vector(text, dim))}
             for i, text in enumerate(inputs)
         ]
         data.reverse()  # the client must order by index, not by position
@@ -84,6 +101,14 @@ class FakeOpenAI:
                 "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)},
             }
         )
+
+
+def list_floats(v: np.ndarray) -> list[float]:
+    return [float(x) for x in v]
+
+
+def base64_floats(v: np.ndarray) -> str:
+    return base64.b64encode(v.astype("<f4").tobytes()).decode()
 
 
 def error(status: int, message: str, code: str) -> JSONResponse:
@@ -118,6 +143,9 @@ def fake(server: Server) -> FakeOpenAI:
     server.fake.requests.clear()
     server.fake.status = None
     server.fake.key = API_KEY
+    server.fake.fail_next.clear()
+    server.fake.retry_after = None
+    server.fake.raw = None
     return server.fake
 
 
@@ -277,3 +305,81 @@ async def test_factory_builds_the_openai_embedder(server: Server, fake: FakeOpen
         assert e.dimension == 24
     with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
         create_embedder(Settings(embedding_provider="openai", openai_api_key=None, openai_base_url=None))
+
+
+async def test_server_errors_are_retried_then_succeed(server: Server, fake: FakeOpenAI) -> None:
+    async with make(server, max_retries=2) as e:
+        fake.requests.clear()
+        fake.fail_next = [503, 503]
+        with anyio.fail_after(10):  # backoff ~0.5 s then ~1 s
+            v = await e.embed("third time lucky")
+    assert len(fake.requests) == 3
+    np.testing.assert_allclose(v, fake_vector("third time lucky", 1536), atol=1e-6)
+
+
+async def test_retries_are_bounded_and_client_errors_not_retried(server: Server, fake: FakeOpenAI) -> None:
+    fake.retry_after = "0"
+    async with make(server, max_retries=1) as e:
+        fake.requests.clear()
+        fake.fail_next = [502, 502]
+        with pytest.raises(EmbeddingUnavailable, match=r"HTTP 502.*retry later"):
+            await e.embed("x")
+        assert len(fake.requests) == 2  # one attempt and one retry
+        fake.requests.clear()
+        fake.fail_next = [422]
+        with pytest.raises(EmbeddingUnavailable, match="MSM_EMBEDDING_MODEL"):
+            await e.embed("y")
+        assert len(fake.requests) == 1
+
+
+async def test_retry_after_zero_is_honoured(server: Server, fake: FakeOpenAI) -> None:
+    async with make(server, max_retries=3) as e:
+        fake.requests.clear()
+        fake.fail_next = [429, 429, 429]
+        fake.retry_after = "0"
+        with anyio.fail_after(1):  # the backoff alone would take over 2.5 s
+            v = await e.embed("patience")
+    assert len(fake.requests) == 4 and v.shape == (1536,)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "<html><body>502 Bad Gateway from internal-proxy-7</body></html>",
+        '{"object": "list", "model": "internal-proxy-7"}',
+        '{"data": [{"index": 0}]}',
+        '{"data": [{"index": "0", "embedding": [1.0, 2.0]}]}',
+        '{"data": [{"index": 0, "embedding": "not base64 internal-proxy-7"}]}',
+        '["internal-proxy-7"]',
+    ],
+)
+async def test_malformed_answers_are_unavailable(server: Server, fake: FakeOpenAI, raw: str) -> None:
+    async with make(server) as e:
+        fake.requests.clear()
+        fake.raw = raw
+        with pytest.raises(EmbeddingUnavailable, match="invalid answer") as info:
+            await e.embed("hello")
+        assert "internal-proxy-7" not in str(info.value)
+        assert len(fake.requests) == 1  # not retried
+        fake.raw = None
+        assert (await e.embed("hello again")).shape == (1536,)  # the worker keeps working
+
+
+async def test_no_api_key_sends_no_authorization_header(server: Server, fake: FakeOpenAI) -> None:
+    fake.key = None
+    async with make(server, api_key=None, model="acme-embed") as e:
+        v = await e.embed("local server")
+    assert v.shape == (24,)
+    assert len(fake.requests) == 2 and all(r["auth"] is None for r in fake.requests)
+    # and a server that wants a key says so
+    fake.key = API_KEY
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+        await make(server, api_key=None, model="acme-embed").open()
+
+
+async def test_base64_vectors_are_decoded(server: Server, fake: FakeOpenAI) -> None:
+    async with make(server, encoding_format="base64") as e:
+        vectors = await e.embed_many(["packed", "floats"])
+    assert fake.requests[-1]["body"]["encoding_format"] == "base64"
+    for text, v in zip(["packed", "floats"], vectors, strict=True):
+        np.testing.assert_allclose(v, fake_vector(text, 1536), atol=1e-6)
