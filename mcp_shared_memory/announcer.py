@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 
 from .models import Event, Scope, Workspace
-from .stores.bus import EventWritten, RedisBus, WorkspaceChanged
+from .stores.bus import RedisBus
 from .stores.cache import RedisCache
 from .stores.episodic import ScopeWriter
+from .stores.messages import EventWritten, WorkspaceChanged
 
 
 class Announcer:

@@ -109,7 +109,8 @@ def serve(
                 # One stdio process per agent: a single ONNX thread per process keeps p99 down when
                 # several agents embed at once, at the same single-call latency.
                 settings = settings.model_copy(update={"embedding_threads": 1})
-            build_server(ServerLifespan(settings, local_principal=stdio_principal(settings))).run("stdio")
+            lifespan = ServerLifespan(settings, local_principal=stdio_principal(settings), background=True)
+            build_server(lifespan).run("stdio")
         else:
             import uvicorn
             from uvicorn.config import LOGGING_CONFIG

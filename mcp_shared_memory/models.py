@@ -7,9 +7,8 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -23,6 +22,9 @@ from pydantic import (
 from .errors import AccessDenied, InvalidInput
 from .validation import MAX_EVENT_TYPE_CHARS, MAX_FILTER_METADATA_KEYS, MAX_FILTER_VALUES, MAX_IDENTIFIER_CHARS
 from .validation import metadata as stored_metadata
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ScopeType = Literal["user", "workspace"]
 SCOPE_TYPES: tuple[str, ...] = ("user", "workspace")

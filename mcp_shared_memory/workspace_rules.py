@@ -11,18 +11,18 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from . import validation as check
-from .announcer import Announcer
 from .errors import AccessDenied, InvalidInput, NotFound, StoreUnavailable
 from .models import EventFilter, Principal, Scope, Workspace, WorkspaceSummary, role_at_least, validate_identifier
-from .redaction import Redactor
-from .settings import Settings
-from .stores.cache import RedisCache
-from .stores.episodic import PostgresEpisodicStore
-from .stores.quota import TenantEventQuota
-from .stores.workspaces import PostgresWorkspaceStore
 
 if TYPE_CHECKING:
+    from .announcer import Announcer
     from .models import Event, WriteResult
+    from .redaction import Redactor
+    from .settings import Settings
+    from .stores.cache import RedisCache
+    from .stores.episodic import PostgresEpisodicStore
+    from .stores.quota import TenantEventQuota
+    from .stores.workspaces import PostgresWorkspaceStore
 
 CLOSED_STATUSES = ("completed", "cancelled")
 

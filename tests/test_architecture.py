@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,3 +56,15 @@ def test_nothing_outside_the_composition_root_reaches_into_the_memory_or_the_run
     reach = re.compile(r"\b(memory|runtime)\._[a-z]")
     offenders = [relative(p) for p in MODULES if relative(p) != "runtime.py" and reach.search(p.read_text())]
     assert offenders == []
+
+
+def test_a_stdio_server_answers_before_importing_the_backend_clients() -> None:
+    """What ``serve`` imports before its first answer: the MCP layer and the models, not the database,
+    Redis, vector or embedding clients (they load in the background, ``ServerLifespan(background=True)``)."""
+    heavy = ["asyncpg", "redis", "numpy", "openai", "pgvector", "qdrant_client", "onnxruntime", "tokenizers"]
+    probe = (
+        "import sys, mcp_shared_memory.cli, mcp_shared_memory.server.app; "
+        f"print(' '.join(m for m in {heavy!r} if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.split() == []

@@ -17,7 +17,7 @@ from mcp_shared_memory.memory import SharedMemory
 from mcp_shared_memory.models import Principal, Scope
 from mcp_shared_memory.runtime import Connections
 from mcp_shared_memory.settings import Settings
-from mcp_shared_memory.stores.bus import EventWritten, Topic
+from mcp_shared_memory.stores.messages import EventWritten, Topic
 from mcp_shared_memory.stores.postgres import DRIVER_ERRORS, translated
 
 from .conftest import Backdoor, isolated

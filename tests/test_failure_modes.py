@@ -20,7 +20,7 @@ from mcp_shared_memory.runtime import Connections, Runtime, open_runtime
 from mcp_shared_memory.server.app import build_server
 from mcp_shared_memory.server.state import ServerLifespan
 from mcp_shared_memory.settings import Settings
-from mcp_shared_memory.stores.bus import BusMessage, EventWritten, Topic
+from mcp_shared_memory.stores.messages import BusMessage, EventWritten, Topic
 from mcp_shared_memory.stores.redis_client import connect_redis
 
 from .conftest import Backdoor, isolated

@@ -17,8 +17,9 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..models import Event, EventFilter, Scope
-from ..stores.bus import BusMessage, EventWritten, RedisBus, Topic
+from ..stores.bus import RedisBus
 from ..stores.event_search import PostgresEventSearch
+from ..stores.messages import BusMessage, EventWritten, Topic
 
 PAGE = 100
 COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "bright_red", "bright_cyan", "bright_magenta")

@@ -15,22 +15,25 @@ from mcp.server.auth.settings import AuthSettings
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.mcpserver import MCPServer
 from mcp.types import (
+    INTERNAL_ERROR,
     INVALID_PARAMS,
+    CallToolResult,
     CompleteRequestParams,
     CompleteResult,
     EmptyResult,
     SetLevelRequestParams,
     SubscribeRequestParams,
     SubscriptionsListenRequestParams,
+    TextContent,
     UnsubscribeRequestParams,
 )
 from pydantic import BaseModel, ValidationError
 
 from .. import __version__, metrics
-from ..errors import AccessDenied, InvalidInput, LimitExceeded, NotFound
+from ..errors import AccessDenied, InvalidInput, LimitExceeded, NotFound, SharedMemoryError
 from ..models import Principal, Scope
 from ..stores.audit import AuditEntry
-from ..stores.bus import Topic
+from ..stores.messages import Topic
 from . import client_logging, limits, sdk_adapter
 from .completions import Completer
 from .notifications import LISTEN_PRINCIPAL, LegacySession
@@ -47,6 +50,31 @@ LEGACY_KEY = "msm_registered"
 AUDITED = frozenset({"tools/call", "resources/read", "resources/subscribe", "subscriptions/listen"})
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 LISTEN_TARGETS = 10
+# Requests a server answers before its backends are open (stdio opens them behind its first answers).
+ANSWERED_BEFORE_BACKENDS = frozenset(
+    {
+        "initialize",
+        "server/discover",
+        "ping",
+        "tools/list",
+        "prompts/list",
+        "resources/templates/list",
+        "logging/setLevel",
+        "notifications/cancelled",
+        "notifications/progress",
+        "notifications/roots/list_changed",
+    }
+)
+
+
+def not_ready(ctx: ServerRequestContext[AppState, Any], failure: SharedMemoryError) -> HandlerResult:
+    """What a request that needs the backends gets when they are not open: a tool call an error result the
+    agent reads, any other request an error; a notification is dropped."""
+    if ctx.method == "tools/call":
+        return CallToolResult(content=[TextContent(type="text", text=failure.message)], is_error=True)
+    if ctx.request_id is None:
+        return None
+    raise MCPError(INTERNAL_ERROR, failure.message)
 
 
 def authorize_uri(principal: Principal, uri: str) -> ParsedUri:
@@ -154,6 +182,11 @@ def build_server(
             yield state
 
     async def binding(ctx: ServerRequestContext[AppState, Any], call_next: CallNext) -> HandlerResult:
+        if ctx.method not in ANSWERED_BEFORE_BACKENDS:
+            try:
+                await ctx.lifespan_context.until_ready()
+            except SharedMemoryError as exc:
+                return not_ready(ctx, exc)
         if ctx.method == "notifications/initialized":
             await register_legacy_connection(ctx)
         if ctx.method == "subscriptions/listen":

@@ -20,7 +20,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 import anyio.abc
@@ -29,9 +29,12 @@ from mcp.server.subscriptions import ResourcesListChanged, ResourceUpdated, Serv
 
 from ..errors import SharedMemoryError
 from ..models import Principal, Scope
-from ..stores.bus import BusMessage, RedisBus, Topic, WorkspaceChanged
+from ..stores.messages import BusMessage, Topic, WorkspaceChanged
 from ..workspace_rules import may_read_workspace
 from .uris import context_uri, recent_uri, workspaces_uri
+
+if TYPE_CHECKING:
+    from ..stores.bus import RedisBus
 
 log = logging.getLogger(__name__)
 

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import importlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
+import anyio.to_thread
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.subscriptions import ResourcesListChanged, ServerEvent
 from prometheus_client import Counter
 
 from .. import metrics
-from ..errors import AccessDenied, ConfigError, InvalidInput
-from ..memory import SharedMemory
+from ..errors import AccessDenied, ConfigError, InvalidInput, SharedMemoryError, StoreUnavailable
 from ..models import Principal, Scope
-from ..runtime import Runtime, open_runtime
 from ..settings import Settings
 from .http_guard import TokenWatch
 from .notifications import ListenerBus, NotificationHub
+
+if TYPE_CHECKING:
+    from ..memory import SharedMemory
+    from ..runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 CLAIM_PRINCIPAL = "msm_principal"
 
@@ -40,15 +47,61 @@ def stdio_principal(settings: Settings) -> Principal:
         ) from None
 
 
-@dataclass
+# How long a request waits for backends still opening (a cold embedded start runs initdb), and how often
+# backends that could not be reached are tried again.
+READY_WAIT_SECONDS = 60.0
+RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 1.0, 30.0
+STARTING = "the server is still opening its database and Redis; retry in a moment"
+
+
 class AppState:
-    runtime: Runtime
-    hub: NotificationHub
-    local_principal: Principal | None
+    """What the handlers share. Its backends may open after the server starts answering (stdio): until
+    they are open ``runtime`` and ``hub`` raise ``StoreUnavailable``, and ``until_ready`` waits for them or
+    raises what stopped them from opening."""
+
+    def __init__(self, local_principal: Principal | None) -> None:
+        self.local_principal = local_principal
+        self._runtime: Runtime | None = None
+        self._hub: NotificationHub | None = None
+        self.failure: SharedMemoryError | None = None
+        self._settled = anyio.Event()  # set once the backends opened or failed to
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None:
+            raise self.failure or StoreUnavailable(STARTING)
+        return self._runtime
+
+    @property
+    def hub(self) -> NotificationHub:
+        if self._hub is None:
+            raise self.failure or StoreUnavailable(STARTING)
+        return self._hub
 
     @property
     def memory(self) -> SharedMemory:
         return self.runtime.memory
+
+    def attach(self, runtime: Runtime, hub: NotificationHub) -> None:
+        self._runtime, self._hub, self.failure = runtime, hub, None
+        self._settled.set()
+
+    def detach(self) -> None:
+        self._runtime = self._hub = None
+
+    def fail(self, failure: SharedMemoryError) -> None:
+        self.failure = failure
+        self._settled.set()
+
+    async def until_ready(self, seconds: float = READY_WAIT_SECONDS) -> None:
+        """Return once the backends are open; raise the reason they are not (at once if an attempt failed)."""
+        if self._runtime is not None:
+            return
+        if self.failure is None:
+            with anyio.move_on_after(seconds):
+                await self._settled.wait()
+        if self._runtime is None:
+            raise self.failure or StoreUnavailable(STARTING)
 
     def principal(self) -> Principal:
         """The caller: from the verified bearer token on HTTP, from the process binding on stdio."""
@@ -82,7 +135,12 @@ def notification_kind(event: ServerEvent) -> Counter:
 class ServerLifespan:
     """Opens the state once per process (HTTP) or per stdio connection. With ``runtime`` given (tests,
     embedding the server in another program) the server uses it instead of opening its own. With
-    ``token_watch`` (HTTP) it re-verifies the tokens of the requests in flight while the state is open."""
+    ``token_watch`` (HTTP) it re-verifies the tokens of the requests in flight while the state is open.
+
+    With ``background`` (stdio) the server answers at once and opens its backends behind the first
+    answers: the database, Redis and embedding clients are imported in a worker thread, requests that need
+    them wait (``AppState.until_ready``), and backends that cannot be reached are tried again with backoff.
+    """
 
     def __init__(
         self,
@@ -91,11 +149,13 @@ class ServerLifespan:
         local_principal: Principal | None,
         runtime: Runtime | None = None,
         token_watch: TokenWatch | None = None,
+        background: bool = False,
     ) -> None:
         self.settings = settings
         self.local_principal = local_principal
         self.listeners = CountedListenerBus()
         self.token_watch = token_watch
+        self.background = background
         self._given_runtime = runtime
         self.state: AppState | None = None
         self._holders = 0
@@ -130,6 +190,32 @@ class ServerLifespan:
 
     @asynccontextmanager
     async def _open_state(self) -> AsyncIterator[AppState]:
+        state = AppState(self.local_principal)
+        async with anyio.create_task_group() as tasks:
+            if self.background:
+                tasks.start_soon(self._open_in_background, state)
+                try:
+                    async with self._published(state):
+                        yield state
+                finally:
+                    tasks.cancel_scope.cancel()
+                return
+            async with self._backends(state), self._published(state):
+                yield state
+
+    @asynccontextmanager
+    async def _published(self, state: AppState) -> AsyncIterator[None]:
+        self.state = state
+        assert self._opened is not None
+        self._opened.set()
+        try:
+            yield
+        finally:
+            self.state = None
+
+    @asynccontextmanager
+    async def _backends(self, state: AppState) -> AsyncIterator[None]:
+        """The runtime and the notification hub, attached to ``state`` while open."""
         async with self._runtime() as runtime, anyio.create_task_group() as tasks:
             hub = NotificationHub(runtime.bus, self.listeners, runtime.memory)
             await tasks.start(hub.run)
@@ -139,19 +225,37 @@ class ServerLifespan:
                     return await runtime.tokens.verify(token) is not None
 
                 await tasks.start(self.token_watch.run, still_valid)
-            self.state = AppState(runtime=runtime, hub=hub, local_principal=self.local_principal)
-            assert self._opened is not None
-            self._opened.set()
+            state.attach(runtime, hub)
             try:
-                yield self.state
+                yield
             finally:
-                self.state = None
+                state.detach()
                 tasks.cancel_scope.cancel()
+
+    async def _open_in_background(self, state: AppState) -> None:
+        # Imported off the event loop, so the first requests are answered while they load.
+        await anyio.to_thread.run_sync(importlib.import_module, "mcp_shared_memory.runtime")
+        delay = RETRY_FIRST_SECONDS
+        while True:
+            try:
+                async with self._backends(state):
+                    await anyio.sleep_forever()
+            except StoreUnavailable as exc:
+                state.fail(exc)
+                log.warning("%s; trying again in %.0f s", exc.message, delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+            except SharedMemoryError as exc:
+                state.fail(exc)
+                log.error("%s", exc.message)
+                return
 
     @asynccontextmanager
     async def _runtime(self) -> AsyncIterator[Runtime]:
         if self._given_runtime is not None:
             yield self._given_runtime
             return
+        from ..runtime import open_runtime
+
         async with open_runtime(self.settings, background=True) as runtime:
             yield runtime

@@ -36,7 +36,7 @@ from ..errors import (
 )
 from ..models import Event, EventFilter, Principal, Scope, Workspace
 from ..stores.audit import AuditEntry
-from ..stores.bus import BusMessage, EventWritten, Topic, WorkspaceChanged
+from ..stores.messages import BusMessage, EventWritten, Topic, WorkspaceChanged
 from .state import CLAIM_PRINCIPAL, AppState, ServerLifespan
 from .tools import caller_of
 

@@ -14,13 +14,16 @@ import logging
 from collections import deque
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
 from pydantic import BaseModel
 
 from ..errors import StoreUnavailable
-from .postgres import PostgresPool
+
+if TYPE_CHECKING:
+    from .postgres import PostgresPool
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,6 @@ import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -26,7 +25,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import SlotNotCoveredError
 
-from ..models import Scope
+from .messages import BusMessage, EventWritten, Topic, WorkspaceChanged
 from .redis_client import REDIS_ERRORS, UNDER_LOCK_SECONDS, RedisBreaker, RedisClient, node_client
 
 log = logging.getLogger(__name__)
@@ -36,37 +35,6 @@ RECONNECT_MAX = 1.0
 READ_TIMEOUT = 1.0
 
 
-@dataclass(frozen=True, slots=True)
-class Topic:
-    """What a subscriber wants to hear about: a scope's events, or (scope None) a tenant's workspaces."""
-
-    tenant: str
-    scope: Scope | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class EventWritten:
-    tenant: str
-    scope: Scope
-    event_id: uuid.UUID
-    seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class WorkspaceChanged:
-    """A workspace was created or changed. ``owner`` and ``agents`` say who may hear of it (None: sent by an
-    older version, look them up); ``added`` and ``removed``: the agents this change put on or took off its roster."""
-
-    tenant: str
-    workspace_id: str
-    created: bool
-    owner: str | None = None
-    agents: tuple[str, ...] = ()
-    added: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
-
-
-BusMessage = EventWritten | WorkspaceChanged
 Listener = Callable[[BusMessage], Awaitable[None]]
 
 

@@ -17,9 +17,9 @@ from mcp_shared_memory.models import Event, EventFilter, Principal, Scope
 from mcp_shared_memory.recent import MemberRange
 from mcp_shared_memory.runtime import Connections
 from mcp_shared_memory.settings import Settings
-from mcp_shared_memory.stores.bus import EventWritten, Topic, WorkspaceChanged
 from mcp_shared_memory.stores.cache import CachedRecent, RedisCache, RedisKeys
 from mcp_shared_memory.stores.event_search import PostgresEventSearch
+from mcp_shared_memory.stores.messages import EventWritten, Topic, WorkspaceChanged
 from mcp_shared_memory.stores.quota import TenantEventQuota
 from mcp_shared_memory.stores.redis_client import RedisBreaker, node_client
 

@@ -13,7 +13,7 @@ from mcp_shared_memory.memory import SharedMemory
 from mcp_shared_memory.models import Principal, Scope
 from mcp_shared_memory.runtime import Connections, Runtime, open_runtime
 from mcp_shared_memory.settings import Settings
-from mcp_shared_memory.stores.bus import BusMessage, EventWritten, Topic
+from mcp_shared_memory.stores.messages import BusMessage, EventWritten, Topic
 
 from ..conftest import Backdoor, isolated
 from ..faults import eventually

@@ -17,7 +17,7 @@ from mcp_shared_memory.models import Principal, Scope
 from mcp_shared_memory.runtime import Runtime
 from mcp_shared_memory.server.notifications import SEND_TIMEOUT, ListenerBus, NotificationHub, SessionSender
 from mcp_shared_memory.server.uris import context_uri, recent_uri, workspaces_uri
-from mcp_shared_memory.stores.bus import EventWritten, Topic
+from mcp_shared_memory.stores.messages import EventWritten, Topic
 
 from ..conftest import Backdoor
 from .conftest import Connect

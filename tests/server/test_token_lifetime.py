@@ -17,7 +17,8 @@ import pytest
 from mcp_shared_memory.models import Scope
 from mcp_shared_memory.runtime import Runtime
 from mcp_shared_memory.server.uris import recent_uri
-from mcp_shared_memory.stores.bus import RedisBus, Topic
+from mcp_shared_memory.stores.bus import RedisBus
+from mcp_shared_memory.stores.messages import Topic
 from mcp_shared_memory.stores.redis_client import RedisBreaker
 
 from ..conftest import Backdoor
