@@ -61,6 +61,15 @@ FLOOR_NAMES = {
 }
 
 
+def query_embedding_floor(embedder: Embedder) -> str:
+    """The floor id of one query embedding as ``embedder`` computes it: through the machine's embedding
+    service (the default) or in process (``MSM_EMBEDDING_SERVICE=off``, or the service's fallback)."""
+    from mcp_shared_memory.embeddings.local_service import LocalServiceEmbedder
+
+    through_service = isinstance(embedder, LocalServiceEmbedder) and not embedder.in_process
+    return "embed_query_service" if through_service else "embed_query"
+
+
 def unit_vector(rng: np.random.Generator, dim: int = 384) -> np.ndarray:
     v = rng.standard_normal(dim).astype(np.float32)
     return v / np.linalg.norm(v)

@@ -30,7 +30,7 @@ from mcp_shared_memory.stores.quantized import shortlist_length
 
 from . import large_data as data
 from .context import MODEL_ID
-from .floors import connect_pg
+from .floors import connect_pg, query_embedding_floor
 from .scale import rate_metric
 from .stats import Metric, Summary, compose, latency_metric
 
@@ -166,7 +166,8 @@ async def run_case(bench: Bench, cluster_url: str, case: data.Case, corpus: data
                 await mid_scope(bench, stores["exact"], forced, size, asked[:MID_QUESTIONS])
         finally:
             await raw.close()
-    await report(bench, case, samples, small, settings)
+        embed_floor = query_embedding_floor(connections.embedder)
+    await report(bench, case, samples, small, settings, embed_floor)
 
 
 async def two_pass_phase(
@@ -296,11 +297,16 @@ async def mid_scope(
 
 
 async def report(
-    bench: Bench, case: data.Case, samples: Samples, small: dict[str, list[float]], settings: Settings
+    bench: Bench,
+    case: data.Case,
+    samples: Samples,
+    small: dict[str, list[float]],
+    settings: Settings,
+    embed_floor: str,
 ) -> None:
     prefix = f"{case.label} rows, {case.scope_rows // 1000}k scope"
     s = samples.summary
-    embed = await bench.try_floor(SECTION, "embed_query")
+    embed = await bench.try_floor(SECTION, embed_floor)
 
     def latency(name: str, key: str, floor: Summary | None = None, floor_name: str | None = None, **kw: Any) -> Metric:
         return bench.add(latency_metric(SECTION, f"{prefix}: {name}", s(key), floor=floor, floor_name=floor_name, **kw))

@@ -29,7 +29,7 @@ from mcp_shared_memory.stores.bulk import EventRow, analyze_events, copy_events
 from mcp_shared_memory.stores.event_search import PostgresEventSearch
 
 from .context import MODEL_ID
-from .floors import connect_pg
+from .floors import connect_pg, query_embedding_floor
 from .stats import Metric, Summary, compose, latency_metric
 from .text import COMPONENTS, QUESTIONS, topic_sentence
 
@@ -285,7 +285,7 @@ async def measure_cell(bench: Bench, subjects: Subjects, data: Dataset, size: in
     scope_rows = int(np.mean([s.rows for s in scopes if s is not None]))
     prefix = f"{label(size)} rows, {cell} scope (~{scope_rows} rows)"
     raw_s, store_s, api_s = Summary.of(raw_t), Summary.of(store_t), Summary.of(api_t)
-    embed = await bench.try_floor(SECTION, "embed_query")
+    embed = await bench.try_floor(SECTION, query_embedding_floor(subjects.embedder))
     bench.add(latency_metric(SECTION, f"{prefix}: raw SQL k-NN (floor)", raw_s))
     bench.add(latency_metric(SECTION, f"{prefix}: store vector candidates", store_s, floor=raw_s, floor_name="raw SQL"))
     two_pass_recall = float(np.mean(two_pass_recalls))
