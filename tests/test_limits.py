@@ -14,6 +14,7 @@ from mcp_shared_memory.models import Principal
 from mcp_shared_memory.runtime import Connections, Runtime, open_runtime
 from mcp_shared_memory.server.limits import ResponseBudget, json_size
 from mcp_shared_memory.settings import Settings
+from mcp_shared_memory.stores import rate_limit
 from mcp_shared_memory.stores.rate_limit import RedisRateLimiter
 
 from .conftest import isolated
@@ -154,6 +155,62 @@ async def test_a_call_dearer_than_what_is_left_is_refused_and_takes_nothing(
         await limiter.take(tenant, "agent:writer", cost=1)  # the refused write took nothing
         with pytest.raises(RateLimited):
             await limiter.take(tenant, "agent:writer", cost=1)
+
+
+async def allowed_calls(limiters: list[RedisRateLimiter], tenant: str, caller: str, *, most: int) -> int:
+    """Calls the limiters let through, taking turns, until every one of them refuses (at most ``most``)."""
+    passed, refused_in_a_row, turn = 0, 0, 0
+    while refused_in_a_row < len(limiters) and passed < most:
+        try:
+            await limiters[turn % len(limiters)].take(tenant, caller)
+        except RateLimited:
+            refused_in_a_row += 1
+        else:
+            passed, refused_in_a_row = passed + 1, 0
+        turn += 1
+    return passed
+
+
+async def test_leased_tokens_never_let_replicas_pass_more_than_the_bucket_holds(
+    settings: Settings, connections: Connections, tenant: str
+) -> None:
+    # a burst of 40 leases 4 tokens a call beyond its own; the refill (1 a minute) adds nothing meanwhile
+    common = isolated(settings, rate_limit_per_minute=1, rate_limit_burst=40)
+    async with open_runtime(common, connections=connections) as a, open_runtime(common, connections=connections) as b:
+        assert await allowed_calls([limiter_of(a), limiter_of(b)], tenant, "agent:shared", most=100) == 40
+
+
+async def test_an_unspent_lease_goes_back_to_the_bucket(
+    settings: Settings, connections: Connections, tenant: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rate_limit, "LEASE_SECONDS", 0.0)  # every lease has expired by the next call
+    common = isolated(settings, rate_limit_per_minute=1, rate_limit_burst=40)
+    async with open_runtime(common, connections=connections) as a, open_runtime(common, connections=connections) as b:
+        await limiter_of(a).take(tenant, "agent:idle-then-back")  # 1 taken, 4 leased to a
+        passed_b = await allowed_calls([limiter_of(b)], tenant, "agent:idle-then-back", most=100)
+        assert passed_b <= 35  # b never sees a's lease
+        passed_a = await allowed_calls([limiter_of(a)], tenant, "agent:idle-then-back", most=100)
+        assert 1 + passed_b + passed_a == 40  # a gave its lease back: nothing was lost
+
+
+async def test_a_busy_caller_asks_redis_once_per_several_calls(
+    settings: Settings, connections: Connections, tenant: str
+) -> None:
+    common = isolated(settings, rate_limit_per_minute=600, rate_limit_burst=120)  # the defaults: leases of 12
+    async with open_runtime(common, connections=connections) as runtime:
+        limiter = limiter_of(runtime)
+        asked = 0
+        take = limiter._take
+
+        async def counted(*args: object, **kwargs: object) -> object:
+            nonlocal asked
+            asked += 1
+            return await take(*args, **kwargs)
+
+        limiter._take = counted  # type: ignore[assignment]
+        for _ in range(26):
+            await limiter.take(tenant, "agent:busy-reader")
+        assert asked <= 3
 
 
 async def test_the_rate_limiter_fails_open_while_redis_is_down(

@@ -1,9 +1,14 @@
 """Per-caller rate limits: a token bucket per key in Redis, so every replica draws from the same bucket.
 
-One EVALSHA per call. The bucket refills continuously at ``per_minute / 60`` tokens a second up to
-``burst``; a call takes ``cost`` tokens or, when too few are left, takes none and is told how long to wait.
-The clock is Redis's (``TIME``), so replicas with skewed clocks still agree. A limiter must never stop
-service: while Redis fails, calls pass unlimited (logged once per outage).
+The bucket refills continuously at ``per_minute / 60`` tokens a second up to ``burst``; a call takes
+``cost`` tokens or, when too few are left, takes none and is told how long to wait. The clock is Redis's
+(``TIME``), so replicas with skewed clocks still agree. A limiter must never stop service: while Redis
+fails, calls pass unlimited (logged once per outage).
+
+A process leases a few tokens beyond its call's (a tenth of the burst, none below 10) and spends them on
+the caller's next calls without asking Redis, for at most ``LEASE_SECONDS``: one EVALSHA per several calls
+instead of per call. Leased tokens have left the shared bucket, so no replica ever lets more through than
+the bucket holds; what a lease did not spend goes back with the process's next request for that caller.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import cast
 
 from ..errors import RateLimited
@@ -18,8 +24,9 @@ from .redis_client import REDIS_ERRORS, RedisBreaker, RedisClient
 
 log = logging.getLogger(__name__)
 
-# KEYS: bucket. ARGV: burst (capacity), refill per second, cost. Returns the seconds to wait ('0': allowed)
-# as a string: Lua numbers would reach the client truncated to integers.
+# KEYS: bucket. ARGV: burst (capacity), refill per second, cost, extra tokens wanted (a lease), tokens given
+# back (an unspent lease). Returns {seconds to wait ('0': allowed), tokens leased beyond the cost} as strings:
+# Lua numbers would reach the client truncated to integers.
 TAKE = """
 local burst = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
@@ -29,13 +36,30 @@ local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens = tonumber(state[1]) or burst
 local at = tonumber(state[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate + tonumber(ARGV[5]))
 local wait = 0
-if tokens >= cost then tokens = tokens - cost else wait = (cost - tokens) / rate end
+local leased = 0
+if tokens >= cost then
+  tokens = tokens - cost
+  leased = math.max(0, math.min(tonumber(ARGV[4]), math.floor(tokens)))
+  tokens = tokens - leased
+else
+  wait = (cost - tokens) / rate
+end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return tostring(wait)
+return {tostring(wait), tostring(leased)}
 """
+# How long a process may spend a lease before asking Redis again (then it gives back what is left).
+LEASE_SECONDS = 1.0
+# Callers with a lease held per process (the oldest is dropped past it; its tokens refill in Redis).
+MAX_LEASES = 10_000
+
+
+@dataclass(slots=True)
+class Lease:
+    tokens: float
+    until: float
 
 
 class RedisRateLimiter:
@@ -46,6 +70,8 @@ class RedisRateLimiter:
         self._rate = per_minute / 60
         self._breaker = breaker
         self._take = client.register_script(TAKE)
+        self._lease_size = burst // 10
+        self._leases: dict[str, Lease] = {}
         # After a failure the limiter skips Redis this long (as the other Redis users do after theirs).
         self._skip_until = 0.0
         self._failing = False
@@ -56,17 +82,30 @@ class RedisRateLimiter:
 
     async def take(self, tenant: str, caller: str, *, cost: int = 1) -> None:
         """Take ``cost`` tokens from the caller's bucket, or raise ``RateLimited`` saying when to retry."""
-        if not self._breaker.closed or time.monotonic() < self._skip_until:
+        now = time.monotonic()
+        if not self._breaker.closed or now < self._skip_until:
             return
+        key = self.key(tenant, caller)
+        lease = self._leases.pop(key, None)
+        if lease is not None and lease.tokens >= cost and now < lease.until:
+            lease.tokens -= cost
+            self._leases[key] = lease
+            return
+        unspent = lease.tokens if lease is not None else 0.0
+        cost = min(cost, self.burst)  # a call dearer than a full bucket would never pass
         try:
-            args = [self.burst, self._rate, min(cost, self.burst)]  # a call dearer than a full bucket would never pass
-            wait = float(cast(str, await self._take(keys=[self.key(tenant, caller)], args=args)))
+            args = [self.burst, self._rate, cost, self._lease_size, unspent]
+            wait, leased = (float(v) for v in cast(list[str], await self._take(keys=[key], args=args)))
         except REDIS_ERRORS as exc:
             self._skip_until = time.monotonic() + self._breaker.seconds
             if not self._failing:
                 self._failing = True
                 log.warning("rate limits are not enforced while Redis fails (%s)", type(exc).__name__)
             return
+        if leased > 0:
+            self._leases[key] = Lease(tokens=leased, until=now + LEASE_SECONDS)
+            if len(self._leases) > MAX_LEASES:
+                self._leases.pop(next(iter(self._leases)))
         if self._failing:
             self._failing = False
             log.warning("Redis answers again: rate limits are enforced")
