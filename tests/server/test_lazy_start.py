@@ -41,39 +41,41 @@ async def test_tools_are_listed_while_the_database_is_down_and_served_once_it_is
         proxy.cut()
         env = {**backend_env, "MSM_DATABASE_URL": f"postgresql://{login}@127.0.0.1:{proxy.port}/postgres"}
         params = stdio_server(env, tenant=tenant, agent_id="early-agent", scope="user:alice")
-        async with Client(params) as client:
-            with anyio.fail_after(30):
-                tools = await client.list_tools()
-            assert {"write_event", "search_shared", "get_recent_shared"} <= {tool.name for tool in tools.tools}
+        with anyio.fail_after(150):
+            async with Client(params) as client:
+                with anyio.fail_after(30):
+                    tools = await client.list_tools()
+                assert {"write_event", "search_shared", "get_recent_shared"} <= {tool.name for tool in tools.tools}
 
-            refused = await client.call_tool("write_event", {"content": "written before the database was up"})
-            assert refused.is_error
-            message = text_of(refused)
-            assert "PostgreSQL" in message and "retry" in message
-            assert "127.0.0.1" not in message and str(proxy.port) not in message
+                refused = await client.call_tool("write_event", {"content": "written before the database was up"})
+                assert refused.is_error
+                message = text_of(refused)
+                assert "PostgreSQL" in message and "retry" in message
+                assert "127.0.0.1" not in message and str(proxy.port) not in message
 
-            proxy.restore()
-            written: list[CallToolResult] = []
+                proxy.restore()
+                written: list[CallToolResult] = []
 
-            async def write_succeeds() -> bool:
-                written.append(await client.call_tool("write_event", {"content": "the deploy is green"}))
-                return not written[-1].is_error
+                async def write_succeeds() -> bool:
+                    written.append(await client.call_tool("write_event", {"content": "the deploy is green"}))
+                    return not written[-1].is_error
 
-            await until(write_succeeds, seconds=60)  # the server tries again with backoff (1 s, then 2 s, ...)
-            assert written[-1].structured_content is not None
-            assert written[-1].structured_content["status"] == "written"
-            recent = await client.call_tool("get_recent_shared", {"limit": 5})
-            assert [e["content"] for e in recent.structured_content["events"]] == ["the deploy is green"]
+                await until(write_succeeds, seconds=60)  # the server tries again with backoff (1 s, then 2 s, ...)
+                assert written[-1].structured_content is not None
+                assert written[-1].structured_content["status"] == "written"
+                recent = await client.call_tool("get_recent_shared", {"limit": 5})
+                assert [e["content"] for e in recent.structured_content["events"]] == ["the deploy is green"]
 
 
 async def test_a_configuration_the_backends_refuse_is_said_on_every_call(backend_env: dict[str, str]) -> None:
     env = {**backend_env, "MSM_EMBEDDING_PROVIDER": "openai", "OPENAI_API_KEY": "", "OPENAI_BASE_URL": ""}
     params = stdio_server(env, tenant=f"t{uuid.uuid4().hex[:10]}", agent_id="misconfigured", scope="user:alice")
-    async with Client(params) as client:
-        with anyio.fail_after(30):
-            tools = await client.list_tools()
-        assert "write_event" in {tool.name for tool in tools.tools}
-        for _ in range(2):  # not retried: the same answer, at once
+    with anyio.fail_after(120):
+        async with Client(params) as client:
             with anyio.fail_after(30):
-                refused = await client.call_tool("get_recent_shared", {})
-            assert refused.is_error and "OPENAI_API_KEY" in text_of(refused)
+                tools = await client.list_tools()
+            assert "write_event" in {tool.name for tool in tools.tools}
+            for _ in range(2):  # not retried: the same answer, at once
+                with anyio.fail_after(30):
+                    refused = await client.call_tool("get_recent_shared", {})
+                assert refused.is_error and "OPENAI_API_KEY" in text_of(refused)
