@@ -170,9 +170,9 @@ class CachedQueries:
         self._embedder = embedder
         self._vectors: dict[str, Any] = {}
 
-    async def embed(self, text: str) -> Any:
+    async def embed(self, text: str, *, urgent: bool = False) -> Any:
         if text not in self._vectors:
-            self._vectors[text] = await self._embedder.embed(text)
+            self._vectors[text] = await self._embedder.embed(text, urgent=urgent)
         return self._vectors[text]
 
     def __getattr__(self, name: str) -> Any:

@@ -159,7 +159,7 @@ class EmbeddingQueue:
             return CatchUp()
         done: list[tuple[uuid.UUID, np.ndarray]] = []
         with anyio.move_on_after(self._catch_up_timeout):
-            done, _ = await _embed_each(self._embedder, pending)
+            done, _ = await _embed_each(self._embedder, pending, urgent=True)
             try:
                 await self._scoped.set_in_scope(tenant, done, model_id=self._embedder.model_id)
             except SharedMemoryError:
@@ -195,11 +195,12 @@ class EmbeddingQueue:
 
 
 async def _embed_each(
-    embedder: Embedder, events: Sequence[tuple[uuid.UUID, str]]
+    embedder: Embedder, events: Sequence[tuple[uuid.UUID, str]], *, urgent: bool = False
 ) -> tuple[list[tuple[uuid.UUID, np.ndarray]], list[tuple[uuid.UUID, Exception]]]:
     """(embedded, failed with the reason). The embedder batches the texts together and retries a failed
-    batch text by text, so one refused text fails alone."""
-    results = await asyncio.gather(*(embedder.embed(text) for _, text in events), return_exceptions=True)
+    batch text by text, so one refused text fails alone. ``urgent``: a search waits for them."""
+    embedded = (embedder.embed(text, urgent=urgent) for _, text in events)
+    results = await asyncio.gather(*embedded, return_exceptions=True)
     done: list[tuple[uuid.UUID, np.ndarray]] = []
     failed: list[tuple[uuid.UUID, Exception]] = []
     for (event_id, _), result in zip(events, results, strict=True):

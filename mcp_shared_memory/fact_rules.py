@@ -31,7 +31,7 @@ class FactRules(WorkspaceRules):
         await self._workspace_access(principal, target, write=True)
         await self._quota.check(principal.tenant)  # facts are not counted, but none is stored past the quota
         fact = self._redactor.text(fact)
-        vector = await self._embedder.embed(fact)
+        vector = await self._embedder.embed(fact, urgent=True)  # the agent waits for its fact
         return await self._facts.upsert(
             principal.tenant, target, fact, vector, source_event_ids=source_event_ids or [],
             source_agents=[principal.agent_id], duplicate_floor=self.settings.duplicate_floor,
@@ -59,7 +59,7 @@ class FactRules(WorkspaceRules):
     async def _search_facts(
         self, tenant: str, scope: Scope, query: str, top_k: int, floor: float, mode: SearchMode
     ) -> list[Fact]:
-        vector = await self._embedder.embed(query)
+        vector = await self._embedder.embed(query, urgent=True)
         return await self._facts.search(
             tenant, scope, vector, query=query, top_k=top_k, min_similarity=floor, mode=mode
         )

@@ -261,7 +261,7 @@ class SharedMemory(FactRules):
         wait = self.settings.embedding_catch_up_seconds
         try:
             with anyio.fail_after(wait):
-                vector = await self._embedder.embed(query)
+                vector = await self._embedder.embed(query, urgent=True)
         except BaseException as exc:
             caught_up.cancel()
             if isinstance(exc, EmbeddingUnavailable):

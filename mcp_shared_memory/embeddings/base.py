@@ -3,11 +3,16 @@
 Callers enqueue single texts; one background worker drains the queue into batches of up to
 ``batch_size`` and makes one model call per batch, so many concurrent ``embed()`` calls cost one or two
 model calls instead of one each.
+
+A text someone is waiting on (a search's question, the events a search must rank) is ``urgent``: it goes
+ahead of every queued background text (the embedding backlog), in batches of its own, so a search waits for
+at most the model call already running, not for the backlog.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -21,6 +26,11 @@ import numpy.typing as npt
 from ..errors import EmbeddingUnavailable, SharedMemoryError
 
 logger = logging.getLogger(__name__)
+
+# How an HTTP client marks an urgent batch for the machine's embedding service (``service_app.py``), which
+# embeds it ahead of its backlog; other OpenAI-compatible servers ignore the header.
+PRIORITY_HEADER = "X-MSM-Priority"
+URGENT = "urgent"
 
 Vector = npt.NDArray[np.float32]
 
@@ -47,6 +57,11 @@ class BatchStats:
 class _Request:
     text: str
     future: asyncio.Future[Vector]
+    urgent: bool = False
+
+
+# Queue entries: (0 urgent / 1 background, arrival order, request).
+_Entry = tuple[int, int, _Request]
 
 
 class Embedder(ABC):
@@ -70,7 +85,10 @@ class Embedder(ABC):
         #: Seconds a batch that is not full may wait for more texts before the model call.
         self.batch_wait = batch_wait
         self.stats = BatchStats()
-        self._queue: asyncio.Queue[_Request] | None = None
+        self._queue: asyncio.PriorityQueue[_Entry] | None = None
+        self._arrivals = itertools.count()
+        #: Whether the batch ``_embed_batch`` is embedding is urgent (a provider may tell its endpoint).
+        self.batch_urgent = False
         self._worker: asyncio.Task[None] | None = None
 
     # lifecycle -------------------------------------------------------------------------------------
@@ -91,7 +109,7 @@ class Embedder(ABC):
         if wait or not self.dimension_is_static:
             await self._load()
         self._load_error: SharedMemoryError | None = None
-        self._queue = asyncio.Queue()
+        self._queue = asyncio.PriorityQueue()
         run = self._run(self._queue) if wait or not self.dimension_is_static else self._load_then_run(self._queue)
         self._worker = asyncio.create_task(run, name=f"{type(self).__name__}-worker")
 
@@ -104,7 +122,7 @@ class Embedder(ABC):
             await asyncio.wait({worker})
         if queue is not None:
             while not queue.empty():
-                _fail(queue.get_nowait().future, EmbeddingUnavailable("The embedder was closed."))
+                _fail(queue.get_nowait()[2].future, EmbeddingUnavailable("The embedder was closed."))
         if worker is not None:
             await self._unload()
 
@@ -128,14 +146,15 @@ class Embedder(ABC):
 
     # embedding -------------------------------------------------------------------------------------
 
-    async def embed(self, text: str) -> Vector:
+    async def embed(self, text: str, *, urgent: bool = False) -> Vector:
+        """``urgent``: someone waits on it (see the module's docstring)."""
         # Cancelling the caller cancels its future; the worker then skips or ignores that request.
-        return await self._enqueue(text)
+        return await self._enqueue(text, urgent)
 
-    async def embed_many(self, texts: Sequence[str]) -> list[Vector]:
+    async def embed_many(self, texts: Sequence[str], *, urgent: bool = False) -> list[Vector]:
         if isinstance(texts, str):
             raise TypeError("embed_many() takes a sequence of strings, not a string")
-        futures = [self._enqueue(text) for text in texts]
+        futures = [self._enqueue(text, urgent) for text in texts]
         if not futures:
             return []
         return list(await asyncio.gather(*futures))
@@ -147,7 +166,7 @@ class Embedder(ABC):
     def _prepare(self, text: str) -> str:
         return text[: self.max_chars]
 
-    def _enqueue(self, text: str) -> asyncio.Future[Vector]:
+    def _enqueue(self, text: str, urgent: bool = False) -> asyncio.Future[Vector]:
         if not isinstance(text, str):
             raise TypeError(f"can only embed str, not {type(text).__name__}")
         queue, worker = self._queue, self._worker
@@ -159,24 +178,24 @@ class Embedder(ABC):
         if worker.done():
             raise EmbeddingUnavailable("The embedding worker has stopped; restart the server.")
         future: asyncio.Future[Vector] = asyncio.get_running_loop().create_future()
-        queue.put_nowait(_Request(self._prepare(text), future))
+        queue.put_nowait((0 if urgent else 1, next(self._arrivals), _Request(self._prepare(text), future, urgent)))
         return future
 
     # worker ----------------------------------------------------------------------------------------
 
-    async def _run(self, queue: asyncio.Queue[_Request]) -> None:
+    async def _run(self, queue: asyncio.PriorityQueue[_Entry]) -> None:
         while True:
-            batch = [await queue.get()]
+            batch = [(await queue.get())[2]]
             # One yield lets callers scheduled in the same tick enqueue before the batch is cut.
             await asyncio.sleep(0)
-            while len(batch) < self.batch_size and not queue.empty():
-                batch.append(queue.get_nowait())
+            _take_more(queue, batch, self.batch_size)
             if self.batch_wait and len(batch) < self.batch_size:
                 await self._top_up(queue, batch)
             live = [r for r in batch if not r.future.done()]
             if not live:
                 continue
             self.stats.add(len(live))
+            self.batch_urgent = live[0].urgent
             try:
                 await self._process(live)
             except asyncio.CancelledError:
@@ -184,7 +203,7 @@ class Embedder(ABC):
                     _fail(request.future, EmbeddingUnavailable("The embedder was closed."))
                 raise
 
-    async def _top_up(self, queue: asyncio.Queue[_Request], batch: list[_Request]) -> None:
+    async def _top_up(self, queue: asyncio.PriorityQueue[_Entry], batch: list[_Request]) -> None:
         """Wait up to ``batch_wait`` for more texts (callers in other processes are a few ms apart).
 
         Short sleeps and ``get_nowait`` rather than a timed ``get()``: a timeout can never lose a request."""
@@ -192,10 +211,9 @@ class Embedder(ABC):
         deadline = loop.time() + self.batch_wait
         while len(batch) < self.batch_size and (remaining := deadline - loop.time()) > 0:
             await asyncio.sleep(min(remaining, 0.0005))
-            while len(batch) < self.batch_size and not queue.empty():
-                batch.append(queue.get_nowait())
+            _take_more(queue, batch, self.batch_size)
 
-    async def _load_then_run(self, queue: asyncio.Queue[_Request]) -> None:
+    async def _load_then_run(self, queue: asyncio.PriorityQueue[_Entry]) -> None:
         try:
             await self._load()
         except SharedMemoryError as exc:
@@ -207,7 +225,7 @@ class Embedder(ABC):
             return
         logger.error("embedding model failed to load: %s", self._load_error.message)
         while True:
-            _fail((await queue.get()).future, type(self._load_error)(self._load_error.message))
+            _fail((await queue.get())[2].future, type(self._load_error)(self._load_error.message))
 
     async def _process(self, requests: list[_Request]) -> None:
         unique = list(dict.fromkeys(r.text for r in requests))
@@ -247,6 +265,18 @@ class Embedder(ABC):
             raise EmbeddingUnavailable("The embedding model returned non-finite values.")
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32, copy=False)
+
+
+def _take_more(queue: asyncio.PriorityQueue[_Entry], batch: list[_Request], size: int) -> None:
+    """Fill ``batch`` from ``queue`` up to ``size`` with texts as urgent as its first: an urgent batch carries
+    no background text, and a background batch stops where urgent texts wait (they lead the next one)."""
+    urgent = batch[0].urgent
+    while len(batch) < size and not queue.empty():
+        entry = queue.get_nowait()
+        if entry[2].urgent != urgent:
+            queue.put_nowait(entry)  # back in its place: (priority, arrival) orders the heap
+            return
+        batch.append(entry[2])
 
 
 def _fail(future: asyncio.Future[Vector], exc: BaseException) -> None:

@@ -81,7 +81,7 @@ class JsonEndpoint:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def post(self, body: object, *, max_retries: int | None = None) -> Any:
+    async def post(self, body: object, *, max_retries: int | None = None, headers: dict[str, str] | None = None) -> Any:
         """The decoded JSON answer; raises an ``APIError`` once the retries are spent."""
         retries = self.max_retries if max_retries is None else max_retries
         content = json.dumps(body)
@@ -89,7 +89,7 @@ class JsonEndpoint:
         while True:
             retry_after: float | None = None
             try:
-                response = await self._client.post(self.url, content=content)
+                response = await self._client.post(self.url, content=content, headers=headers)
             except httpx.TimeoutException as exc:
                 error: APIError = APITimeoutError(_describe(exc))
             except httpx.TransportError as exc:

@@ -14,7 +14,7 @@ import numpy.typing as npt
 from pydantic import SecretStr
 
 from ..errors import ConfigError, EmbeddingUnavailable, SharedMemoryError
-from .base import Embedder
+from .base import PRIORITY_HEADER, URGENT, Embedder
 from .http_endpoint import (
     APIConnectionError,
     APIError,
@@ -34,6 +34,7 @@ KNOWN_DIMENSIONS = {
 }
 # The host part of requests over a unix socket (httpx needs one; the socket decides where they go).
 SOCKET_BASE_URL = "http://embedding-service/v1"
+URGENT_HEADERS = {PRIORITY_HEADER: URGENT}
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _PROBE_TEXT = "dimension probe"
 
@@ -158,7 +159,8 @@ class OpenAIEmbedder(Embedder):
         if self._dimensions:
             body["dimensions"] = self._dimensions
         try:
-            data = _embeddings(await client.post(body, max_retries=max_retries))
+            urgent = URGENT_HEADERS if self.batch_urgent else None
+            data = _embeddings(await client.post(body, max_retries=max_retries, headers=urgent))
         except APIError as exc:
             raise self._translate(exc) from None
         data.sort(key=lambda item: item[0])

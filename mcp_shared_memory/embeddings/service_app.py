@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import SharedMemoryError
+from .base import PRIORITY_HEADER, URGENT
 from .local import OnnxEmbedder
 
 logger = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ def create_app(embedder: OnnxEmbedder, config: ServiceConfig) -> Starlette:
             counters.rejected += 1
             return error_response(exc.message, status=exc.status, param=exc.param)
         try:
-            vectors = await embedder.embed_many(texts)
+            vectors = await embedder.embed_many(texts, urgent=request.headers.get(PRIORITY_HEADER) == URGENT)
         except SharedMemoryError as exc:
             counters.failed += 1
             return error_response(exc.message, status=503)

@@ -273,6 +273,28 @@ async def test_cancelling_one_caller_does_not_break_the_worker() -> None:
         assert (await e.embed("after again")).shape == (8,)
 
 
+async def test_an_urgent_text_goes_ahead_of_the_backlog_in_a_batch_of_its_own() -> None:
+    async with FakeEmbedder(hold=True, batch_size=4) as e:
+        backlog = asyncio.create_task(e.embed_many([f"backlog {i}" for i in range(40)]))
+        await e.inside(1)  # the backlog's first batch is inside the model call, 36 texts queued behind it
+        question = asyncio.create_task(e.embed("what broke the deploy?", urgent=True))
+        await asyncio.sleep(0)  # one turn of the loop: the question is queued
+        e.gate.set()
+        await asyncio.gather(backlog, question)
+    assert e.batches[1] == ["what broke the deploy?"]  # after the running batch only, not the 36 queued
+    assert sum(len(batch) for batch in e.batches) == 41
+
+
+async def test_urgent_and_background_texts_never_share_a_batch() -> None:
+    async with FakeEmbedder(batch_size=8) as e:
+        calls = [e.embed(f"text {i}", urgent=i % 3 == 0) for i in range(30)]
+        await asyncio.gather(*calls)
+    for batch in e.batches:
+        urgent = [int(text.split()[1]) % 3 == 0 for text in batch]
+        assert len(set(urgent)) == 1, batch
+    assert [t for t in e.batches[0]] == [f"text {i}" for i in range(0, 24, 3)]  # the urgent ones lead
+
+
 async def test_duplicates_in_a_batch_are_embedded_once() -> None:
     async with FakeEmbedder() as e:
         a, b = await asyncio.gather(e.embed("same"), e.embed("same"))

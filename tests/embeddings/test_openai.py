@@ -58,7 +58,10 @@ class FakeOpenAI:
 
     async def embeddings(self, request: Request) -> Response:
         body = await request.json()
-        self.requests.append({"auth": request.headers.get("authorization"), "body": body})
+        headers = request.headers
+        self.requests.append(
+            {"auth": headers.get("authorization"), "body": body, "priority": headers.get("x-msm-priority")}
+        )
         auth = request.headers.get("authorization")
         if auth != (None if self.key is None else f"Bearer {self.key}"):
             # Like the real API, echo the key that was sent: the client must not pass this on.
@@ -166,6 +169,14 @@ async def test_open_probes_once_then_embeds(server: Server, fake: FakeOpenAI) ->
     assert fake.requests[0]["auth"] == f"Bearer {API_KEY}"
     assert fake.requests[0]["body"]["input"] == ["hello world"]
     assert fake.requests[0]["body"]["encoding_format"] == "float"
+
+
+async def test_an_urgent_batch_is_marked_for_the_endpoint(server: Server, fake: FakeOpenAI) -> None:
+    async with make(server) as e:
+        fake.requests.clear()
+        await e.embed("a search's question", urgent=True)
+        await e.embed("a background text")
+    assert [r["priority"] for r in fake.requests] == ["urgent", None]
 
 
 async def test_concurrent_embeds_arrive_as_one_request_ordered_by_index(server: Server, fake: FakeOpenAI) -> None:

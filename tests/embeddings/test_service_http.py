@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import anyio.to_thread
 import httpx
 import numpy as np
@@ -119,3 +120,26 @@ async def test_status_counts_requests_rejections_and_batches(
     assert after["texts"] == before["texts"] + 20
     assert after["largest_batch"] == 8  # the service's batch size
     assert after["holders"] and after["batch_size"] == 8 and after["socket"] == str(service.socket_path)
+
+
+async def test_an_urgent_request_is_embedded_ahead_of_the_backlog(client: httpx.AsyncClient) -> None:
+    """A search's question (``X-MSM-Priority: urgent``) waits for the batch the model is running, not for
+    every text queued before it by other processes' embedding backlogs."""
+    finished: list[str] = []
+
+    async def request(name: str, texts: list[str], headers: dict[str, str]) -> None:
+        body = {"input": texts, "model": "all-MiniLM-L6-v2"}
+        response = await client.post("/v1/embeddings", json=body, headers=headers)
+        assert response.status_code == 200
+        finished.append(name)
+
+    backlog = [[f"backlog note {i}.{j} about the payments deploy" for j in range(8)] for i in range(30)]
+    async with anyio.create_task_group() as tasks:
+        for i, texts in enumerate(backlog):
+            tasks.start_soon(request, f"backlog {i}", texts, {})
+        with anyio.fail_after(60):
+            while not finished:  # noqa: ASYNC110 - the service's progress, seen from outside
+                await anyio.sleep(0.005)
+        tasks.start_soon(request, "question", ["what broke the payments deploy?"], {"X-MSM-Priority": "urgent"})
+    backlog_after_question = len(finished) - 1 - finished.index("question")
+    assert backlog_after_question >= 10, finished
