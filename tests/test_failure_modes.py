@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 import anyio
 import pytest
 from mcp import Client
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from mcp_shared_memory.memory import SharedMemory
 from mcp_shared_memory.models import Principal, Scope
@@ -23,7 +24,7 @@ from mcp_shared_memory.settings import Settings
 from mcp_shared_memory.stores.messages import BusMessage, EventWritten, Topic
 from mcp_shared_memory.stores.redis_client import connect_redis
 
-from .conftest import Backdoor, isolated
+from .conftest import Backdoor, fresh_id, isolated
 from .faults import eventually, faulty_redis_runtime
 from .redis_server import redis_process
 from .tcp_proxy import FaultyProxy, faulty_proxy
@@ -98,6 +99,39 @@ async def test_server_keeps_serving_when_redis_is_down_and_a_client_subscribes(
                 assert not result.is_error, result.content
                 recent = await client.call_tool("get_recent_shared", {})
                 assert "written with Redis down" in str(recent.structured_content)
+
+
+async def test_a_connection_closed_under_a_command_is_a_connection_error_the_client_retries(
+    settings: Settings,
+) -> None:
+    """Another task closing a connection between its connected check and its write (the cluster client
+    does it to every connection of a node it drops on a failover) made redis-py raise AttributeError
+    (redis/redis-py#4287), which no fallback caught: a committed write failed for its agent. It is a
+    ConnectionError now, which the client retries on a fresh connection."""
+    client = connect_redis(settings.redis_url.get_secret_value(), timeout=0.5)
+    try:
+        await client.ping()
+        conn = await client.connection_pool.get_connection()
+        closed_once = False
+
+        async def closed_by_another_task() -> None:
+            nonlocal closed_once
+            if not closed_once:
+                closed_once = True
+                await conn.disconnect()
+
+        conn.check_health = closed_by_another_task  # type: ignore[method-assign]
+        with pytest.raises(RedisConnectionError):
+            await conn.send_packed_command(conn.pack_command("PING"))
+        closed_once = False
+        await client.connection_pool.release(conn)
+        key = f"{fresh_id('closed')}:k"
+        assert await client.set(key, "written on a fresh connection")
+        assert closed_once, "the command did not go through the connection closed under it"
+        assert await client.get(key) == "written on a fresh connection"
+        await client.delete(key)
+    finally:
+        await client.aclose()
 
 
 # nothing committed is ever missing from what readers are served -------------------------------------------

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -47,7 +49,7 @@ def connect_redis(url: str, *, timeout: float) -> RedisClient:
     if (cluster := _cluster_url(url)) is not None:
         node_url, seeds = cluster
         try:
-            return RedisCluster.from_url(
+            client = RedisCluster.from_url(
                 node_url,
                 startup_nodes=[ClusterNode(host, port) for host, port in seeds],
                 decode_responses=True,
@@ -58,7 +60,9 @@ def connect_redis(url: str, *, timeout: float) -> RedisClient:
             )
         except (RedisClusterException, ValueError) as exc:
             raise ConfigError(f"MSM_REDIS_URL names a Redis Cluster but is not usable: {exc}") from None
-    return aioredis.Redis.from_url(
+        _use_closed_safe_connections(client)
+        return client
+    plain = aioredis.Redis.from_url(
         url,
         decode_responses=True,
         socket_timeout=timeout,
@@ -66,6 +70,53 @@ def connect_redis(url: str, *, timeout: float) -> RedisClient:
         retry=_retry_once(),
         health_check_interval=30,
     )
+    pool = plain.connection_pool
+    pool.connection_class = closed_safe(pool.connection_class)
+    return plain
+
+
+def closed_safe(connection_class: type[AbstractConnection]) -> type[AbstractConnection]:
+    """``connection_class`` whose writes raise ``ConnectionError`` when the connection was closed under them.
+
+    redis-py's asyncio client leaks the transport's internals instead (``'NoneType' object has no
+    attribute 'writelines'``, ``'NoneType' object is not callable``: redis/redis-py#4287) when another
+    task disconnects a connection between its connected check and its write, as the cluster client does
+    to every connection of a node it drops on a failover. Not a ``RedisError``, that escaped every
+    fallback: a write already committed failed for its agent. As ``ConnectionError`` it is retried by
+    the client (on a cluster, after re-reading the slot map) and otherwise falls back to PostgreSQL."""
+    if issubclass(connection_class, _ClosedSafe):
+        return connection_class
+    return type(f"ClosedSafe{connection_class.__name__}", (_ClosedSafe, connection_class), {})
+
+
+class _ClosedSafe(AbstractConnection):
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        try:
+            await super().send_packed_command(command, check_health)
+        except (AttributeError, TypeError) as exc:
+            if not _inside_transport(exc):
+                raise
+            raise RedisConnectionError("Redis connection closed while a command was being sent") from None
+
+
+def _inside_transport(exc: BaseException) -> bool:
+    """The error was raised on a ``None`` left by a closed connection, inside redis-py or asyncio."""
+    if "NoneType" not in str(exc):
+        return False
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = tb.tb_frame.f_code.co_filename if tb is not None else ""
+    return any(part in where for part in (f"{os.sep}redis{os.sep}", f"{os.sep}asyncio{os.sep}"))
+
+
+def _use_closed_safe_connections(cluster: RedisCluster) -> None:
+    """The cluster client builds its nodes' connections from ``connection_kwargs`` (the nodes it
+    discovers later too) and its seed nodes already hold a class: both get the closed-safe one."""
+    kwargs = cluster.nodes_manager.connection_kwargs
+    kwargs["connection_class"] = closed_safe(kwargs.get("connection_class", aioredis.Connection))
+    for node in cluster.nodes_manager.startup_nodes.values():
+        node.connection_class = closed_safe(node.connection_class)  # type: ignore[assignment]
 
 
 def _retry_once() -> Retry:
@@ -104,6 +155,7 @@ def node_client(cluster: RedisCluster, node: ClusterNode) -> aioredis.Redis:
     kwargs: dict[str, Any] = dict(cluster.get_connection_kwargs())
     kwargs.pop("response_callbacks", None)
     kwargs.pop("max_connections", None)
+    kwargs["connection_class"] = closed_safe(kwargs.get("connection_class", aioredis.Connection))
     pool = aioredis.ConnectionPool(host=node.host, port=node.port, **kwargs)
     return aioredis.Redis(connection_pool=pool)
 
