@@ -36,6 +36,8 @@ WHERE c.relkind = 'r' AND n.nspname = current_schema()
 ORDER BY 1
 """
 
+OWN_ADVISORY_LOCKS = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+
 APP_ROLE_ATTRIBUTES = """
 SELECT current_user AS app, session_user AS login, r.rolsuper, r.rolbypassrls,
        bool_or(pg_has_role(current_user, c.relowner, 'USAGE')) AS owns_a_table
@@ -118,6 +120,49 @@ async def test_with_no_tenant_set_nothing_is_visible(
             assert not await conn.fetchval("SELECT current_setting('msm.tenant', true)")  # cleared on release
             for table in SERVED:
                 assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0, table
+    finally:
+        await pool.close()
+
+
+async def test_a_connection_kept_with_a_tenant_after_reads_serves_no_one_else_with_it(
+    memory: SharedMemory, alice: Principal, other_tenant: Principal, settings: Settings
+) -> None:
+    # After plain reads a connection goes back to the pool without a reset and keeps its tenant, so the next
+    # reader of that tenant saves two round trips. Whoever takes it next for another tenant, for no tenant,
+    # or for more than reads, must see exactly what a freshly reset connection shows.
+    await seed_two_tenants(memory, alice, other_tenant)
+    pool = one_connection_pool(settings)
+    await pool.open(migrate=False)
+    tenants = "SELECT DISTINCT tenant_id FROM shared_episodic_memories"
+    try:
+        async with pool.tenant(alice.tenant, reads_only=True) as conn:
+            assert {r["tenant_id"] for r in await conn.fetch(tenants)} == {alice.tenant}
+        async with pool.tenant(alice.tenant, reads_only=True) as conn:  # kept: not set again
+            assert {r["tenant_id"] for r in await conn.fetch(tenants)} == {alice.tenant}
+        async with pool.tenant(other_tenant.tenant, reads_only=True) as conn:
+            assert {r["tenant_id"] for r in await conn.fetch(tenants)} == {other_tenant.tenant}
+        async with pool.connection() as conn:
+            assert not await conn.fetchval("SELECT current_setting('msm.tenant', true)")
+            for table in SERVED:
+                assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0, table
+        # A writer's session state (an advisory lock, a setting) ends with its use, after kept tenants too.
+        async with pool.tenant(alice.tenant, reads_only=True) as conn:
+            await conn.fetch(tenants)
+        async with pool.tenant(alice.tenant) as conn:
+            await conn.execute("SELECT pg_advisory_lock(4242)")
+            await conn.execute("SET plan_cache_mode = force_custom_plan")
+        async with pool.connection() as conn:
+            assert await conn.fetchval(OWN_ADVISORY_LOCKS) == 0
+            assert await conn.fetchval("SHOW plan_cache_mode") == "auto"
+            assert not await conn.fetchval("SELECT current_setting('msm.tenant', true)")
+        # A reads-only block that fails is reset all the same.
+        with pytest.raises(ZeroDivisionError):
+            async with pool.tenant(alice.tenant, reads_only=True) as conn:
+                await conn.execute("SET plan_cache_mode = force_generic_plan")
+                raise ZeroDivisionError
+        async with pool.connection() as conn:
+            assert await conn.fetchval("SHOW plan_cache_mode") == "auto"
+            assert not await conn.fetchval("SELECT current_setting('msm.tenant', true)")
     finally:
         await pool.close()
 

@@ -147,7 +147,7 @@ class PostgresEmbeddingBacklog:
 
     async def pending_in_scope(self, tenant: str, scope: Scope, *, limit: int) -> list[tuple[uuid.UUID, str]]:
         """The scope's newest ``limit`` events still waiting for a vector (not those the model refused)."""
-        async with self._db.tenant(tenant) as conn:
+        async with self._db.tenant(tenant, reads_only=True) as conn:
             rows = await conn.fetch(PENDING_IN_SCOPE, tenant, scope.type, scope.id, limit)
         return [(r["id"], r["content"]) for r in rows]
 

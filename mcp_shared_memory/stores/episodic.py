@@ -262,7 +262,7 @@ class PostgresEpisodicStore:
         self, tenant: str, scope: Scope, *, limit: int, min_importance: float = 0.0, since_seq: int | None = None
     ) -> list[Event]:
         """Newest first; with ``since_seq``, the events after that cursor, oldest first."""
-        async with self._db.tenant(tenant) as conn:
+        async with self._db.tenant(tenant, reads_only=True) as conn:
             if since_seq is None:
                 rows = await conn.fetch(SELECT_RECENT, tenant, scope.type, scope.id, min_importance, limit)
             else:

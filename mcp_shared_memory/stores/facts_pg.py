@@ -136,7 +136,7 @@ class PgVectorFactsStore:
         min_similarity: float,
         mode: SearchMode = "hybrid",
     ) -> list[Fact]:
-        async with self._db.tenant(tenant) as conn:
+        async with self._db.tenant(tenant, reads_only=True) as conn:
             if mode == "semantic":
                 rows = await conn.fetch(
                     NEAREST, tenant, scope.type, scope.id, vector, self.model_id, top_k, min_similarity

@@ -27,8 +27,12 @@ log = logging.getLogger(__name__)
 DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
 
 APP_ROLE = "msm_app"
-# Session-level, on a connection taken from the pool: asyncpg's reset when it goes back (RESET ALL) clears it.
+# Session-level, on a connection taken from the pool: the reset when it goes back (RESET ALL) clears it, except
+# after a block of plain reads (see ``PostgresPool.tenant``).
 SET_TENANT = "SELECT set_config('msm.tenant', $1, false)"
+# What asyncpg's own reset runs (and a rollback when a transaction was left open): session advisory locks (a
+# scope writer's), cursors, LISTEN and settings (the tenant, plan_cache_mode) end with the use that took them.
+RESET_SESSION = "SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL"
 # Whether this session sees every tenant's rows: a superuser, BYPASSRLS, or (a member of) the tables' owner.
 RLS_EXEMPT = """
 SELECT r.rolsuper OR r.rolbypassrls OR pg_has_role(current_user, c.relowner, 'USAGE')
@@ -147,6 +151,11 @@ class PostgresPool:
         self._label = label
         self._assumed_role_logged = False
         self._pool: asyncpg.Pool | None = None
+        # By server process id (the pool hands out proxies, its reset sees the connections): the tenant left
+        # set on a connection that went back to the pool without a reset, and the connections going back now
+        # after plain reads only (their reset is skipped). Forgotten when a connection closes, and for a new one.
+        self._tenant_left: dict[int, str] = {}
+        self._reads_only: set[int] = set()
 
     async def open(self, *, migrate: bool = True) -> None:
         try:
@@ -156,7 +165,8 @@ class PostgresPool:
                 self._dsn,
                 min_size=min(self._min_size, self._max_size),
                 max_size=self._max_size,
-                init=self._init_app_connection if self._app_role else _init_connection,
+                init=self._init,
+                reset=self._reset,
                 timeout=self._timeout,
                 command_timeout=self._timeout,
             )
@@ -175,6 +185,16 @@ class PostgresPool:
             raise (self._not_owner(exc) if migrate else unavailable(exc)) from exc
         except DRIVER_ERRORS as exc:
             raise unavailable(exc) from exc
+
+    async def _init(self, conn: asyncpg.Connection) -> None:
+        """A new connection (whose server process id may be that of one closed before)."""
+        pid = conn.get_server_pid()
+        self._forget(pid)
+        conn.add_termination_listener(lambda _: self._forget(pid))
+        if self._app_role:
+            await self._init_app_connection(conn)
+        else:
+            await _init_connection(conn)
 
     async def _init_app_connection(self, conn: asyncpg.Connection) -> None:
         await _init_connection(conn)
@@ -266,28 +286,67 @@ class PostgresPool:
         """A pooled connection for several statements, with no tenant set (on the application role's pool
         the tenant tables look empty). Only the acquisition and each call on it are translated; an error of
         the caller's own passes through unchanged."""
+        async with self._acquired() as (conn, pid):
+            if self._tenant_left.pop(pid, None) is not None:
+                with translated():
+                    await conn.execute(SET_TENANT, "")
+            yield PgConnection(conn)
+
+    @asynccontextmanager
+    async def tenant(self, tenant: str, *, reads_only: bool = False) -> AsyncIterator[PgConnection]:
+        """A pooled connection on which row-level security shows and accepts ``tenant``'s rows only. Every
+        request's query goes through here.
+
+        By default the connection is reset when it goes back to the pool, which clears the tenant. With
+        ``reads_only`` the caller runs plain reads only (no SET, no advisory lock, no transaction, no
+        LISTEN): the connection goes back without the reset's round trip and keeps the tenant, which the
+        next reader of the same tenant then need not set (one round trip each way less); anyone else sets
+        or clears it first. An error in the block resets the connection all the same."""
+        if not tenant:
+            raise ValueError("a tenant is required")
+        async with self._acquired(reads_only=reads_only) as (conn, pid):
+            if self._tenant_left.pop(pid, None) != tenant:
+                with translated():
+                    await conn.execute(SET_TENANT, tenant)
+            if reads_only:
+                self._tenant_left[pid] = tenant
+            yield PgConnection(conn)
+
+    @asynccontextmanager
+    async def _acquired(self, *, reads_only: bool = False) -> AsyncIterator[tuple[asyncpg.Connection, int]]:
         pool = self._open_pool
         with translated():
             conn = await pool.acquire()
+        pid = conn.get_server_pid()
+        clean = False
         try:
-            yield PgConnection(conn)
+            yield conn, pid
+            clean = reads_only
         finally:
+            if clean:
+                self._reads_only.add(pid)
+            else:
+                self._tenant_left.pop(pid, None)
             with anyio.CancelScope(shield=True):
                 try:
                     await pool.release(conn)
                 except DRIVER_ERRORS as exc:
                     log.debug("dropping a broken PostgreSQL connection (%s)", type(exc).__name__)
 
-    @asynccontextmanager
-    async def tenant(self, tenant: str) -> AsyncIterator[PgConnection]:
-        """A pooled connection on which row-level security shows and accepts ``tenant``'s rows only; the
-        tenant is cleared when the connection goes back to the pool. Every request's query goes through
-        here (one round trip more than a bare query)."""
-        if not tenant:
-            raise ValueError("a tenant is required")
-        async with self.connection() as conn:
-            await conn.execute(SET_TENANT, tenant)
-            yield conn
+    def _forget(self, pid: int) -> None:
+        self._tenant_left.pop(pid, None)
+        self._reads_only.discard(pid)
+
+    async def _reset(self, conn: asyncpg.Connection) -> None:
+        """The pool's reset of a connection going back (``connection``, ``tenant``)."""
+        pid = conn.get_server_pid()
+        if pid in self._reads_only:
+            self._reads_only.discard(pid)
+            return
+        self._tenant_left.pop(pid, None)
+        if conn.is_in_transaction():
+            await conn.execute("ROLLBACK")
+        await conn.execute(RESET_SESSION)
 
     @asynccontextmanager
     async def cross_tenant(self) -> AsyncIterator[PgConnection]:

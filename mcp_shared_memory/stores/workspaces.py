@@ -66,7 +66,7 @@ class PostgresWorkspaceStore:
             await conn.execute(DELETE_WORKSPACE, tenant, workspace_id)
 
     async def get(self, tenant: str, workspace_id: str) -> Workspace | None:
-        async with self._db.tenant(tenant) as conn:
+        async with self._db.tenant(tenant, reads_only=True) as conn:
             row = await conn.fetchrow(SELECT_WORKSPACE, tenant, workspace_id)
         return row_to_workspace(row) if row else None
 
