@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 import anyio
@@ -239,14 +240,25 @@ class SharedMemory(FactRules):
             check.positive(recency_half_life, "recency_half_life")
         floor = self._floor(min_similarity)
         await self._workspace_access(principal, target, write=False)
-        vector, degraded = None, None
-        if mode != "lexical":
-            vector, degraded = await self._query_vector(principal.tenant, target, query)
+        embedded: list[tuple[np.ndarray | None, str | None]] = []
+
+        async def query_vector() -> np.ndarray | None:
+            embedded.append(await self._query_vector(principal.tenant, target, query))
+            return embedded[0][0]
+
+        vector: np.ndarray | Awaitable[np.ndarray | None] | None = None
+        if mode == "semantic":
+            vector = await query_vector()
             mode = "lexical" if vector is None else mode
+        elif mode == "hybrid":
+            vector = query_vector()  # embedded while the full-text half runs
         candidates = await self._search.candidates(
             principal.tenant, target, wanted, vector=vector, query=None if mode == "semantic" else query,
             model_id=self._embedder.model_id, per_ranking=ranking.candidates_per_ranking(limit),
         )  # fmt: skip
+        vector, degraded = embedded[0] if embedded else (None, None)
+        if mode == "hybrid" and vector is None:
+            mode = "lexical"
         hits = SearchHits(ranking.fuse(
             candidates, mode=mode, limit=limit, floor=floor, fusion=self.settings.search_fusion,
             recency_half_life=recency_half_life,

@@ -8,15 +8,27 @@ domain (``ranking.py``).
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 from collections import OrderedDict
+from collections.abc import Awaitable
 from typing import Any, Literal
 
 import numpy as np
 
 from ..models import Event, EventFilter, Scope
 from .episodic import EVENT_COLUMNS, M_COLUMNS, row_to_event
-from .lexical import SCOPE_SIZE_CAP, idf_score, idf_score_of_hits, idf_statements
-from .postgres import PostgresPool
+from .lexical import (
+    SCOPE_SIZE_CAP,
+    WEIGHTS,
+    idf_hits,
+    idf_score,
+    idf_score_of_hits,
+    idf_statements,
+    question_terms,
+    score_of_hits,
+)
+from .postgres import PostgresPool, Record
 from .quantized import shortlist_length, with_two_pass
 
 # $1-$3: tenant, scope type, scope id; $4-$10: the filter (NULL: no condition). Constant SQL, never
@@ -83,14 +95,30 @@ LEFT JOIN lex ON lex.id = c.id{question}
 """
 
 
-def _search_lexical(lexical: str, statements: str = "", size: str = NO_SIZE) -> str:
-    """Lexical mode: no vector (no embedding of the question); $11 the question, $12 the candidate count."""
+def _search_lexical(lexical: str, statements: str = "", size: str = NO_SIZE, half: str = "") -> str:
+    """Lexical mode: no vector (no embedding of the question); $11 the question, $12 the candidate count.
+    ``half``: the full-text half of a hybrid search, with what the vector half needs (``half`` is the
+    weights' expression): each candidate's vector, and the terms' weights."""
     renumbered = lexical.replace("$13", "$12").replace("$14", "$11")
+    more = f", m.embedding, m.embedding_model, {half} AS weights" if half else ""
+    weights_from = "\nCROSS JOIN w" if half and statements else ""
     return f"""
 WITH {statements.replace("$14", "$11")}
 lex AS ({renumbered})
-SELECT {M_COLUMNS}, NULL::float8 AS similarity, lex.rank AS lexical, {size} AS scope_events
-FROM lex JOIN shared_episodic_memories m ON m.id = lex.id
+SELECT {M_COLUMNS}, NULL::float8 AS similarity, lex.rank AS lexical, {size} AS scope_events{more}
+FROM lex JOIN shared_episodic_memories m ON m.id = lex.id{weights_from}
+"""
+
+
+def _vector_half(signal: str, statements: str = "", question: str = "") -> str:
+    """The vector half of a hybrid search: the vector ranking, with what its candidates hold of the question
+    (``signal``, as ``lexical_signal``: the terms' bits for the idf rank, the rank itself for ts_rank)."""
+    return f"""
+WITH {statements}
+vec AS ({VECTOR_CANDIDATES}),
+candidates AS (SELECT id, distance FROM vec)
+SELECT {M_COLUMNS}, 1 - c.distance AS similarity, {signal} AS lexical_signal, {NO_SIZE} AS scope_events
+FROM candidates c JOIN shared_episodic_memories m ON m.id = c.id{question}
 """
 
 
@@ -101,6 +129,8 @@ SELECT id, {idf_score_of_hits("hits")} AS rank FROM matched, w ORDER BY rank DES
 """
 IDF_SIZE = "(SELECT n FROM counts)"
 TS_RANK_OF_ANY = "CASE WHEN m.lexemes @@ q.tsq THEN ts_rank(m.lexemes, q.tsq, 1) END"
+# Both rankings in one statement: the floor the benchmarks compare a hybrid search with (the store runs them
+# side by side instead: see LEXICAL_HALF).
 SEARCH = {
     "ts_rank": _search(LEXICAL_CANDIDATES, TS_RANK_OF_ANY, question="\nCROSS JOIN msm_query($14) AS q(tsq)"),
     "idf": _search(
@@ -112,6 +142,19 @@ SEARCH_LEXICAL = {
     "idf": _search_lexical(LEXICAL_CANDIDATES_IDF, IDF_STATEMENTS, IDF_SIZE),
 }
 LexicalRank = Literal["ts_rank", "idf"]
+# A hybrid search runs as two statements side by side: the full-text half starts with the search, while the
+# question is being embedded, and the vector half as soon as the vector is there. One statement made the
+# full-text half wait for the model (about 1 ms of a small scope's search; in a 100k-event scope, the whole
+# embedding). Both halves carry what fusing needs: the full-text half each candidate's vector and the terms'
+# weights, the vector half which of the question's terms each of its candidates holds.
+LEXICAL_HALF = {
+    "ts_rank": _search_lexical(LEXICAL_CANDIDATES, half="NULL::float8[]"),
+    "idf": _search_lexical(LEXICAL_CANDIDATES_IDF, IDF_STATEMENTS, IDF_SIZE, half=WEIGHTS),
+}
+VECTOR_HALF = {
+    "ts_rank": _vector_half(f"COALESCE({TS_RANK_OF_ANY}, 0)", question="\nCROSS JOIN msm_query($14) AS q(tsq)"),
+    "idf": _vector_half(idf_hits("m.lexemes"), question_terms("$14") + ",", "\nCROSS JOIN q"),
+}
 # Semantic mode: the vector ranking alone. No question, so nothing of the full-text statements runs (under a
 # generic plan they read every event of the scope even for an empty question).
 SEARCH_SEMANTIC = f"""
@@ -120,14 +163,14 @@ candidates AS (SELECT id, distance FROM vec)
 SELECT {M_COLUMNS}, 1 - c.distance AS similarity, 0::float8 AS lexical, {NO_SIZE} AS scope_events
 FROM candidates c JOIN shared_episodic_memories m ON m.id = c.id
 """
-# The same with two passes in large scopes (quantized.py), by mode (lexical rank, or "semantic"), then by
-# whether a filter is given.
+# The vector ranking with two passes in large scopes (quantized.py): semantic mode's, or a hybrid search's
+# vector half (by lexical rank); then by whether a filter is given.
 SEARCH_TWO_PASS = {
     mode: {
         filtered: with_two_pass(sql, exact=VECTOR_CANDIDATES, scope_and_filter=SCOPE_AND_FILTER, filtered=filtered)
         for filtered in (False, True)
     }
-    for mode, sql in {**SEARCH, "semantic": SEARCH_SEMANTIC}.items()
+    for mode, sql in {"semantic": SEARCH_SEMANTIC, **VECTOR_HALF}.items()
 }
 NO_FILTER = EventFilter()
 # A search with a question is planned for its own parameters in a scope the store has seen hold at least
@@ -165,9 +208,11 @@ class PostgresEventSearch:
         if not 0 < plan_per_search_from <= SCOPE_SIZE_CAP:
             raise ValueError(f"plan_per_search_from must be between 1 and {SCOPE_SIZE_CAP} (what a search counts)")
         self._db = db
-        self._search = SEARCH[lexical_rank]
         self._search_lexical = SEARCH_LEXICAL[lexical_rank]
-        self._search_two_pass = SEARCH_TWO_PASS[lexical_rank]
+        self._lexical_half = LEXICAL_HALF[lexical_rank]
+        self._vector_half = VECTOR_HALF[lexical_rank]
+        self._vector_half_two_pass = SEARCH_TWO_PASS[lexical_rank]
+        self._lexical_rank = lexical_rank
         self._quantize_above = quantize_above
         self._plan_per_search_from = plan_per_search_from
         self._large: OrderedDict[ScopeKey, None] = OrderedDict()  # recently searched scopes of that size
@@ -176,7 +221,7 @@ class PostgresEventSearch:
         self, tenant: str, scope: Scope, filters: EventFilter, *, limit: int, since_seq: int | None = None
     ) -> list[Event]:
         """Filtered newest events (newest first), or those after ``since_seq`` (oldest first)."""
-        async with self._db.tenant(tenant) as conn:
+        async with self._db.tenant(tenant, reads_only=True) as conn:
             rows = await conn.fetch(FILTERED_RECENT, *filter_args(tenant, scope, filters), since_seq, limit)
         return [row_to_event(r) for r in rows]
 
@@ -186,25 +231,72 @@ class PostgresEventSearch:
         scope: Scope,
         filters: EventFilter,
         *,
-        vector: np.ndarray | None,
+        vector: np.ndarray | Awaitable[np.ndarray | None] | None,
         query: str | None,
         model_id: str,
         per_ranking: int,
     ) -> list[Event]:
         """The best ``per_ranking`` events of each ranking asked for (vector, lexical or both), with
-        ``similarity`` and ``lexical`` set; no order, no floor."""
+        ``similarity`` and ``lexical`` set; no order, no floor. ``vector`` may still be computing (an
+        awaitable): the full-text half runs meanwhile; None from it, or no vector, ranks by words only."""
         args = filter_args(tenant, scope, filters)
-        async with self._db.tenant(tenant) as conn:
-            if query is not None and self.plans_per_search(tenant, scope):
-                await conn.execute(PLAN_PER_SEARCH)
-            if vector is None:
-                rows = await conn.fetch(self._search_lexical, *args, query or "", per_ranking)
-            else:
+        if query is None:
+            ready = await vector if inspect.isawaitable(vector) else vector
+            if ready is None:
+                return []
+            search, more = self._vector_search(filters, None, per_ranking)
+            rows = await self._fetch(tenant, search, *args, ready, model_id, per_ranking, *more)
+            return [row_to_event(r) for r in rows]
+        if vector is None:
+            rows = await self._fetch(tenant, self._search_lexical, *args, query, per_ranking, scope=scope)
+            self._remember_size(tenant, scope, rows)
+            return [row_to_event(r) for r in rows]
+        return await self._hybrid(tenant, scope, filters, vector, query, model_id, per_ranking)
+
+    async def _hybrid(
+        self,
+        tenant: str,
+        scope: Scope,
+        filters: EventFilter,
+        vector: np.ndarray | Awaitable[np.ndarray | None],
+        query: str,
+        model_id: str,
+        per_ranking: int,
+    ) -> list[Event]:
+        """Both halves side by side (see ``LEXICAL_HALF``), fused into one list of candidates."""
+        args = filter_args(tenant, scope, filters)
+        lexical_half = asyncio.ensure_future(
+            self._fetch(tenant, self._lexical_half, *args, query, per_ranking, scope=scope)
+        )
+        try:
+            ready = await vector if inspect.isawaitable(vector) else vector
+            vector_rows: list[Record] = []
+            if ready is not None:
                 search, more = self._vector_search(filters, query, per_ranking)
-                rows = await conn.fetch(search, *args, vector, model_id, per_ranking, *more)
+                vector_rows = await self._fetch(tenant, search, *args, ready, model_id, per_ranking, *more)
+            lexical_rows = await lexical_half
+        finally:
+            if not lexical_half.done():
+                lexical_half.cancel()
+            elif not lexical_half.cancelled():
+                lexical_half.exception()  # retrieved: the error that ended the search is the one raised
+        self._remember_size(tenant, scope, lexical_rows)
+        if ready is None:
+            return [_event(r) for r in lexical_rows]
+        return _fused_halves(lexical_rows, vector_rows, ready, model_id, self._lexical_rank)
+
+    async def _fetch(self, tenant: str, statement: str, *args: Any, scope: Scope | None = None) -> list[Record]:
+        """``statement`` on a connection of the tenant; with ``scope``, a statement with a question,
+        planned for its own parameters in a scope known to be large (``PLAN_PER_SEARCH_FROM``)."""
+        custom_plan = scope is not None and self.plans_per_search(tenant, scope)
+        async with self._db.tenant(tenant, reads_only=not custom_plan) as conn:
+            if custom_plan:
+                await conn.execute(PLAN_PER_SEARCH)
+            return await conn.fetch(statement, *args)
+
+    def _remember_size(self, tenant: str, scope: Scope, rows: list[Record]) -> None:
         if rows and rows[0]["scope_events"] is not None:
             self._remember(tenant, scope, large=rows[0]["scope_events"] >= self._plan_per_search_from)
-        return [row_to_event(r) for r in rows]
 
     def plans_per_search(self, tenant: str, scope: Scope) -> bool:
         """Whether a search with a question in this scope is planned for its own parameters (the last
@@ -226,6 +318,48 @@ class PostgresEventSearch:
         question (unless semantic), then the two-pass threshold and shortlist length (unless always exact)."""
         question: tuple[Any, ...] = () if query is None else (query,)
         if self._quantize_above is None:
-            return (SEARCH_SEMANTIC if query is None else self._search), question
-        two_pass = SEARCH_TWO_PASS["semantic"] if query is None else self._search_two_pass
+            return (SEARCH_SEMANTIC if query is None else self._vector_half), question
+        two_pass = SEARCH_TWO_PASS["semantic"] if query is None else self._vector_half_two_pass
         return two_pass[filters != NO_FILTER], (*question, self._quantize_above, shortlist_length(per_ranking))
+
+
+HALF_COLUMNS = ("embedding", "embedding_model", "weights", "lexical_signal", "scope_events")
+
+
+def _event(row: Record, **signals: float | None) -> Event:
+    """An event of either half, with the signals given (those of the row otherwise)."""
+    fields = {k: v for k, v in dict(row).items() if k not in HALF_COLUMNS}
+    return Event(**{**fields, **signals})
+
+
+def _fused_halves(
+    lexical_rows: list[Record], vector_rows: list[Record], vector: np.ndarray, model_id: str, rank: LexicalRank
+) -> list[Event]:
+    """Every candidate of either half with both signals: a full-text candidate's similarity comes from the
+    vector half when it is there too, else from its own vector; a vector candidate's full-text score from
+    the terms it holds (weighted as the full-text half weighed them) or its rank."""
+    exact = {r["id"]: r["similarity"] for r in vector_rows}
+    weights = lexical_rows[0]["weights"] if lexical_rows else None
+    found = {}
+    for row in lexical_rows:
+        similarity = exact.get(row["id"])
+        if similarity is None and row["embedding"] is not None and row["embedding_model"] == model_id:
+            similarity = _cosine(row["embedding"], vector)
+        found[row["id"]] = _event(row, similarity=similarity)
+    for row in vector_rows:
+        if row["id"] in found:
+            continue
+        signal = row["lexical_signal"]
+        if rank == "ts_rank":
+            lexical = float(signal)
+        else:  # no weights: no event of the full-text half, so none holds a term (or it was just written)
+            lexical = score_of_hits(signal, list(weights)) if weights is not None else 0.0
+        found[row["id"]] = _event(row, lexical=lexical)
+    return list(found.values())
+
+
+def _cosine(stored: Any, vector: np.ndarray) -> float:
+    """As pgvector's ``1 - (a <=> b)``; ``stored`` as the driver decodes a vector column."""
+    values = stored.to_numpy() if hasattr(stored, "to_numpy") else stored
+    a64, b64 = np.asarray(values, dtype=np.float64), np.asarray(vector, dtype=np.float64)
+    return float(a64 @ b64 / (np.linalg.norm(a64) * np.linalg.norm(b64)))

@@ -24,7 +24,14 @@ _TERMS = ", ".join(f"tqs[{i}] AS t{i}" for i in _SLOTS)
 # Which of the question's terms an event holds, as bit i - 1 of an integer: each term is looked up once per
 # matching event, and the counts and scores read that integer. Kept as the tsvector, every term was looked up
 # twice, and the 24k matching events of a 100k-event scope spilled the CTE to disk.
-_HITS = " | ".join(f"CASE WHEN lexemes @@ q.t{i} THEN {1 << (i - 1)} ELSE 0 END" for i in _SLOTS)
+
+
+def idf_hits(lexemes: str) -> str:
+    """Which of the question's terms the tsvector ``lexemes`` holds: term i as bit i - 1."""
+    return " | ".join(f"CASE WHEN {lexemes} @@ q.t{i} THEN {1 << (i - 1)} ELSE 0 END" for i in _SLOTS)
+
+
+_HITS = idf_hits("lexemes")
 _COUNTS = ",\n    ".join(f"count(*) FILTER (WHERE hits & {1 << (i - 1)} <> 0) AS df{i}" for i in _SLOTS)
 _WEIGHTS = ",\n  ".join(f"ln(1 + (n - df{i} + 0.5::float8) / (df{i} + 0.5::float8)) AS w{i}" for i in _SLOTS)
 
@@ -39,10 +46,20 @@ def idf_score_of_hits(hits: str) -> str:
     return " + ".join(f"CASE WHEN {hits} & {1 << (i - 1)} <> 0 THEN w.w{i} ELSE 0::float8 END" for i in _SLOTS)
 
 
-def idf_statements(scope_and_filter: str, question: str) -> str:
-    """The common table expressions ``q`` (the question's terms, each and OR-ed), ``matched`` (the
-    events holding any, within ``scope_and_filter``, with the terms each holds) and ``w`` (each term's
-    weight); ``question`` is the parameter holding the question's text."""
+# Each term's weight as an array (w1 first), for ``score_of_hits``.
+WEIGHTS = "ARRAY[" + ", ".join(f"w.w{i}" for i in _SLOTS) + "]"
+
+
+def score_of_hits(hits: int, weights: list[float]) -> float:
+    """``idf_score_of_hits`` in Python, adding in the statement's order so the result is the same double."""
+    score = 0.0
+    for i, weight in enumerate(weights):
+        score += weight if hits & (1 << i) else 0.0
+    return score
+
+
+def question_terms(question: str) -> str:
+    """The common table expression ``q``: the question's first terms, each (``t1``...) and OR-ed."""
     return f"""
 q AS MATERIALIZED (
   SELECT {_TERMS} FROM (
@@ -51,7 +68,14 @@ q AS MATERIALIZED (
       SELECT term FROM unnest(tsvector_to_array(msm_lexemes({question}))) AS term ORDER BY term LIMIT {MAX_TERMS}
     ) AS first_terms
   ) AS terms
-),
+)"""
+
+
+def idf_statements(scope_and_filter: str, question: str) -> str:
+    """The common table expressions ``q`` (the question's terms, each and OR-ed), ``matched`` (the
+    events holding any, within ``scope_and_filter``, with the terms each holds) and ``w`` (each term's
+    weight); ``question`` is the parameter holding the question's text."""
+    return f"""{question_terms(question)},
 matched AS MATERIALIZED (
   SELECT id, seq, {_HITS} AS hits
   FROM shared_episodic_memories, msm_query({question}) AS question(tsq), q
