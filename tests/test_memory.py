@@ -269,6 +269,28 @@ async def test_concurrent_writers_lose_nothing(memory: SharedMemory, alice: Prin
     assert [e.seq for e in recent] == sorted((e.seq for e in recent), reverse=True)
 
 
+SCOPE_LOCKS_HELD = """
+SELECT count(*) FROM pg_locks
+WHERE locktype = 'advisory' AND granted AND objsubid = 1
+  AND ((classid::bigint << 32) | objid::bigint) = hashtextextended($1, 7340004)
+"""
+
+
+async def test_a_write_lets_go_of_its_scopes_lock_when_it_returns(
+    memory: SharedMemory, alice: Principal, backdoor: Backdoor
+) -> None:
+    # The writer releases the scope's lock with its last statement (its connection then goes back to the
+    # pool without a reset); nothing may keep holding it, or every later writer of the scope would wait.
+    for i in range(5):
+        await memory.write_event(alice, f"write {i} releases the scope")
+        assert await backdoor.db.fetchval(SCOPE_LOCKS_HELD, f"{alice.tenant}:user:alice") == 0
+    async with anyio.create_task_group() as tg:
+        for i in range(10):
+            tg.start_soon(memory.write_event, alice, f"concurrent write {i}")
+    assert await backdoor.db.fetchval(SCOPE_LOCKS_HELD, f"{alice.tenant}:user:alice") == 0
+    assert len(await memory.get_recent_shared(alice, limit=50)) == 15
+
+
 async def test_recent_cache_is_capped_and_older_events_come_from_postgres(
     memory: SharedMemory, alice: Principal, backdoor: Backdoor
 ) -> None:

@@ -124,6 +124,13 @@ async def test_with_no_tenant_set_nothing_is_visible(
         await pool.close()
 
 
+async def kept_tenant(pool: PostgresPool) -> str:
+    """The tenant set on the pool's (one) connection as it sits in the pool, read past the pool's checks."""
+    raw = pool._open_pool
+    async with raw.acquire() as conn:
+        return str(await conn.fetchval("SELECT current_setting('msm.tenant', true)"))
+
+
 async def test_a_connection_kept_with_a_tenant_after_reads_serves_no_one_else_with_it(
     memory: SharedMemory, alice: Principal, other_tenant: Principal, settings: Settings
 ) -> None:
@@ -137,6 +144,7 @@ async def test_a_connection_kept_with_a_tenant_after_reads_serves_no_one_else_wi
     try:
         async with pool.tenant(alice.tenant, reads_only=True) as conn:
             assert {r["tenant_id"] for r in await conn.fetch(tenants)} == {alice.tenant}
+        assert await kept_tenant(pool) == alice.tenant  # back in the pool without a reset
         async with pool.tenant(alice.tenant, reads_only=True) as conn:  # kept: not set again
             assert {r["tenant_id"] for r in await conn.fetch(tenants)} == {alice.tenant}
         async with pool.tenant(other_tenant.tenant, reads_only=True) as conn:
@@ -154,6 +162,15 @@ async def test_a_connection_kept_with_a_tenant_after_reads_serves_no_one_else_wi
         async with pool.connection() as conn:
             assert await conn.fetchval(OWN_ADVISORY_LOCKS) == 0
             assert await conn.fetchval("SHOW plan_cache_mode") == "auto"
+            assert not await conn.fetchval("SELECT current_setting('msm.tenant', true)")
+        # A block that undid what it set (a writer's lock) says so, and goes back like a read: tenant kept.
+        async with pool.tenant(alice.tenant) as conn:
+            await conn.execute("SELECT pg_advisory_lock(4243)")
+            assert await conn.fetchval("SELECT pg_advisory_unlock(4243)")
+            conn.session_restored()
+        assert await kept_tenant(pool) == alice.tenant
+        async with pool.connection() as conn:
+            assert await conn.fetchval(OWN_ADVISORY_LOCKS) == 0
             assert not await conn.fetchval("SELECT current_setting('msm.tenant', true)")
         # A reads-only block that fails is reset all the same.
         with pytest.raises(ZeroDivisionError):

@@ -55,7 +55,11 @@ FROM msm_cache_outbox o JOIN shared_episodic_memories m ON m.id = o.event_id
 WHERE o.tenant_id = $1 AND o.scope_type = $2 AND o.scope_id = $3
 ORDER BY o.seq
 """
-DEQUEUE = "DELETE FROM msm_cache_outbox WHERE event_id = ANY($1::uuid[])"
+# The writer's last statement: what it published leaves the queue, and it lets go of the scope's lock.
+DEQUEUE_AND_UNLOCK = """
+WITH published AS (DELETE FROM msm_cache_outbox WHERE event_id = ANY($1::uuid[]))
+SELECT pg_advisory_unlock(hashtextextended($2, 7340004))
+"""
 QUEUED_SCOPES = """
 SELECT DISTINCT tenant_id, scope_type, scope_id FROM msm_cache_outbox
 WHERE queued_at < now() - make_interval(secs => $1) LIMIT $2
@@ -157,6 +161,7 @@ class ScopeWriter:
         self._conn = conn
         self.tenant = tenant
         self.scope = scope
+        self.lock_key = f"{tenant}:{scope}"
         self._published: list[uuid.UUID] = []
 
     async def append(self, new: NewEvent) -> Appended:
@@ -199,9 +204,11 @@ class ScopeWriter:
         marked stay queued for the scope's next writer or the sweep."""
         self._published += [e.id for e in events]
 
-    async def _dequeue(self) -> None:
-        if self._published:
-            await self._conn.execute(DEQUEUE, self._published)
+    async def _release(self) -> None:
+        """Dequeue what was published and release the scope's lock: the connection then goes back to the
+        pool as it came (see ``PostgresPool.tenant``), without a reset."""
+        if await self._conn.fetchval(DEQUEUE_AND_UNLOCK, self._published, self.lock_key):
+            self._conn.session_restored()
 
 
 class _LocalQueue:
@@ -228,20 +235,20 @@ class PostgresEpisodicStore:
         local.users += 1
         try:
             async with local.lock, self._db.tenant(tenant) as conn:
-                # Released by the pool's reset (pg_advisory_unlock_all) when the connection goes back,
-                # after the dequeue below has committed.
+                # Released with the dequeue below; if that fails, by the pool's reset (pg_advisory_unlock_all)
+                # when the connection goes back.
+                writer = ScopeWriter(conn, tenant, scope)
                 if wait:
-                    await conn.execute(LOCK_SCOPE, f"{tenant}:{scope}")
-                elif not await conn.fetchval(TRY_LOCK_SCOPE, f"{tenant}:{scope}"):
+                    await conn.execute(LOCK_SCOPE, writer.lock_key)
+                elif not await conn.fetchval(TRY_LOCK_SCOPE, writer.lock_key):
                     yield None
                     return
-                writer = ScopeWriter(conn, tenant, scope)
                 try:
                     yield writer
                 finally:
                     # Left queued when this fails: announced again later, which is harmless.
                     with anyio.CancelScope(shield=True), contextlib.suppress(StoreUnavailable):
-                        await writer._dequeue()
+                        await writer._release()
         finally:
             local.users -= 1
             if local.users == 0:

@@ -77,11 +77,28 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+class _Lease:
+    """A connection taken from the pool, and whether it may go back without a reset."""
+
+    def __init__(self, conn: asyncpg.Connection, *, clean: bool) -> None:
+        self.conn = conn
+        self.pid = conn.get_server_pid()
+        self.clean = clean
+
+
 class PgConnection:
     """A pooled connection as the stores see it: every call translates driver errors."""
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: asyncpg.Connection, lease: _Lease | None = None) -> None:
         self._conn = conn
+        self._lease = lease
+
+    def session_restored(self) -> None:
+        """The block has undone what it set on the session (a writer released its advisory lock): the
+        connection goes back without a reset, keeping its tenant (see ``PostgresPool.tenant``), unless the
+        block still ends with an error."""
+        if self._lease is not None:
+            self._lease.clean = True
 
     async def fetch(self, query: str, *args: Any) -> list[Record]:
         with translated():
@@ -153,9 +170,10 @@ class PostgresPool:
         self._pool: asyncpg.Pool | None = None
         # By server process id (the pool hands out proxies, its reset sees the connections): the tenant left
         # set on a connection that went back to the pool without a reset, and the connections going back now
-        # after plain reads only (their reset is skipped). Forgotten when a connection closes, and for a new one.
+        # with nothing of their use left on the session (their reset is skipped). Forgotten when a connection
+        # closes, and for a new one.
         self._tenant_left: dict[int, str] = {}
-        self._reads_only: set[int] = set()
+        self._going_back_clean: set[int] = set()
 
     async def open(self, *, migrate: bool = True) -> None:
         try:
@@ -286,11 +304,11 @@ class PostgresPool:
         """A pooled connection for several statements, with no tenant set (on the application role's pool
         the tenant tables look empty). Only the acquisition and each call on it are translated; an error of
         the caller's own passes through unchanged."""
-        async with self._acquired() as (conn, pid):
-            if self._tenant_left.pop(pid, None) is not None:
+        async with self._acquired() as lease:
+            if self._tenant_left.pop(lease.pid, None) is not None:
                 with translated():
-                    await conn.execute(SET_TENANT, "")
-            yield PgConnection(conn)
+                    await lease.conn.execute(SET_TENANT, "")
+            yield PgConnection(lease.conn)
 
     @asynccontextmanager
     async def tenant(self, tenant: str, *, reads_only: bool = False) -> AsyncIterator[PgConnection]:
@@ -299,34 +317,34 @@ class PostgresPool:
 
         By default the connection is reset when it goes back to the pool, which clears the tenant. With
         ``reads_only`` the caller runs plain reads only (no SET, no advisory lock, no transaction, no
-        LISTEN): the connection goes back without the reset's round trip and keeps the tenant, which the
-        next reader of the same tenant then need not set (one round trip each way less); anyone else sets
-        or clears it first. An error in the block resets the connection all the same."""
+        LISTEN), or it calls ``session_restored`` once it has undone what it set: the connection goes back
+        without the reset's round trip and keeps the tenant, which the next user of the same tenant then
+        need not set (one round trip each way less); anyone else sets or clears it first. An error in the
+        block resets the connection all the same."""
         if not tenant:
             raise ValueError("a tenant is required")
-        async with self._acquired(reads_only=reads_only) as (conn, pid):
-            if self._tenant_left.pop(pid, None) != tenant:
+        async with self._acquired(clean=reads_only) as lease:
+            if self._tenant_left.pop(lease.pid, None) != tenant:
                 with translated():
-                    await conn.execute(SET_TENANT, tenant)
-            if reads_only:
-                self._tenant_left[pid] = tenant
-            yield PgConnection(conn)
+                    await lease.conn.execute(SET_TENANT, tenant)
+            self._tenant_left[lease.pid] = tenant  # what the connection holds, if it goes back clean
+            yield PgConnection(lease.conn, lease)
 
     @asynccontextmanager
-    async def _acquired(self, *, reads_only: bool = False) -> AsyncIterator[tuple[asyncpg.Connection, int]]:
+    async def _acquired(self, *, clean: bool = False) -> AsyncIterator[_Lease]:
         pool = self._open_pool
         with translated():
             conn = await pool.acquire()
-        pid = conn.get_server_pid()
-        clean = False
+        lease = _Lease(conn, clean=clean)
+        failed = True
         try:
-            yield conn, pid
-            clean = reads_only
+            yield lease
+            failed = False
         finally:
-            if clean:
-                self._reads_only.add(pid)
+            if lease.clean and not failed:
+                self._going_back_clean.add(lease.pid)
             else:
-                self._tenant_left.pop(pid, None)
+                self._tenant_left.pop(lease.pid, None)
             with anyio.CancelScope(shield=True):
                 try:
                     await pool.release(conn)
@@ -335,13 +353,13 @@ class PostgresPool:
 
     def _forget(self, pid: int) -> None:
         self._tenant_left.pop(pid, None)
-        self._reads_only.discard(pid)
+        self._going_back_clean.discard(pid)
 
     async def _reset(self, conn: asyncpg.Connection) -> None:
         """The pool's reset of a connection going back (``connection``, ``tenant``)."""
         pid = conn.get_server_pid()
-        if pid in self._reads_only:
-            self._reads_only.discard(pid)
+        if pid in self._going_back_clean:
+            self._going_back_clean.discard(pid)
             return
         self._tenant_left.pop(pid, None)
         if conn.is_in_transaction():
