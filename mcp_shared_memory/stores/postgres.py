@@ -1,5 +1,5 @@
-"""The asyncpg pools of the PostgreSQL-backed stores: codecs, migrations, the embedding-model guard,
-row-level security, and driver errors translated around each driver call (never around a caller's block).
+"""The asyncpg pools of the PostgreSQL-backed stores: codecs, migrations, the embedding-model guard, row-level
+security, and what a connection's use leaves on its session (a connection and its errors: ``pg_connection.py``).
 
 A process has two pools. The application role's serves every request: its connections are subject to
 row-level security (sql/012), and a store takes one with ``tenant(tenant)``, which sets the tenant the
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
-from typing import Any, Protocol
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio
 import asyncpg
@@ -20,11 +20,11 @@ from pgvector.asyncpg import register_vector
 
 from ..errors import ConfigError, StoreUnavailable
 from .migrations import apply_migrations, pending_migrations
+from .pg_connection import DRIVER_ERRORS, Lease, PgConnection, Record, translated, unavailable
+
+__all__ = ["DRIVER_ERRORS", "PgConnection", "PostgresPool", "Record", "translated", "unavailable"]
 
 log = logging.getLogger(__name__)
-
-# InternalClientError: seen in the first milliseconds after the server dies, mid-protocol.
-DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError)
 
 APP_ROLE = "msm_app"
 # Session-level, on a connection taken from the pool: the reset when it goes back (RESET ALL) clears it, except
@@ -47,99 +47,9 @@ ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
 """
 
 
-class Record(Protocol):
-    """The part of an ``asyncpg.Record`` the stores use (asyncpg ships no type hints): columns by name,
-    and ``dict(row)``."""
-
-    def __getitem__(self, key: str, /) -> Any: ...
-
-    def keys(self) -> Iterable[str]: ...
-
-
-def unavailable(exc: BaseException) -> StoreUnavailable:
-    """A safe message: the exception class only, never the DSN or server text that may echo it."""
-    return StoreUnavailable(
-        f"PostgreSQL is unavailable ({type(exc).__name__}); the operation was not applied, retry later"
-    )
-
-
-@contextmanager
-def translated() -> Iterator[None]:
-    """Wrap exactly one driver call: its errors become ``StoreUnavailable``."""
-    try:
-        yield
-    except DRIVER_ERRORS as exc:
-        raise unavailable(exc) from exc
-
-
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await register_vector(conn)
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-
-
-class _Lease:
-    """A connection taken from the pool, and whether it may go back without a reset."""
-
-    def __init__(self, conn: asyncpg.Connection, *, clean: bool) -> None:
-        self.conn = conn
-        self.pid = conn.get_server_pid()
-        self.clean = clean
-
-
-class PgConnection:
-    """A pooled connection as the stores see it: every call translates driver errors."""
-
-    def __init__(self, conn: asyncpg.Connection, lease: _Lease | None = None) -> None:
-        self._conn = conn
-        self._lease = lease
-
-    def session_restored(self) -> None:
-        """The block has undone what it set on the session (a writer released its advisory lock): the
-        connection goes back without a reset, keeping its tenant (see ``PostgresPool.tenant``), unless the
-        block still ends with an error."""
-        if self._lease is not None:
-            self._lease.clean = True
-
-    async def fetch(self, query: str, *args: Any) -> list[Record]:
-        with translated():
-            return list(await self._conn.fetch(query, *args))
-
-    async def fetchrow(self, query: str, *args: Any) -> Record | None:
-        with translated():
-            row: Record | None = await self._conn.fetchrow(query, *args)
-        return row
-
-    async def fetchval(self, query: str, *args: Any) -> Any:
-        with translated():
-            return await self._conn.fetchval(query, *args)
-
-    async def execute(self, query: str, *args: Any) -> str:
-        with translated():
-            return str(await self._conn.execute(query, *args))
-
-    async def executemany(self, query: str, args: list[tuple[Any, ...]]) -> None:
-        with translated():
-            await self._conn.executemany(query, args)
-
-    async def copy_records(self, table: str, records: Sequence[tuple[Any, ...]], *, columns: Sequence[str]) -> int:
-        """COPY ``records`` into ``table`` (all or none); returns the rows copied."""
-        with translated():
-            status = await self._conn.copy_records_to_table(table, records=records, columns=list(columns))
-        return int(str(status).split()[-1])
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[None]:
-        tx = self._conn.transaction()
-        with translated():
-            await tx.start()
-        try:
-            yield
-        except BaseException:
-            with anyio.CancelScope(shield=True), translated():
-                await tx.rollback()
-            raise
-        with translated():
-            await tx.commit()
 
 
 class PostgresPool:
@@ -331,11 +241,11 @@ class PostgresPool:
             yield PgConnection(lease.conn, lease)
 
     @asynccontextmanager
-    async def _acquired(self, *, clean: bool = False) -> AsyncIterator[_Lease]:
+    async def _acquired(self, *, clean: bool = False) -> AsyncIterator[Lease]:
         pool = self._open_pool
         with translated():
             conn = await pool.acquire()
-        lease = _Lease(conn, clean=clean)
+        lease = Lease(conn, clean=clean)
         failed = True
         try:
             yield lease
