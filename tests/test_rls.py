@@ -4,6 +4,9 @@ set it sees nothing at all. The owner's pool does the cross-tenant work and the 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import asyncpg
 import pytest
 
@@ -13,7 +16,7 @@ from mcp_shared_memory.models import Principal
 from mcp_shared_memory.runtime import BackendUrls, Connections, owner_pool
 from mcp_shared_memory.settings import Settings
 from mcp_shared_memory.stores.migrations import available_migrations
-from mcp_shared_memory.stores.postgres import PostgresPool
+from mcp_shared_memory.stores.postgres import PgConnection, PostgresPool
 
 from .conftest import Backdoor
 
@@ -53,6 +56,24 @@ async def seed_two_tenants(memory: SharedMemory, a: Principal, b: Principal) -> 
         await memory.write_event(principal, f"the deploy of {principal.tenant} went fine", importance=0.9)
         await memory.create_workspace(principal, f"ship {principal.tenant}")
         await memory.store_fact(principal, f"{principal.tenant} deploys on Tuesdays")
+
+
+@asynccontextmanager
+async def one_connection(settings: Settings) -> AsyncIterator[PostgresPool]:
+    """``one_connection_pool``, opened."""
+    pool = one_connection_pool(settings)
+    await pool.open(migrate=False)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def assert_no_tenant(conn: PgConnection) -> None:
+    """No tenant set, and so nothing of any tenant visible."""
+    assert not await conn.fetchval("SELECT current_setting('msm.tenant', true)")
+    for table in SERVED:
+        assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0, table
 
 
 def one_connection_pool(settings: Settings) -> PostgresPool:
@@ -111,17 +132,11 @@ async def test_with_no_tenant_set_nothing_is_visible(
     memory: SharedMemory, alice: Principal, other_tenant: Principal, settings: Settings
 ) -> None:
     await seed_two_tenants(memory, alice, other_tenant)
-    pool = one_connection_pool(settings)
-    await pool.open(migrate=False)
-    try:
+    async with one_connection(settings) as pool:
         async with pool.tenant(alice.tenant) as conn:
             assert await conn.fetchval("SELECT count(*) FROM shared_episodic_memories") > 0
         async with pool.connection() as conn:
-            assert not await conn.fetchval("SELECT current_setting('msm.tenant', true)")  # cleared on release
-            for table in SERVED:
-                assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0, table
-    finally:
-        await pool.close()
+            await assert_no_tenant(conn)  # cleared on release
 
 
 async def kept_tenant(pool: PostgresPool) -> str:
@@ -138,10 +153,8 @@ async def test_a_connection_kept_with_a_tenant_after_reads_serves_no_one_else_wi
     # reader of that tenant saves two round trips. Whoever takes it next for another tenant, for no tenant,
     # or for more than reads, must see exactly what a freshly reset connection shows.
     await seed_two_tenants(memory, alice, other_tenant)
-    pool = one_connection_pool(settings)
-    await pool.open(migrate=False)
     tenants = "SELECT DISTINCT tenant_id FROM shared_episodic_memories"
-    try:
+    async with one_connection(settings) as pool:
         async with pool.tenant(alice.tenant, reads_only=True) as conn:
             assert {r["tenant_id"] for r in await conn.fetch(tenants)} == {alice.tenant}
         assert await kept_tenant(pool) == alice.tenant  # back in the pool without a reset
@@ -150,9 +163,7 @@ async def test_a_connection_kept_with_a_tenant_after_reads_serves_no_one_else_wi
         async with pool.tenant(other_tenant.tenant, reads_only=True) as conn:
             assert {r["tenant_id"] for r in await conn.fetch(tenants)} == {other_tenant.tenant}
         async with pool.connection() as conn:
-            assert not await conn.fetchval("SELECT current_setting('msm.tenant', true)")
-            for table in SERVED:
-                assert await conn.fetchval(f"SELECT count(*) FROM {table}") == 0, table
+            await assert_no_tenant(conn)
         # A writer's session state (an advisory lock, a setting) ends with its use, after kept tenants too.
         async with pool.tenant(alice.tenant, reads_only=True) as conn:
             await conn.fetch(tenants)
@@ -162,7 +173,7 @@ async def test_a_connection_kept_with_a_tenant_after_reads_serves_no_one_else_wi
         async with pool.connection() as conn:
             assert await conn.fetchval(OWN_ADVISORY_LOCKS) == 0
             assert await conn.fetchval("SHOW plan_cache_mode") == "auto"
-            assert not await conn.fetchval("SELECT current_setting('msm.tenant', true)")
+            await assert_no_tenant(conn)
         # A block that undid what it set (a writer's lock) says so, and goes back like a read: tenant kept.
         async with pool.tenant(alice.tenant) as conn:
             await conn.execute("SELECT pg_advisory_lock(4243)")
@@ -171,7 +182,7 @@ async def test_a_connection_kept_with_a_tenant_after_reads_serves_no_one_else_wi
         assert await kept_tenant(pool) == alice.tenant
         async with pool.connection() as conn:
             assert await conn.fetchval(OWN_ADVISORY_LOCKS) == 0
-            assert not await conn.fetchval("SELECT current_setting('msm.tenant', true)")
+            await assert_no_tenant(conn)
         # A reads-only block that fails is reset all the same.
         with pytest.raises(ZeroDivisionError):
             async with pool.tenant(alice.tenant, reads_only=True) as conn:
@@ -179,9 +190,7 @@ async def test_a_connection_kept_with_a_tenant_after_reads_serves_no_one_else_wi
                 raise ZeroDivisionError
         async with pool.connection() as conn:
             assert await conn.fetchval("SHOW plan_cache_mode") == "auto"
-            assert not await conn.fetchval("SELECT current_setting('msm.tenant', true)")
-    finally:
-        await pool.close()
+            await assert_no_tenant(conn)
 
 
 async def test_a_write_for_another_tenant_is_refused(
