@@ -4,9 +4,12 @@ set it sees nothing at all. The owner's pool does the cross-tenant work and the 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
+import anyio.lowlevel
 import asyncpg
 import pytest
 
@@ -191,6 +194,44 @@ async def test_a_connection_kept_with_a_tenant_after_reads_serves_no_one_else_wi
         async with pool.connection() as conn:
             assert await conn.fetchval("SHOW plan_cache_mode") == "auto"
             await assert_no_tenant(conn)
+
+
+async def test_kept_tenants_never_leak_between_concurrent_readers_writers_and_untenanted_uses(
+    memory: SharedMemory, alice: Principal, other_tenant: Principal, settings: Settings
+) -> None:
+    # Two connections shared by many concurrent uses of two tenants: reads (which keep their tenant), uses that
+    # restore the session or do not, uses that fail, and uses with no tenant. Each sees its own rows only.
+    await seed_two_tenants(memory, alice, other_tenant)
+    assert settings.database_url is not None
+    pool = PostgresPool(
+        settings.database_url.get_secret_value(), min_size=2, max_size=2, timeout=settings.db_timeout, app_role=True
+    )
+    await pool.open(migrate=False)
+    tenants = "SELECT DISTINCT tenant_id FROM shared_episodic_memories"
+
+    async def use(i: int) -> None:
+        tenant = (alice.tenant, other_tenant.tenant)[i % 2]
+        kind = i % 5
+        if kind == 4:
+            async with pool.connection() as conn:
+                await assert_no_tenant(conn)
+            return
+        with contextlib.suppress(ZeroDivisionError):
+            async with pool.tenant(tenant, reads_only=kind == 0) as conn:
+                assert {r["tenant_id"] for r in await conn.fetch(tenants)} == {tenant}
+                await anyio.lowlevel.checkpoint()
+                if kind == 1:
+                    conn.session_restored()
+                elif kind == 3:
+                    raise ZeroDivisionError
+
+    try:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                for i in range(400):
+                    tg.start_soon(use, i * 7 % 400)
+    finally:
+        await pool.close()
 
 
 async def test_a_write_for_another_tenant_is_refused(
