@@ -108,6 +108,27 @@ async def measure(
         bench.add(latency_metric(SECTION, f"{label} (raw {what} SQL, same scope)", summary, note="floor part"))
 
 
+def one_statement_hybrid() -> str:
+    """The floor of a hybrid search: both candidate lists of the store's own SQL (the unweighted ``ts_rank``)
+    and both signals of every candidate, in one statement run after the embedding."""
+    from mcp_shared_memory.stores.episodic import M_COLUMNS
+    from mcp_shared_memory.stores.event_search import LEXICAL_CANDIDATES, TS_RANK_OF_ANY, VECTOR_CANDIDATES
+
+    return f"""
+WITH vec AS ({VECTOR_CANDIDATES}),
+lex AS ({LEXICAL_CANDIDATES}),
+candidates AS (SELECT id FROM vec UNION SELECT id FROM lex)
+SELECT {M_COLUMNS},
+  CASE WHEN m.embedding IS NOT NULL AND m.embedding_model = $12 THEN 1 - (m.embedding <=> $11) END
+    AS similarity,
+  COALESCE(lex.rank, {TS_RANK_OF_ANY}, 0) AS lexical
+FROM candidates c
+JOIN shared_episodic_memories m ON m.id = c.id
+LEFT JOIN lex ON lex.id = c.id
+CROSS JOIN msm_query($14) AS q(tsq)
+"""
+
+
 async def embedded(bench: Bench, tenant: str) -> float:
     """Seconds until every event of ``tenant`` has its vector."""
     from .throughput import searchable
@@ -168,12 +189,13 @@ async def tool_latencies(
 async def raw_sql_floors(bench: Bench, tenant: str) -> dict[str, Summary]:
     """The package's own SQL on the scope the tools just used, over one raw connection."""
     from mcp_shared_memory.models import EventFilter, Scope
-    from mcp_shared_memory.stores.event_search import FILTERED_RECENT, SEARCH, filter_args
+    from mcp_shared_memory.stores.event_search import FILTERED_RECENT, filter_args
     from mcp_shared_memory.stores.facts_pg import NEAREST
 
     from .context import MODEL_ID
 
     rng = np.random.default_rng(3)
+    hybrid_sql = one_statement_hybrid()
     floor_similarity = -1.0  # always 10 rows: at least the tool's decoding work
     conn = await connect_pg(bench.backends.database_url)
     n, w = bench.profile.floor_calls, bench.profile.warmup
@@ -183,7 +205,7 @@ async def raw_sql_floors(bench: Bench, tenant: str) -> dict[str, Summary]:
 
         async def search(_: int) -> None:  # hybrid: both candidate lists, 30 each for 10 results
             question = "what failed in the deploy?"
-            await conn.fetch(SEARCH["ts_rank"], *everything, unit_vector(rng), MODEL_ID, 30, question)
+            await conn.fetch(hybrid_sql, *everything, unit_vector(rng), MODEL_ID, 30, question)
 
         async def history(_: int) -> None:
             await conn.fetch(FILTERED_RECENT, *one_agent, None, 30)

@@ -240,24 +240,26 @@ class SharedMemory(FactRules):
             check.positive(recency_half_life, "recency_half_life")
         floor = self._floor(min_similarity)
         await self._workspace_access(principal, target, write=False)
-        embedded: list[tuple[np.ndarray | None, str | None]] = []
+        degraded: str | None = None
+        embedded = False
 
         async def query_vector() -> np.ndarray | None:
-            embedded.append(await self._query_vector(principal.tenant, target, query))
-            return embedded[0][0]
+            nonlocal degraded, embedded
+            vector, degraded = await self._query_vector(principal.tenant, target, query)
+            embedded = vector is not None
+            return vector
 
         vector: np.ndarray | Awaitable[np.ndarray | None] | None = None
         if mode == "semantic":
             vector = await query_vector()
-            mode = "lexical" if vector is None else mode
+            mode = mode if embedded else "lexical"
         elif mode == "hybrid":
             vector = query_vector()  # embedded while the full-text half runs
         candidates = await self._search.candidates(
             principal.tenant, target, wanted, vector=vector, query=None if mode == "semantic" else query,
             model_id=self._embedder.model_id, per_ranking=ranking.candidates_per_ranking(limit),
         )  # fmt: skip
-        vector, degraded = embedded[0] if embedded else (None, None)
-        if mode == "hybrid" and vector is None:
+        if mode == "hybrid" and not embedded:
             mode = "lexical"
         hits = SearchHits(ranking.fuse(
             candidates, mode=mode, limit=limit, floor=floor, fusion=self.settings.search_fusion,

@@ -22,7 +22,6 @@ from .lexical import (
     SCOPE_SIZE_CAP,
     WEIGHTS,
     idf_hits,
-    idf_score,
     idf_score_of_hits,
     idf_statements,
     question_terms,
@@ -75,26 +74,6 @@ ORDER BY rank DESC, seq DESC LIMIT $13
 NO_SIZE = "NULL::bigint"
 
 
-def _search(lexical: str, of_any: str, statements: str = "", question: str = "", size: str = NO_SIZE) -> str:
-    """Both candidate lists, and both signals for every candidate (similarity NULL without a vector of
-    this model; lexical 0 without a shared term): ``of_any`` scores an event ``m`` the lexical list did
-    not reach, with the FROM items in ``question``; ``statements`` are common table expressions the
-    lists read; ``size`` the scope's size as they count it (capped), if they do."""
-    return f"""
-WITH {statements}
-vec AS ({VECTOR_CANDIDATES}),
-lex AS ({lexical}),
-candidates AS (SELECT id FROM vec UNION SELECT id FROM lex)
-SELECT {M_COLUMNS},
-  CASE WHEN m.embedding IS NOT NULL AND m.embedding_model = $12 THEN 1 - (m.embedding <=> $11) END
-    AS similarity,
-  COALESCE(lex.rank, {of_any}, 0) AS lexical, {size} AS scope_events
-FROM candidates c
-JOIN shared_episodic_memories m ON m.id = c.id
-LEFT JOIN lex ON lex.id = c.id{question}
-"""
-
-
 def _search_lexical(lexical: str, statements: str = "", size: str = NO_SIZE, half: str = "") -> str:
     """Lexical mode: no vector (no embedding of the question); $11 the question, $12 the candidate count.
     ``half``: the full-text half of a hybrid search, with what the vector half needs (``half`` is the
@@ -129,14 +108,6 @@ SELECT id, {idf_score_of_hits("hits")} AS rank FROM matched, w ORDER BY rank DES
 """
 IDF_SIZE = "(SELECT n FROM counts)"
 TS_RANK_OF_ANY = "CASE WHEN m.lexemes @@ q.tsq THEN ts_rank(m.lexemes, q.tsq, 1) END"
-# Both rankings in one statement: the floor the benchmarks compare a hybrid search with (the store runs them
-# side by side instead: see LEXICAL_HALF).
-SEARCH = {
-    "ts_rank": _search(LEXICAL_CANDIDATES, TS_RANK_OF_ANY, question="\nCROSS JOIN msm_query($14) AS q(tsq)"),
-    "idf": _search(
-        LEXICAL_CANDIDATES_IDF, idf_score("m.lexemes"), IDF_STATEMENTS, "\nCROSS JOIN q CROSS JOIN w", IDF_SIZE
-    ),
-}
 SEARCH_LEXICAL = {
     "ts_rank": _search_lexical(LEXICAL_CANDIDATES),
     "idf": _search_lexical(LEXICAL_CANDIDATES_IDF, IDF_STATEMENTS, IDF_SIZE),
@@ -241,7 +212,7 @@ class PostgresEventSearch:
         awaitable): the full-text half runs meanwhile; None from it, or no vector, ranks by words only."""
         args = filter_args(tenant, scope, filters)
         if query is None:
-            ready = await vector if inspect.isawaitable(vector) else vector
+            ready = await _ready(vector)
             if ready is None:
                 return []
             search, more = self._vector_search(filters, None, per_ranking)
@@ -269,7 +240,7 @@ class PostgresEventSearch:
             self._fetch(tenant, self._lexical_half, *args, query, per_ranking, scope=scope)
         )
         try:
-            ready = await vector if inspect.isawaitable(vector) else vector
+            ready = await _ready(vector)
             vector_rows: list[Record] = []
             if ready is not None:
                 search, more = self._vector_search(filters, query, per_ranking)
@@ -323,13 +294,10 @@ class PostgresEventSearch:
         return two_pass[filters != NO_FILTER], (*question, self._quantize_above, shortlist_length(per_ranking))
 
 
-HALF_COLUMNS = ("embedding", "embedding_model", "weights", "lexical_signal", "scope_events")
-
-
 def _event(row: Record, **signals: float | None) -> Event:
-    """An event of either half, with the signals given (those of the row otherwise)."""
-    fields = {k: v for k, v in dict(row).items() if k not in HALF_COLUMNS}
-    return Event(**{**fields, **signals})
+    """An event of either half, with the signals given (those of the row otherwise); the halves' other
+    columns (vector, weights, terms held) are not the event's and are left out."""
+    return Event(**{**dict(row), **signals})
 
 
 def _fused_halves(
@@ -356,6 +324,10 @@ def _fused_halves(
             lexical = score_of_hits(signal, list(weights)) if weights is not None else 0.0
         found[row["id"]] = _event(row, lexical=lexical)
     return list(found.values())
+
+
+async def _ready(vector: np.ndarray | Awaitable[np.ndarray | None] | None) -> np.ndarray | None:
+    return await vector if inspect.isawaitable(vector) else vector
 
 
 def _cosine(stored: Any, vector: np.ndarray) -> float:

@@ -36,11 +36,6 @@ _COUNTS = ",\n    ".join(f"count(*) FILTER (WHERE hits & {1 << (i - 1)} <> 0) AS
 _WEIGHTS = ",\n  ".join(f"ln(1 + (n - df{i} + 0.5::float8) / (df{i} + 0.5::float8)) AS w{i}" for i in _SLOTS)
 
 
-def idf_score(lexemes: str) -> str:
-    """The lexical score of the tsvector ``lexemes`` (a column): the weights of the terms it holds."""
-    return " + ".join(f"CASE WHEN {lexemes} @@ q.t{i} THEN w.w{i} ELSE 0::float8 END" for i in _SLOTS)
-
-
 def idf_score_of_hits(hits: str) -> str:
     """The same score from ``hits`` (a column of ``matched``: the terms an event holds, one bit each)."""
     return " + ".join(f"CASE WHEN {hits} & {1 << (i - 1)} <> 0 THEN w.w{i} ELSE 0::float8 END" for i in _SLOTS)
