@@ -16,9 +16,9 @@ import anyio
 import asyncpg
 import numpy as np
 import redis.asyncio as aioredis
-from pgvector.asyncpg import register_vector
 
 from mcp_shared_memory.stores.episodic import EVENT_COLUMNS
+from mcp_shared_memory.stores.postgres import init_connection
 
 from .procs import check, http_client, stdio_client_for, trivial_http_server, trivial_params
 from .stats import Summary, latency_metric, time_calls
@@ -78,8 +78,7 @@ def unit_vector(rng: np.random.Generator, dim: int = 384) -> np.ndarray:
 async def connect_pg(url: str) -> asyncpg.Connection:
     """A raw connection with the package's codecs (pgvector, jsonb as JSON)."""
     conn = await asyncpg.connect(url, timeout=15)
-    await register_vector(conn)
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await init_connection(conn)
     return conn
 
 

@@ -16,14 +16,13 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from .embeddings import Embedder
 from .models import Scope, UnconsolidatedEvent
 from .settings import Settings
 from .stores.episodic import PostgresEpisodicStore
 from .stores.facts import FactsStore
 from .validation import MAX_FACT_CHARS
+from .vectors import Vector
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +33,7 @@ class Candidate:
 
     text: str
     events: list[UnconsolidatedEvent]
-    vector: np.ndarray | None = None
+    vector: Vector | None = None
 
 
 @dataclass

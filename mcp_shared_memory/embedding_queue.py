@@ -17,18 +17,19 @@ import asyncio
 import logging
 import time
 import uuid
+from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
 import anyio.abc
-import numpy as np
 
 from . import metrics
 from .embeddings import Embedder
 from .errors import EmbeddingUnavailable, SharedMemoryError
 from .models import Scope
 from .stores.embedding_backlog import Claimed, PostgresEmbeddingBacklog
+from .vectors import Vector
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ class EmbeddingQueue:
             return CatchUp()  # the search itself will report the database
         if not pending:
             return CatchUp()
-        done: list[tuple[uuid.UUID, np.ndarray]] = []
+        done: list[tuple[uuid.UUID, Vector]] = []
         with anyio.move_on_after(self._catch_up_timeout):
             done, _ = await _embed_each(self._embedder, pending, urgent=True)
             try:
@@ -196,15 +197,15 @@ class EmbeddingQueue:
 
 async def _embed_each(
     embedder: Embedder, events: Sequence[tuple[uuid.UUID, str]], *, urgent: bool = False
-) -> tuple[list[tuple[uuid.UUID, np.ndarray]], list[tuple[uuid.UUID, Exception]]]:
+) -> tuple[list[tuple[uuid.UUID, Vector]], list[tuple[uuid.UUID, Exception]]]:
     """(embedded, failed with the reason). The embedder batches the texts together and retries a failed
     batch text by text, so one refused text fails alone. ``urgent``: a search waits for them."""
     embedded = (embedder.embed(text, urgent=urgent) for _, text in events)
     results = await asyncio.gather(*embedded, return_exceptions=True)
-    done: list[tuple[uuid.UUID, np.ndarray]] = []
+    done: list[tuple[uuid.UUID, Vector]] = []
     failed: list[tuple[uuid.UUID, Exception]] = []
     for (event_id, _), result in zip(events, results, strict=True):
-        if isinstance(result, np.ndarray):
+        if isinstance(result, array):
             done.append((event_id, result))
         elif isinstance(result, Exception):
             failed.append((event_id, result))

@@ -9,7 +9,6 @@ from collections.abc import Awaitable
 from typing import Any
 
 import anyio
-import numpy as np
 
 from . import ranking, recent
 from . import validation as check
@@ -43,6 +42,7 @@ from .stores.event_search import PostgresEventSearch
 from .stores.facts import FactsStore
 from .stores.quota import TenantEventQuota
 from .stores.workspaces import PostgresWorkspaceStore
+from .vectors import Vector
 
 log = logging.getLogger(__name__)
 
@@ -243,13 +243,13 @@ class SharedMemory(FactRules):
         degraded: str | None = None
         embedded = False
 
-        async def query_vector() -> np.ndarray | None:
+        async def query_vector() -> Vector | None:
             nonlocal degraded, embedded
             vector, degraded = await self._query_vector(principal.tenant, target, query)
             embedded = vector is not None
             return vector
 
-        vector: np.ndarray | Awaitable[np.ndarray | None] | None = None
+        vector: Vector | Awaitable[Vector | None] | None = None
         if mode == "semantic":
             vector = await query_vector()
             mode = mode if embedded else "lexical"
@@ -268,7 +268,7 @@ class SharedMemory(FactRules):
         hits.degraded = degraded
         return hits
 
-    async def _query_vector(self, tenant: str, scope: Scope, query: str) -> tuple[np.ndarray | None, str | None]:
+    async def _query_vector(self, tenant: str, scope: Scope, query: str) -> tuple[Vector | None, str | None]:
         """The query's vector, computed while the scope's waiting events are embedded; (None, why) when
         the model is unavailable or does not answer within ``MSM_EMBEDDING_CATCH_UP_SECONDS``."""
         caught_up = asyncio.ensure_future(self._embeddings.catch_up(tenant, scope))

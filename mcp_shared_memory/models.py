@@ -24,7 +24,7 @@ from .validation import MAX_EVENT_TYPE_CHARS, MAX_FILTER_METADATA_KEYS, MAX_FILT
 from .validation import metadata as stored_metadata
 
 if TYPE_CHECKING:
-    import numpy as np
+    from .vectors import Vector
 
 ScopeType = Literal["user", "workspace"]
 SCOPE_TYPES: tuple[str, ...] = ("user", "workspace")
@@ -329,7 +329,7 @@ class NewEvent:
     role: str | None
     content: str
     content_hash: str
-    embedding: np.ndarray | None
+    embedding: Vector | None
     embedding_model: str | None
     importance: float
     metadata: dict[str, Any]
@@ -346,7 +346,7 @@ class UnconsolidatedEvent:
     event_type: str
     content: str
     importance: float
-    embedding: np.ndarray | None
+    embedding: Vector | None
 
 
 class WriteResult(BaseModel):

@@ -175,7 +175,7 @@ async def test_a_written_secret_never_reaches_postgres_redis_search_or_the_embed
     row = await backdoor.db.fetchrow(query, written.event_id)
     assert row is not None and row["content"] == expected
     assert "hunter2" not in row["metadata"] and AWS_KEY not in row["metadata"]
-    assert np.allclose(row["embedding"].to_numpy(), await backdoor.embedder.embed(expected), atol=1e-5)
+    assert np.allclose(np.asarray(row["embedding"]), await backdoor.embedder.embed(expected), atol=1e-5)
 
     raw = await backdoor.redis.zrange(backdoor.keys.recent(alice.tenant, Scope("user", "alice")), 0, -1)
     assert raw and not any(AWS_KEY in str(m) or "hunter2" in str(m) for m in raw)

@@ -18,12 +18,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
-import numpy as np
-import numpy.typing as npt
-
+from .. import vectors
 from ..errors import EmbeddingUnavailable, SharedMemoryError
+from ..vectors import Vector
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +30,6 @@ logger = logging.getLogger(__name__)
 # embeds it ahead of its backlog; other OpenAI-compatible servers ignore the header.
 PRIORITY_HEADER = "X-MSM-Priority"
 URGENT = "urgent"
-
-Vector = npt.NDArray[np.float32]
 
 
 @dataclass(slots=True)
@@ -65,7 +62,7 @@ _Entry = tuple[int, int, _Request]
 
 
 class Embedder(ABC):
-    """Turns text into L2-normalised float32 vectors of ``dimension`` entries.
+    """Turns text into L2-normalised float32 vectors (``vectors.Vector``) of ``dimension`` entries.
 
     Use as ``async with embedder:`` or call ``open()`` / ``close()``. ``dimension`` is only guaranteed
     after ``open()`` (an OpenAI-compatible endpoint may have to be probed for it).
@@ -160,8 +157,9 @@ class Embedder(ABC):
         return list(await asyncio.gather(*futures))
 
     @abstractmethod
-    async def _embed_batch(self, texts: list[str]) -> npt.NDArray[np.floating]:
-        """Embed ``texts`` (already truncated) in one model call; returns an (n, dimension) array."""
+    async def _embed_batch(self, texts: list[str]) -> Sequence[Any]:
+        """Embed ``texts`` (already truncated) in one model call: n vectors of ``dimension`` floats (``Vector``s,
+        lists, or the rows of an (n, dimension) numpy array)."""
 
     def _prepare(self, text: str) -> str:
         return text[: self.max_chars]
@@ -244,7 +242,7 @@ class Embedder(ABC):
         row = {text: i for i, text in enumerate(unique)}
         for request in requests:
             if not request.future.done():
-                request.future.set_result(vectors[row[request.text]].copy())
+                request.future.set_result(vectors[row[request.text]][:])
 
     @staticmethod
     def _failure(exc: Exception, size: int) -> SharedMemoryError:
@@ -255,16 +253,18 @@ class Embedder(ABC):
         logger.warning("embedding batch of %d failed", size, exc_info=True)
         return EmbeddingUnavailable(f"The embedding model failed ({type(exc).__name__}); retry later.")
 
-    def _check(self, matrix: npt.NDArray[np.floating], n: int) -> npt.NDArray[np.float32]:
-        vectors = np.asarray(matrix, dtype=np.float32)
-        if vectors.shape != (n, self.dimension):
+    def _check(self, rows: Sequence[Any], n: int) -> list[Vector]:
+        found = [vectors.as_vector(row) for row in rows]
+        if len(found) != n or any(len(vector) != self.dimension for vector in found):
+            sizes = "/".join(str(size) for size in sorted({len(v) for v in found}))
             raise EmbeddingUnavailable(
-                f"The embedding model returned shape {vectors.shape}, expected ({n}, {self.dimension})."
+                f"The embedding model returned {len(found)} vectors of {sizes} dimensions, expected {n} of "
+                f"{self.dimension}."
             )
-        if not np.isfinite(vectors).all():
-            raise EmbeddingUnavailable("The embedding model returned non-finite values.")
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32, copy=False)
+        try:
+            return [vectors.unit(vector) for vector in found]
+        except ValueError:
+            raise EmbeddingUnavailable("The embedding model returned non-finite values.") from None
 
 
 def _take_more(queue: asyncio.PriorityQueue[_Entry], batch: list[_Request], size: int) -> None:

@@ -7,17 +7,19 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
-import numpy as np
-import numpy.typing as npt
 
 from ..errors import ConfigError
+from ..vectors import Vector, as_vector
 from .base import Embedder
 
 ONNX_SHA256 = "8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6"
 TOKENIZER_SHA256 = "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"
+if TYPE_CHECKING:
+    import numpy.typing as npt
+
 TOKENIZER_PATH = Path(__file__).parent / "tokenizer.json"
 MAX_TOKENS = 256
 
@@ -127,10 +129,12 @@ class OnnxEmbedder(Embedder):
         tokenizer.no_padding()
         self._session, self._tokenizer = session, tokenizer
 
-    async def _embed_batch(self, texts: list[str]) -> npt.NDArray[np.float32]:
-        return await anyio.to_thread.run_sync(self._infer, texts)
+    async def _embed_batch(self, texts: list[str]) -> list[Vector]:
+        return [as_vector(row) for row in await anyio.to_thread.run_sync(self._infer, texts)]
 
-    def _infer(self, texts: list[str]) -> npt.NDArray[np.float32]:
+    def _infer(self, texts: list[str]) -> npt.NDArray[Any]:
+        import numpy as np  # here, not at import: a server using the embedding service never loads it
+
         session, tokenizer = self._session, self._tokenizer
         if session is None or tokenizer is None:
             raise RuntimeError("the model is not loaded")

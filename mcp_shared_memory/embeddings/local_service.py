@@ -12,11 +12,10 @@ import logging
 from pathlib import Path
 
 import anyio.to_thread
-import numpy as np
-import numpy.typing as npt
 
 from ..embedded.embedding_service import EmbeddedEmbeddingService
 from ..errors import EmbeddingUnavailable
+from ..vectors import Vector
 from .local import OnnxEmbedder
 from .openai import OpenAIEmbedder
 
@@ -71,7 +70,7 @@ class LocalServiceEmbedder(OpenAIEmbedder):
             await self._fallback._unload()
         await anyio.to_thread.run_sync(self.service.release)
 
-    async def _embed_batch(self, texts: list[str]) -> npt.NDArray[np.float32]:
+    async def _embed_batch(self, texts: list[str]) -> list[Vector]:
         if self._fallback is None:
             try:
                 return await super()._embed_batch(texts)

@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-import numpy as np
-import numpy.typing as npt
 from pydantic import SecretStr
 
 from ..errors import ConfigError, EmbeddingUnavailable, SharedMemoryError
+from ..vectors import Vector, as_vector, from_float32_bytes
 from .base import PRIORITY_HEADER, URGENT, Embedder
 from .http_endpoint import (
     APIConnectionError,
@@ -120,7 +119,7 @@ class OpenAIEmbedder(Embedder):
                 raise
             logger.warning("embedding endpoint not reachable at start-up, continuing: %s", exc.message)
             return
-        found = int(vectors.shape[1])
+        found = len(vectors[0])
         if self.dimension and found != self.dimension:
             raise ConfigError(
                 f"The embedding endpoint returned {found} dimensions for {self.model_id}, expected "
@@ -133,16 +132,16 @@ class OpenAIEmbedder(Embedder):
         if client is not None:
             await client.aclose()
 
-    async def _embed_batch(self, texts: list[str]) -> npt.NDArray[np.float32]:
+    async def _embed_batch(self, texts: list[str]) -> list[Vector]:
         try:
             vectors = await self._request(texts)
         except ConfigError as exc:
             # Start-up validated the configuration; a key revoked later must not fail writes outright
             # (events are stored without a vector and embedded later), so report it as unavailable.
             raise EmbeddingUnavailable(exc.message) from None
-        if vectors.shape[1] != self.dimension:
+        if len(vectors[0]) != self.dimension:
             raise EmbeddingUnavailable(
-                f"The embedding endpoint returned {vectors.shape[1]} dimensions for {self.model_id}, "
+                f"The embedding endpoint returned {len(vectors[0])} dimensions for {self.model_id}, "
                 f"expected {self.dimension}; fix MSM_EMBEDDING_DIMENSIONS or MSM_EMBEDDING_MODEL."
             )
         return vectors
@@ -151,7 +150,7 @@ class OpenAIEmbedder(Embedder):
         # The API rejects empty input; a blank embeds to a neutral vector.
         return super()._prepare(text) or " "
 
-    async def _request(self, texts: list[str], max_retries: int | None = None) -> npt.NDArray[np.float32]:
+    async def _request(self, texts: list[str], max_retries: int | None = None) -> list[Vector]:
         client = self._client
         if client is None:
             raise RuntimeError("the client is not open")
@@ -169,7 +168,7 @@ class OpenAIEmbedder(Embedder):
         rows = [row for _, row in data]
         if len({len(row) for row in rows}) != 1 or not len(rows[0]):
             raise EmbeddingUnavailable("The embedding endpoint returned vectors of inconsistent length.")
-        return np.stack(rows)
+        return rows
 
     def _translate(self, exc: APIError) -> SharedMemoryError:
         """A generic error for callers (agents see it); the detail goes to the server log.
@@ -229,7 +228,7 @@ def mask_credentials(text: str) -> str:
     return _KEY_LIKE.sub("sk-***", text)
 
 
-def _embeddings(payload: object) -> list[tuple[int, npt.NDArray[np.float32]]]:
+def _embeddings(payload: object) -> list[tuple[int, Vector]]:
     """``(index, vector)`` for each item of an embeddings answer; ``APIResponseValidationError`` if malformed."""
     try:
         items = payload["data"] if isinstance(payload, dict) else None
@@ -238,16 +237,21 @@ def _embeddings(payload: object) -> list[tuple[int, npt.NDArray[np.float32]]]:
         data = []
         for item in items:
             index, row = item["index"], _as_floats(item["embedding"])
-            if not isinstance(index, int) or isinstance(index, bool) or row.ndim != 1:
-                raise TypeError("an item without an integer index and a flat embedding")
+            if not isinstance(index, int) or isinstance(index, bool):
+                raise TypeError("an item without an integer index")
             data.append((index, row))
     except (KeyError, TypeError, ValueError) as exc:  # ValueError: bad base64, or not numbers
         raise APIResponseValidationError(f"not an embeddings answer ({exc!r}): {str(payload)[:300]}") from None
     return data
 
 
-def _as_floats(embedding: object) -> npt.NDArray[np.float32]:
-    # Some compatible servers answer base64 even when floats were asked for.
+def _as_floats(embedding: object) -> Vector:
+    """A flat list of numbers, or base64 of little-endian float32s (some compatible servers answer base64 even
+    when floats were asked for); ``TypeError``/``ValueError`` for anything else."""
     if isinstance(embedding, str):
-        return np.frombuffer(base64.b64decode(embedding), dtype=np.float32)
-    return np.asarray(embedding, dtype=np.float32)
+        return from_float32_bytes(base64.b64decode(embedding, validate=True), byteorder="little")
+    if not isinstance(embedding, list) or not all(
+        isinstance(x, int | float) and not isinstance(x, bool) for x in embedding
+    ):
+        raise TypeError("an embedding that is not a flat list of numbers")
+    return as_vector(embedding)

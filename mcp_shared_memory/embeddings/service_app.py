@@ -25,7 +25,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -33,6 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..errors import SharedMemoryError
+from ..vectors import Vector, to_float32_bytes
 from .base import PRIORITY_HEADER, URGENT
 from .local import OnnxEmbedder
 
@@ -197,10 +197,10 @@ def create_app(embedder: OnnxEmbedder, config: ServiceConfig) -> Starlette:
     return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found, 500: server_error})
 
 
-def _encode(vector: np.ndarray[Any, Any], encoding: str) -> list[float] | str:
+def _encode(vector: Vector, encoding: str) -> list[float] | str:
     if encoding == "base64":
-        return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
-    return [float(x) for x in vector]
+        return base64.b64encode(to_float32_bytes(vector, byteorder="little")).decode("ascii")
+    return vector.tolist()
 
 
 def bind_unix(path: str) -> socket.socket:

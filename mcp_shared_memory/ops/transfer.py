@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import json
 import uuid
+from array import array
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, Literal, NamedTuple, TextIO
 
-import numpy as np
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from ..errors import InvalidInput, SharedMemoryError, StoreUnavailable
@@ -26,6 +26,7 @@ from ..models import Scope, ScopeType, validate_identifier
 from ..runtime import Connections
 from ..settings import Settings
 from ..stores import transfer as store
+from ..vectors import Vector, as_vector
 
 Progress = Callable[[int], None]
 MAX_REPORTED_ERRORS = 10
@@ -106,10 +107,8 @@ def _dump(record: dict[str, Any]) -> str:
 def _json_default(value: Any) -> Any:
     if isinstance(value, uuid.UUID):
         return str(value)
-    if isinstance(value, np.ndarray):
-        return [float(x) for x in value]
-    if hasattr(value, "to_list"):  # pgvector's Vector
-        return [float(x) for x in value.to_list()]
+    if isinstance(value, array):  # a vector
+        return value.tolist()
     if hasattr(value, "isoformat"):
         return value.isoformat()
     raise TypeError(f"cannot export a {type(value).__name__}")
@@ -271,7 +270,7 @@ async def _import(
         vectors = [_vector(f.embedding, f.embedding_model, embedder.model_id, embedder.dimension) for f in batch]
         missing = [i for i, v in enumerate(vectors) if v is None]
         for i, v in zip(missing, await embedder.embed_many([batch[i].fact for i in missing]), strict=True):
-            vectors[i] = np.asarray(v, dtype=np.float32)
+            vectors[i] = v
         fact_rows = [_fact_row(f, tenant or f.tenant, v) for f, v in zip(batch, vectors, strict=True)]
         _count(report, "fact", len(fact_rows), await _insert_facts(settings, connections, fact_rows))
         progress(len(batch))
@@ -282,7 +281,7 @@ async def _import(
         )
 
 
-def _fact_row(f: FactLine, owner: str, vector: np.ndarray | None) -> FactRow:
+def _fact_row(f: FactLine, owner: str, vector: Vector | None) -> FactRow:
     assert vector is not None
     sources = [e if owner == f.tenant else store.derived_id(owner, e) for e in f.source_event_ids]
     return FactRow(_id(f, owner), owner, f.scope_type, f.scope_id, f.fact, sources, f.source_agents, f.confirmations,
@@ -326,13 +325,13 @@ class FactRow(NamedTuple):
     confirmations: int
     first_seen: datetime
     last_seen: datetime
-    vector: np.ndarray
+    vector: Vector
 
 
-def _vector(values: list[float] | None, model: str | None, model_id: str, dimension: int) -> np.ndarray | None:
+def _vector(values: list[float] | None, model: str | None, model_id: str, dimension: int) -> Vector | None:
     if values is None or model != model_id or len(values) != dimension:
         return None
-    return np.asarray(values, dtype=np.float32)
+    return as_vector(values)
 
 
 def _count(report: ImportReport, kind: str, lines: int, new: int) -> None:

@@ -11,8 +11,7 @@ import uuid
 from collections.abc import Sequence
 from typing import NamedTuple
 
-import numpy as np
-
+from ..vectors import Vector
 from .postgres import PostgresPool
 
 TABLE = "shared_episodic_memories"
@@ -32,7 +31,7 @@ class EventRow(NamedTuple):
     event_type: str
     content: str
     content_hash: str
-    embedding: np.ndarray | None
+    embedding: Vector | None
     embedding_model: str | None
     importance: float
 

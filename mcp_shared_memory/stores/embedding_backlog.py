@@ -11,9 +11,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..models import Scope
+from ..vectors import Vector
 from .postgres import PostgresPool
 
 CLAIM = """
@@ -102,7 +101,7 @@ class PostgresEmbeddingBacklog:
             rows = await conn.fetch(CLAIM, limit, lease_seconds)
         return [Claimed(r["id"], r["content"], r["age"]) for r in rows]
 
-    async def set(self, vectors: list[tuple[uuid.UUID, np.ndarray]], *, model_id: str) -> None:
+    async def set(self, vectors: list[tuple[uuid.UUID, Vector]], *, model_id: str) -> None:
         if vectors:
             async with self._db.cross_tenant() as conn:
                 await conn.executemany(SET_EMBEDDING, [(i, v, model_id) for i, v in vectors])
@@ -151,7 +150,7 @@ class PostgresEmbeddingBacklog:
             rows = await conn.fetch(PENDING_IN_SCOPE, tenant, scope.type, scope.id, limit)
         return [(r["id"], r["content"]) for r in rows]
 
-    async def set_in_scope(self, tenant: str, vectors: list[tuple[uuid.UUID, np.ndarray]], *, model_id: str) -> None:
+    async def set_in_scope(self, tenant: str, vectors: list[tuple[uuid.UUID, Vector]], *, model_id: str) -> None:
         if vectors:
             async with self._db.tenant(tenant) as conn:
                 await conn.executemany(SET_EMBEDDING, [(i, v, model_id) for i, v in vectors])

@@ -14,9 +14,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import Any, Literal
 
-import numpy as np
-
 from ..models import Event, EventFilter, Scope
+from ..vectors import Vector, cosine
 from .episodic import EVENT_COLUMNS, M_COLUMNS, row_to_event
 from .lexical import (
     SCOPE_SIZE_CAP,
@@ -202,7 +201,7 @@ class PostgresEventSearch:
         scope: Scope,
         filters: EventFilter,
         *,
-        vector: np.ndarray | Awaitable[np.ndarray | None] | None,
+        vector: Vector | Awaitable[Vector | None] | None,
         query: str | None,
         model_id: str,
         per_ranking: int,
@@ -229,7 +228,7 @@ class PostgresEventSearch:
         tenant: str,
         scope: Scope,
         filters: EventFilter,
-        vector: np.ndarray | Awaitable[np.ndarray | None],
+        vector: Vector | Awaitable[Vector | None],
         query: str,
         model_id: str,
         per_ranking: int,
@@ -301,7 +300,7 @@ def _event(row: Record, **signals: float | None) -> Event:
 
 
 def _fused_halves(
-    lexical_rows: list[Record], vector_rows: list[Record], vector: np.ndarray, model_id: str, rank: LexicalRank
+    lexical_rows: list[Record], vector_rows: list[Record], vector: Vector, model_id: str, rank: LexicalRank
 ) -> list[Event]:
     """Every candidate of either half with both signals: a full-text candidate's similarity comes from the
     vector half when it is there too, else from its own vector; a vector candidate's full-text score from
@@ -312,7 +311,7 @@ def _fused_halves(
     for row in lexical_rows:
         similarity = exact.get(row["id"])
         if similarity is None and row["embedding"] is not None and row["embedding_model"] == model_id:
-            similarity = _cosine(row["embedding"], vector)
+            similarity = cosine(row["embedding"], vector)
         found[row["id"]] = _event(row, similarity=similarity)
     for row in vector_rows:
         if row["id"] in found:
@@ -326,12 +325,5 @@ def _fused_halves(
     return list(found.values())
 
 
-async def _ready(vector: np.ndarray | Awaitable[np.ndarray | None] | None) -> np.ndarray | None:
+async def _ready(vector: Vector | Awaitable[Vector | None] | None) -> Vector | None:
     return await vector if inspect.isawaitable(vector) else vector
-
-
-def _cosine(stored: Any, vector: np.ndarray) -> float:
-    """As pgvector's ``1 - (a <=> b)``; ``stored`` as the driver decodes a vector column."""
-    values = stored.to_numpy() if hasattr(stored, "to_numpy") else stored
-    a64, b64 = np.asarray(values, dtype=np.float64), np.asarray(vector, dtype=np.float64)
-    return float(a64 @ b64 / (np.linalg.norm(a64) * np.linalg.norm(b64)))

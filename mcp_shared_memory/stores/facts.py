@@ -23,11 +23,10 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Protocol
 
-import numpy as np
-
 from ..models import Fact, FactWrite, Scope, SearchMode
+from ..vectors import Vector
 
-Embed = Callable[[Sequence[str]], Awaitable[list[np.ndarray]]]
+Embed = Callable[[Sequence[str]], Awaitable[list[Vector]]]
 
 # Score fusion (ranking.py's "weighted") rather than reciprocal-rank fusion: an identifier query (ERR_4417
 # among ERR_4418, ERR_4471 ...) gives the exact fact a keyword relevance well above its look-alikes while
@@ -52,7 +51,7 @@ class FactsStore(Protocol):
         tenant: str,
         scope: Scope,
         fact: str,
-        vector: np.ndarray,
+        vector: Vector,
         *,
         source_event_ids: Sequence[uuid.UUID],
         source_agents: Sequence[str],
@@ -65,7 +64,7 @@ class FactsStore(Protocol):
         self,
         tenant: str,
         scope: Scope,
-        vector: np.ndarray,
+        vector: Vector,
         *,
         query: str,
         top_k: int,

@@ -5,9 +5,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-import numpy as np
-
 from ..models import Fact, FactWrite, Scope, SearchMode
+from ..vectors import Vector
 from .facts import Embed, lexical_weight
 from .postgres import PostgresPool, Record
 
@@ -105,7 +104,7 @@ class PgVectorFactsStore:
         tenant: str,
         scope: Scope,
         fact: str,
-        vector: np.ndarray,
+        vector: Vector,
         *,
         source_event_ids: Sequence[uuid.UUID],
         source_agents: Sequence[str],
@@ -129,7 +128,7 @@ class PgVectorFactsStore:
         self,
         tenant: str,
         scope: Scope,
-        vector: np.ndarray,
+        vector: Vector,
         *,
         query: str,
         top_k: int,

@@ -39,13 +39,13 @@ from typing import Any
 
 import grpc
 import httpx
-import numpy as np
 from qdrant_client import AsyncQdrantClient, models
 from qdrant_client.http.exceptions import ApiException
 
 from ..errors import ConfigError, StoreUnavailable
 from ..models import Fact, FactWrite, Scope, SearchMode
 from ..settings import Settings
+from ..vectors import Vector
 from .facts import Embed, lexical_weight
 from .qdrant_collection import ensure_collection
 from .qdrant_points import (
@@ -136,7 +136,7 @@ class QdrantFactsStore:
         tenant: str,
         scope: Scope,
         fact: str,
-        vector: np.ndarray,
+        vector: Vector,
         *,
         source_event_ids: Sequence[uuid.UUID],
         source_agents: Sequence[str],
@@ -170,7 +170,7 @@ class QdrantFactsStore:
         self,
         tenant: str,
         scope: Scope,
-        vector: np.ndarray,
+        vector: Vector,
         *,
         query: str,
         top_k: int,
@@ -287,13 +287,13 @@ class QdrantFactsStore:
                 self._lexical = await ensure_collection(self.client, self.collection, dimension=self.dimension)
             self._ready = True
 
-    def _vectors(self, dense: np.ndarray, text: str) -> models.VectorStruct:
+    def _vectors(self, dense: Vector, text: str) -> models.VectorStruct:
         values: list[float] = dense.tolist()
         sparse = lexical_vector(text) if self._lexical else None
         return values if sparse is None else {DENSE: values, LEXICAL: sparse}
 
     async def _query(
-        self, tenant: str, scope: Scope, vector: np.ndarray, *, limit: int, score_threshold: float
+        self, tenant: str, scope: Scope, vector: Vector, *, limit: int, score_threshold: float
     ) -> list[models.ScoredPoint]:
         with self._translate("search facts"):
             response = await self.client.query_points(
@@ -310,7 +310,7 @@ class QdrantFactsStore:
         return response.points
 
     async def _nearest_duplicate(
-        self, tenant: str, scope: Scope, vector: np.ndarray, floor: float
+        self, tenant: str, scope: Scope, vector: Vector, floor: float
     ) -> models.ScoredPoint | None:
         points = await self._query(tenant, scope, vector, limit=1, score_threshold=floor)
         return points[0] if points else None
@@ -328,7 +328,7 @@ class QdrantFactsStore:
         return current is not None and token in (current.payload or {}).get("writes", [])
 
     async def _insert(
-        self, tenant: str, scope: Scope, point_id: str, fact: str, vector: np.ndarray,
+        self, tenant: str, scope: Scope, point_id: str, fact: str, vector: Vector,
         events: list[str], agents: list[str],
     ) -> Fact | None:  # fmt: skip
         """Insert unless a point with this id exists; the stored fact, or None if another writer won."""

@@ -16,8 +16,8 @@ from typing import Any
 
 import anyio
 import asyncpg
-from pgvector.asyncpg import register_vector
 
+from .. import vectors
 from ..errors import ConfigError, StoreUnavailable
 from .migrations import apply_migrations, pending_migrations
 from .pg_connection import DRIVER_ERRORS, Lease, PgConnection, Record, translated, unavailable
@@ -47,8 +47,11 @@ ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
 """
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
-    await register_vector(conn)
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """The package's codecs: pgvector's ``vector`` as ``vectors.Vector``, jsonb as JSON."""
+    await conn.set_type_codec(
+        "vector", schema="public", encoder=vectors.encode, decoder=vectors.decode, format="binary"
+    )
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
@@ -122,10 +125,10 @@ class PostgresPool:
         if self._app_role:
             await self._init_app_connection(conn)
         else:
-            await _init_connection(conn)
+            await init_connection(conn)
 
     async def _init_app_connection(self, conn: asyncpg.Connection) -> None:
-        await _init_connection(conn)
+        await init_connection(conn)
         if not await conn.fetchval(RLS_EXEMPT):
             return
         # The role survives asyncpg's RESET ALL between uses (PostgreSQL never resets it with RESET ALL).

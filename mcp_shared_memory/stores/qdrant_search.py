@@ -16,10 +16,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from qdrant_client import AsyncQdrantClient, models
 
 from ..models import Fact
+from ..vectors import Vector, cosine
 from .qdrant_points import DENSE, LEXICAL, to_fact
 
 FUSION_POOL = 100
@@ -41,7 +41,7 @@ async def ranked_search(
     client: AsyncQdrantClient,
     collection: str,
     scoped: models.Filter,
-    vector: np.ndarray,
+    vector: Vector,
     terms: models.SparseVector | None,
     *,
     top_k: int,
@@ -52,7 +52,6 @@ async def ranked_search(
 ) -> list[Fact]:
     """The best ``top_k`` facts of ``scoped`` (see stores/facts.py); ``weight``: keyword relevance's share;
     ``pool``: how deep each ranking is read first."""
-    unit = vector / (float(np.linalg.norm(vector)) or 1.0)
     limit = max(top_k, pool)
     while True:
         requests = [] if lexical_only else [
@@ -72,7 +71,7 @@ async def ranked_search(
                 found[p.id].lexical = p.score
             else:  # Qdrant stores cosine vectors normalised: the similarity is a dot product
                 stored = p.vector.get(DENSE) if isinstance(p.vector, dict) else p.vector
-                found[p.id] = Candidate(p.id, p.payload or {}, float(np.dot(unit, np.asarray(stored))), p.score)
+                found[p.id] = Candidate(p.id, p.payload or {}, cosine(vector, stored), p.score)
         if terms is not None and len(keyword) == limit:
             await _score_keywords(client, collection, scoped, terms, [c for c in found.values() if not c.lexical])
 

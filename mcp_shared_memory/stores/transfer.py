@@ -14,11 +14,11 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-import numpy as np
 from qdrant_client import AsyncQdrantClient, models
 
 from ..errors import StoreUnavailable
 from ..models import Scope
+from ..vectors import Vector
 from .cache import RedisKeys
 from .postgres import PostgresPool
 from .qdrant_collection import ensure_collection
@@ -95,7 +95,7 @@ async def read_workspaces(db: PostgresPool, tenant: str, scope: Scope | None) ->
 
 
 async def read_events(db: PostgresPool, tenant: str, scope: Scope | None) -> AsyncIterator[list[dict[str, Any]]]:
-    """The events in ``seq`` order, a page at a time (``embedding`` a numpy array or None)."""
+    """The events in ``seq`` order, a page at a time (``embedding`` a ``Vector`` or None)."""
     after = 0
     while True:
         async with db.cross_tenant() as conn:
@@ -170,7 +170,7 @@ async def write_qdrant_facts(
     collection: str,
     *,
     dimension: int,
-    facts: Sequence[tuple[uuid.UUID, dict[str, Any], np.ndarray]],
+    facts: Sequence[tuple[uuid.UUID, dict[str, Any], Vector]],
 ) -> int:
     """Insert facts (id, payload, vector), leaving points already there as they are; returns how many."""
     try:
