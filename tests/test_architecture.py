@@ -63,7 +63,7 @@ def test_a_stdio_server_answers_before_importing_the_backend_clients() -> None:
     Redis, vector or embedding clients (they load in the background, ``ServerLifespan(background=True)``)."""
     heavy = ["asyncpg", "redis", "numpy", "openai", "pgvector", "qdrant_client", "onnxruntime", "tokenizers"]
     probe = (
-        "import sys, mcp_shared_memory.cli, mcp_shared_memory.server.app; "
+        "import sys, mcp_shared_memory.cli, mcp_shared_memory.server.app, mcp_shared_memory.embedded; "
         f"print(' '.join(m for m in {heavy!r} if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True)

@@ -42,11 +42,14 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import _root
 from ._signals import install_exit_signal_handlers
-from .postgres import EmbeddedPostgres
-from .valkey import EmbeddedValkey
+
+if TYPE_CHECKING:
+    from .postgres import EmbeddedPostgres
+    from .valkey import EmbeddedValkey
 
 __all__ = [
     "EmbeddedBackends",
@@ -56,6 +59,20 @@ __all__ = [
     "remove_data_dir",
     "start_embedded",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The servers' modules load redis-py (~0.1 s): not before a command needs them, so that a stdio server
+    # can install its signal handlers and answer its first requests first.
+    if name == "EmbeddedPostgres":
+        from .postgres import EmbeddedPostgres
+
+        return EmbeddedPostgres
+    if name == "EmbeddedValkey":
+        from .valkey import EmbeddedValkey
+
+        return EmbeddedValkey
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -87,10 +104,14 @@ def start_embedded(data_dir: Path, *, postgres: bool, redis: bool) -> EmbeddedBa
     backends = EmbeddedBackends(None, None)
     try:
         if postgres:
+            from .postgres import EmbeddedPostgres
+
             backends.postgres = EmbeddedPostgres(data_dir)
             backends.database_url = backends.postgres.start()
             backends.app_database_url = backends.postgres.app_url
         if redis:
+            from .valkey import EmbeddedValkey
+
             backends.valkey = EmbeddedValkey(data_dir)
             backends.redis_url = backends.valkey.start()
     except BaseException:
