@@ -142,6 +142,7 @@ class Bench:
     def error(self, section: str, what: str, exc: BaseException) -> None:
         text = f"{type(exc).__name__}: {exc}"
         log.warning("%s / %s failed: %s", section, what, text)
+        log.info("%s / %s failed", section, what, exc_info=exc)  # the traceback, with -v
         self.errors.append({"section": section, "what": what, "error": text[:2000]})
 
     async def floor(self, name: str) -> Summary:

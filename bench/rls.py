@@ -63,7 +63,7 @@ class WithoutTenant:
     def __init__(self, db: PostgresPool) -> None:
         self._db = db
 
-    def tenant(self, tenant: str) -> AbstractAsyncContextManager[PgConnection]:
+    def tenant(self, tenant: str, *, reads_only: bool = False) -> AbstractAsyncContextManager[PgConnection]:
         return self._db.connection()
 
     def __getattr__(self, name: str) -> Any:
