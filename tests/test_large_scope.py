@@ -18,6 +18,7 @@ from mcp_shared_memory.runtime import Connections, open_runtime
 from mcp_shared_memory.settings import Settings
 from mcp_shared_memory.stores.event_search import PostgresEventSearch
 from mcp_shared_memory.stores.lexical import SCOPE_SIZE_CAP
+from mcp_shared_memory.stores.postgres import PgConnection, PostgresPool
 
 from .conftest import Backdoor, isolated
 from .faults import eventually
@@ -162,15 +163,15 @@ FROM shared_episodic_memories WHERE tenant_id = $1
 """
 
 
-async def bits_state(backdoor: Backdoor, tenant: str) -> tuple[int, int]:
+async def bits_state(db: PostgresPool | PgConnection, tenant: str) -> tuple[int, int]:
     """(events whose code does not match their embedding, events without a code)"""
-    row = await backdoor.db.fetchrow(STALE_BITS, tenant)
+    row = await db.fetchrow(STALE_BITS, tenant)
     assert row is not None
     return row["stale"], row["without"]
 
 
 async def _bits_state_is(backdoor: Backdoor, tenant: str, expected: tuple[int, int]) -> bool:
-    return await bits_state(backdoor, tenant) == expected
+    return await bits_state(backdoor.db, tenant) == expected
 
 
 async def test_every_way_of_writing_an_embedding_keeps_its_bits(
@@ -180,13 +181,15 @@ async def test_every_way_of_writing_an_embedding_keeps_its_bits(
     await backdoor.bulk_append(alice.tenant, ALICE, event_texts(5))
     await eventually(lambda: _bits_state_is(backdoor, alice.tenant, (0, 0)))  # the queue's write-back and COPY
 
-    await backdoor.db.execute("UPDATE shared_episodic_memories SET embedding = NULL WHERE tenant_id = $1", alice.tenant)
-    assert await bits_state(backdoor, alice.tenant) == (0, 6)  # cleared for re-embedding
     vector = await backdoor.embedder.embed("anything")
-    await backdoor.db.execute(
-        "UPDATE shared_episodic_memories SET embedding = $2 WHERE tenant_id = $1", alice.tenant, vector
-    )
-    assert await bits_state(backdoor, alice.tenant) == (0, 0)  # back-filled
+    # In one transaction: the runtime's embedding queue would otherwise embed the cleared events first.
+    async with backdoor.db.cross_tenant() as conn, conn.transaction():
+        await conn.execute("UPDATE shared_episodic_memories SET embedding = NULL WHERE tenant_id = $1", alice.tenant)
+        assert await bits_state(conn, alice.tenant) == (0, 6)  # cleared for re-embedding
+        await conn.execute(
+            "UPDATE shared_episodic_memories SET embedding = $2 WHERE tenant_id = $1", alice.tenant, vector
+        )
+        assert await bits_state(conn, alice.tenant) == (0, 0)  # back-filled
 
 
 async def test_searches_of_a_large_scope_are_planned_for_their_own_parameters(
