@@ -42,11 +42,17 @@ AND importance >= $9::float8
 AND ($10::jsonb IS NULL OR metadata @> $10::jsonb)
 """
 
-FILTERED_RECENT = f"""
+# Newest first, or after a cursor oldest first: two statements, so that each reads the scope's index in its
+# order and stops at the limit (one ordered by a CASE sorted every matching event of the scope).
+FILTERED_NEWEST = f"""
 SELECT {EVENT_COLUMNS} FROM shared_episodic_memories
-WHERE {SCOPE_AND_FILTER} AND ($11::bigint IS NULL OR seq > $11::bigint)
-ORDER BY CASE WHEN $11::bigint IS NULL THEN -seq ELSE seq END
-LIMIT $12
+WHERE {SCOPE_AND_FILTER}
+ORDER BY seq DESC LIMIT $11
+"""
+FILTERED_SINCE = f"""
+SELECT {EVENT_COLUMNS} FROM shared_episodic_memories
+WHERE {SCOPE_AND_FILTER} AND seq > $11
+ORDER BY seq LIMIT $12
 """
 
 # Exact k-NN over the scope's rows ("+ 0" keeps the planner off any ANN index: with a selective scope
@@ -192,7 +198,10 @@ class PostgresEventSearch:
     ) -> list[Event]:
         """Filtered newest events (newest first), or those after ``since_seq`` (oldest first)."""
         async with self._db.tenant(tenant, reads_only=True) as conn:
-            rows = await conn.fetch(FILTERED_RECENT, *filter_args(tenant, scope, filters), since_seq, limit)
+            if since_seq is None:
+                rows = await conn.fetch(FILTERED_NEWEST, *filter_args(tenant, scope, filters), limit)
+            else:
+                rows = await conn.fetch(FILTERED_SINCE, *filter_args(tenant, scope, filters), since_seq, limit)
         return [row_to_event(r) for r in rows]
 
     async def candidates(
