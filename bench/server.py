@@ -189,7 +189,7 @@ async def tool_latencies(
 async def raw_sql_floors(bench: Bench, tenant: str) -> dict[str, Summary]:
     """The package's own SQL on the scope the tools just used, over one raw connection."""
     from mcp_shared_memory.models import EventFilter, Scope
-    from mcp_shared_memory.stores.event_search import FILTERED_RECENT, filter_args
+    from mcp_shared_memory.stores.event_search import FILTERED_NEWEST, filter_args
     from mcp_shared_memory.stores.facts_pg import NEAREST
 
     from .context import MODEL_ID
@@ -208,7 +208,7 @@ async def raw_sql_floors(bench: Bench, tenant: str) -> dict[str, Summary]:
             await conn.fetch(hybrid_sql, *everything, unit_vector(rng), MODEL_ID, 30, question)
 
         async def history(_: int) -> None:
-            await conn.fetch(FILTERED_RECENT, *one_agent, None, 30)
+            await conn.fetch(FILTERED_NEWEST, *one_agent, 30)
 
         async def facts(_: int) -> None:
             await conn.fetch(NEAREST, tenant, "user", "alice", unit_vector(rng), MODEL_ID, 10, floor_similarity)
