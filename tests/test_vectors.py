@@ -59,6 +59,9 @@ async def test_vectors_round_trip_through_postgres_and_cosine_matches_its_distan
     pairs = [
         (rng.standard_normal(384).astype(np.float32), rng.standard_normal(384).astype(np.float32)) for _ in range(20)
     ]
+    near = rng.standard_normal(384).astype(np.float32)
+    noise = (1e-4 * rng.standard_normal(384)).astype(np.float32)
+    pairs += [(near, near + noise), (near, -near)]  # a near-duplicate, and opposites
     async with connections.db.connection() as conn:
         for a, b in pairs:
             row = await conn.fetchrow("SELECT $1::vector AS a, $2::vector::text AS b, 1 - ($1 <=> $2) AS cos", a, b)

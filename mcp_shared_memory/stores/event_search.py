@@ -316,11 +316,12 @@ def _fused_halves(
     the terms it holds (weighted as the full-text half weighed them) or its rank."""
     exact = {r["id"]: r["similarity"] for r in vector_rows}
     weights = lexical_rows[0]["weights"] if lexical_rows else None
+    question = vector.tolist()  # converted once for every cosine below
     found = {}
     for row in lexical_rows:
         similarity = exact.get(row["id"])
         if similarity is None and row["embedding"] is not None and row["embedding_model"] == model_id:
-            similarity = cosine(row["embedding"], vector)
+            similarity = cosine(row["embedding"], question)
         found[row["id"]] = _event(row, similarity=similarity)
     for row in vector_rows:
         if row["id"] in found:

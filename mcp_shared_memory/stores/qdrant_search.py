@@ -53,9 +53,10 @@ async def ranked_search(
     """The best ``top_k`` facts of ``scoped`` (see stores/facts.py); ``weight``: keyword relevance's share;
     ``pool``: how deep each ranking is read first."""
     limit = max(top_k, pool)
+    question = vector.tolist()
     while True:
         requests = [] if lexical_only else [
-            models.QueryRequest(query=vector.tolist(), filter=scoped, limit=limit, with_payload=True, params=EXACT)
+            models.QueryRequest(query=question, filter=scoped, limit=limit, with_payload=True, params=EXACT)
         ]  # fmt: skip
         if terms is not None:
             requests.append(models.QueryRequest(
@@ -71,7 +72,7 @@ async def ranked_search(
                 found[p.id].lexical = p.score
             else:  # Qdrant stores cosine vectors normalised: the similarity is a dot product
                 stored = p.vector.get(DENSE) if isinstance(p.vector, dict) else p.vector
-                found[p.id] = Candidate(p.id, p.payload or {}, cosine(vector, stored), p.score)
+                found[p.id] = Candidate(p.id, p.payload or {}, cosine(question, stored), p.score)
         if terms is not None and len(keyword) == limit:
             await _score_keywords(client, collection, scoped, terms, [c for c in found.values() if not c.lexical])
 
