@@ -85,8 +85,6 @@ def _floats(values: Any) -> list[float]:
 
 def encode(values: Any) -> bytes:
     """pgvector's binary ``vector`` from a vector, a list of floats or a numpy array."""
-    if hasattr(values, "to_binary"):  # a pgvector.Vector
-        return bytes(values.to_binary())
     vector = as_vector(values)
     return _HEADER.pack(len(vector), 0) + to_float32_bytes(vector, byteorder="big")
 
