@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from mcp_shared_memory.stores.cache import RedisKeys
 from mcp_shared_memory.stores.episodic import PostgresEpisodicStore
 from mcp_shared_memory.stores.postgres import PostgresPool
 from mcp_shared_memory.stores.workspaces import PostgresWorkspaceStore
+from mcp_shared_memory.vectors import Vector
 
 
 @pytest.fixture(scope="session")
@@ -115,6 +116,30 @@ def memory(runtime: Runtime) -> SharedMemory:
     return runtime.memory
 
 
+def event_rows(
+    tenant: str,
+    scope: Scope,
+    texts: Sequence[str],
+    *,
+    vectors: Sequence[Vector] | None = None,
+    model_id: str | None = None,
+    importance: float = 0.5,
+    agent_id: str | None = None,
+) -> list[EventRow]:
+    """Events as COPY writes them, by ``agent_id`` (agents ``bulk-0`` to ``bulk-2`` in turn without): embedded
+    with ``vectors`` (one per text, of ``model_id``) or, without, waiting for a vector."""
+    return [
+        EventRow(
+            id=uuid.uuid4(), tenant_id=tenant, scope_type=scope.type, scope_id=scope.id,
+            agent_id=agent_id or f"bulk-{i % 3}", agent_type="agent", event_type="observation", content=text,
+            content_hash=f"bulk-{i}",
+            embedding=vectors[i] if vectors is not None else None,
+            embedding_model=model_id if vectors is not None else None, importance=importance,
+        )
+        for i, text in enumerate(texts)
+    ]  # fmt: skip
+
+
 @dataclass
 class Backdoor:
     """Direct access to the real stores under a test's runtime, to set up faults (an evicted key) and
@@ -130,23 +155,7 @@ class Backdoor:
     async def bulk_append(self, tenant: str, scope: Scope, texts: list[str], *, importance: float = 0.5) -> int:
         """Events copied straight into the log, as if announced long ago (no cache, no bus)."""
         vectors = await self.embedder.embed_many(texts)
-        rows = [
-            EventRow(
-                id=uuid.uuid4(),
-                tenant_id=tenant,
-                scope_type=scope.type,
-                scope_id=scope.id,
-                agent_id=f"bulk-{i % 3}",
-                agent_type="agent",
-                event_type="observation",
-                content=text,
-                content_hash=f"bulk-{i}",
-                embedding=vector,
-                embedding_model=self.embedder.model_id,
-                importance=importance,
-            )
-            for i, (text, vector) in enumerate(zip(texts, vectors, strict=True))
-        ]
+        rows = event_rows(tenant, scope, texts, vectors=vectors, model_id=self.embedder.model_id, importance=importance)
         return await copy_events(self.db, rows)
 
 

@@ -8,7 +8,6 @@ are everywhere, and it reads every newer event of every other scope before the f
 from __future__ import annotations
 
 import json
-import uuid
 from array import array
 from typing import Any
 
@@ -21,7 +20,7 @@ from mcp_shared_memory.stores.bulk import EventRow, analyze_events, copy_events
 from mcp_shared_memory.stores.episodic import SELECT_RECENT, SELECT_SINCE
 from mcp_shared_memory.stores.event_search import FILTERED_NEWEST, FILTERED_SINCE, filter_args
 
-from .conftest import fresh_id
+from .conftest import event_rows, fresh_id
 
 pytestmark = pytest.mark.anyio
 
@@ -34,23 +33,8 @@ MOST_PAGES = 60  # a read of 20 events touches a handful; the whole table is hun
 def rows(tenant: str, scope_id: str, n: int, embedder: Embedder) -> list[EventRow]:
     # Embedded already (one vector for all), so that the embedding queue has nothing to do for them.
     vector = array("f", [1.0] + [0.0] * (embedder.dimension - 1))
-    return [
-        EventRow(
-            id=uuid.uuid4(),
-            tenant_id=tenant,
-            scope_type="user",
-            scope_id=scope_id,
-            agent_id=f"agent-{i % 3}",
-            agent_type="agent",
-            event_type="observation",
-            content=f"note {i} of {scope_id}",
-            content_hash=uuid.uuid4().hex,
-            embedding=vector,
-            embedding_model=embedder.model_id,
-            importance=0.5,
-        )
-        for i in range(n)
-    ]
+    texts = [f"note {i} of {scope_id}" for i in range(n)]
+    return event_rows(tenant, Scope("user", scope_id), texts, vectors=[vector] * n, model_id=embedder.model_id)
 
 
 async def pages_read(connections: Connections, sql: str, *args: Any) -> int:
@@ -68,7 +52,7 @@ async def test_reading_a_quiet_scope_does_not_walk_the_newer_events_of_others(co
     await analyze_events(connections.db)
 
     scope_args = (tenant, "user", "alice", 0.0)
-    filters = filter_args(tenant, Scope("user", "alice"), EventFilter(agent_ids=["agent-1"]))
+    filters = filter_args(tenant, Scope("user", "alice"), EventFilter(agent_ids=["bulk-1"]))
     reads = {
         "recent": (SELECT_RECENT, *scope_args, 20),
         "since a cursor": (SELECT_SINCE, *scope_args, 0, 20),

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import anyio
-import numpy as np
-import numpy.typing as npt
 
 from mcp_shared_memory.embeddings import Embedder
 from mcp_shared_memory.errors import EmbeddingUnavailable
@@ -19,6 +17,7 @@ from mcp_shared_memory.runtime import Connections, Runtime, open_runtime
 from mcp_shared_memory.settings import Settings
 from mcp_shared_memory.stores.postgres import PostgresPool
 from mcp_shared_memory.stores.redis_client import connect_redis
+from mcp_shared_memory.vectors import Vector
 
 from ..redis_server import RedisProcess, redis_process
 from ..tcp_proxy import FaultyProxy, faulty_proxy
@@ -47,14 +46,14 @@ class FaultyEmbedder(Embedder):
         self.hangs = False  # an endpoint that accepts the request and never answers
         self.rejects: Callable[[str], bool] = lambda text: False
 
-    async def _embed_batch(self, texts: list[str]) -> npt.NDArray[np.floating]:
+    async def _embed_batch(self, texts: list[str]) -> list[Vector]:
         if self.hangs:
             await anyio.sleep_forever()
         if self.down:
             raise EmbeddingUnavailable("The embedding endpoint is unreachable (test outage); retry later.")
         if any(self.rejects(t) for t in texts):
             raise EmbeddingUnavailable("The embedding endpoint rejected the input (HTTP 400)")
-        return np.stack(await self._model.embed_many(texts))
+        return await self._model.embed_many(texts)
 
 
 @asynccontextmanager

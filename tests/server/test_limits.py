@@ -5,7 +5,6 @@ errors. Each limit, once hit, is a clear error that changed nothing."""
 from __future__ import annotations
 
 import json
-import uuid
 import warnings
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,10 +16,10 @@ from mcp_shared_memory.models import Principal, Scope
 from mcp_shared_memory.runtime import Connections, Runtime, open_runtime
 from mcp_shared_memory.server.tools import WRITE_TOOLS
 from mcp_shared_memory.settings import Settings
-from mcp_shared_memory.stores.bulk import EventRow, copy_events
+from mcp_shared_memory.stores.bulk import copy_events
 from mcp_shared_memory.validation import MAX_LIMIT
 
-from ..conftest import isolated
+from ..conftest import event_rows, isolated
 from ..faults import faulty_redis_runtime
 from .conftest import Connect
 from .mcp_clients import in_process_server, legacy_subscribe
@@ -39,14 +38,7 @@ def wire_size(result: Any) -> int:
 async def bulk_events(connections: Connections, tenant: str, scope: Scope, count: int, *, chars: int) -> None:
     """``count`` events of ``chars`` characters each, copied straight into the log (no embedding needed)."""
     body = (HOSTILE * (chars // len(HOSTILE) + 1))[:chars]
-    rows = [
-        EventRow(
-            id=uuid.uuid4(), tenant_id=tenant, scope_type=scope.type, scope_id=scope.id, agent_id="bulk",
-            agent_type="agent", event_type="observation", content=f"{i:04d}{body[4:]}", content_hash=f"bulk-{i}",
-            embedding=None, embedding_model=None, importance=0.9,
-        )
-        for i in range(count)
-    ]  # fmt: skip
+    rows = event_rows(tenant, scope, [f"{i:04d}{body[4:]}" for i in range(count)], importance=0.9, agent_id="bulk")
     assert await copy_events(connections.db, rows) == count
 
 
