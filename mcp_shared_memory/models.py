@@ -288,13 +288,13 @@ class EventFilter(BaseModel):
             raise InvalidInput(f"invalid filters ({problems})") from None
 
 
-class Event(BaseModel):
+class ListedEvent(BaseModel):
+    """An event as a listing of one scope shows it: everything but the scope, which the listing names once."""
+
     model_config = ConfigDict(frozen=True)
 
     id: uuid.UUID
     seq: int
-    scope_type: ScopeType
-    scope_id: str
     agent_id: str
     agent_type: str
     event_type: str
@@ -307,6 +307,11 @@ class Event(BaseModel):
     similarity: float | None = Field(default=None, description="cosine similarity to the query")
     lexical: float | None = Field(default=None, description="full-text relevance to the query (0: no term)")
     score: float | None = Field(default=None, description="the fused ranking score; higher is better")
+
+
+class Event(ListedEvent):
+    scope_type: ScopeType
+    scope_id: str
 
     @property
     def scope(self) -> Scope:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from json.encoder import encode_basestring  # what json.dumps(str, ensure_ascii=False) calls, without its overhead
 from typing import Any
 
-from .models import Event, Fact, Workspace, WorkspaceSummary
+from .models import Fact, ListedEvent, Workspace, WorkspaceSummary
 
 # json.dumps escapes the C0 controls; these also end or reorder a line for some readers (str.splitlines,
 # terminals, renderers): DEL and the C1 controls (NEL), the Unicode line/paragraph separators, bidi controls.
@@ -65,7 +65,7 @@ def relevance(*, score: float | None, similarity: float | None, lexical: float |
     return " ".join(parts)
 
 
-def event_line(event: Event, *, now: datetime) -> str:
+def event_line(event: ListedEvent, *, now: datetime) -> str:
     """``#42 3m ago research-1 (research) decision imp=.8 sim=.71 lex=.4: "content"``"""
     why = relevance(score=event.score, similarity=event.similarity, lexical=event.lexical)
     return (
@@ -74,7 +74,7 @@ def event_line(event: Event, *, now: datetime) -> str:
     )
 
 
-def _listing(header: str, events: Sequence[Event], now: datetime) -> str:
+def _listing(header: str, events: Sequence[ListedEvent], now: datetime) -> str:
     return "\n".join([header, *(event_line(e, now=now) for e in events)])
 
 
@@ -82,14 +82,16 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def search_results(events: Sequence[Event], *, now: datetime, degraded: str | None = None) -> str:
+def search_results(events: Sequence[ListedEvent], *, now: datetime, degraded: str | None = None) -> str:
     note = f"Note: {degraded}.\n" if degraded else ""
     if not events:
         return note + "No matching events. Try other words, or mode 'lexical' for exact ids and codes."
     return note + _listing(f"{_count(len(events), 'event')}, best first:", events, now)
 
 
-def recent_events(events: Sequence[Event], *, now: datetime, since_seq: int | None, next_since_seq: int | None) -> str:
+def recent_events(
+    events: Sequence[ListedEvent], *, now: datetime, since_seq: int | None, next_since_seq: int | None
+) -> str:
     """The newest events (newest first), or those after ``since_seq`` (oldest first), and how to poll on."""
     cursor = next_since_seq if next_since_seq is not None else since_seq
     poll = f"; for newer ones pass since_seq={cursor}" if cursor is not None else ""
@@ -100,7 +102,7 @@ def recent_events(events: Sequence[Event], *, now: datetime, since_seq: int | No
     return _listing(f"{_count(len(events), 'event')}{order} (now {timestamp(now)}){poll}:", events, now)
 
 
-def agent_history(events: Sequence[Event], agent_id: str, *, now: datetime) -> str:
+def agent_history(events: Sequence[ListedEvent], agent_id: str, *, now: datetime) -> str:
     if not events:
         return f"No events by {agent_id}."
     return _listing(f"{_count(len(events), 'event')} by {agent_id}, newest first (now {timestamp(now)}):", events, now)

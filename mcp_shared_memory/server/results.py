@@ -10,7 +10,7 @@ from typing import Literal, TypeVar
 from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel, Field
 
-from ..models import Event, Fact, Workspace, WorkspaceSummary
+from ..models import Fact, ListedEvent, Workspace, WorkspaceSummary
 from ..settings import Settings
 from .limits import ResponseBudget, json_size
 
@@ -31,7 +31,8 @@ class WriteEventResult(BaseModel):
 
 
 class EventList(BaseModel):
-    events: list[Event]
+    scope: str = Field(description="the scope every listed event is in")
+    events: Sequence[ListedEvent]
     next_since_seq: int | None = Field(
         default=None, description="pass as since_seq to get what was written after these"
     )

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any, get_args, get_origin
 
 from mcp.server.context import ServerRequestContext
 from mcp.server.lowlevel.server import NotificationOptions
 from mcp.server.mcpserver import MCPServer
 from mcp.types import (
+    CallToolResult,
     EmptyResult,
     LoggingLevel,
     LoggingMessageNotification,
@@ -65,11 +66,22 @@ async def send_log_message(ctx: ServerRequestContext[Any, Any], level: LoggingLe
 
 def inline_output_schemas(server: MCPServer[Any]) -> None:
     """Publish output schemas without ``$ref``: clients validate every structured result against the
-    schema, and jsonschema resolves a ``$ref`` per list item (about 80 % of a 20-event read's round trip)."""
+    schema, and jsonschema resolves a ``$ref`` per list item (about 80 % of a 20-event read's round trip).
+
+    A tool that returns a ``CallToolResult`` built from its output model (``results.py``) is not validated
+    against that model again by the SDK: its schema stays published, and clients still check it."""
     for tool in server._tool_manager.list_tools():
-        schema = tool.fn_metadata.output_schema
+        metadata = tool.fn_metadata
+        schema = metadata.output_schema
         if schema and "$defs" in schema:
-            tool.fn_metadata.output_schema = _inline(schema, schema["$defs"])
+            metadata.output_schema = _inline(schema, schema["$defs"])
+        if _returns_call_tool_result(tool.fn):
+            metadata.output_model = None
+
+
+def _returns_call_tool_result(fn: Callable[..., Any]) -> bool:
+    returns = fn.__annotations__.get("return")
+    return get_origin(returns) is Annotated and get_args(returns)[0] is CallToolResult
 
 
 def _inline(node: Any, defs: dict[str, Any]) -> Any:

@@ -14,7 +14,7 @@ from pydantic import Field, WithJsonSchema
 from .. import render
 from .. import validation as limits
 from ..errors import RateLimited, SharedMemoryError
-from ..models import Event, EventFilter, Principal, Scope, SearchMode, Workspace
+from ..models import Event, EventFilter, ListedEvent, Principal, Scope, SearchMode, Workspace
 from ..settings import Settings
 from . import client_logging
 from .results import (
@@ -111,7 +111,12 @@ def caller_of(principal: Principal) -> str:
     return f"token:{principal.token_id}" if principal.token_id else f"agent:{principal.agent_id}"
 
 
-def cursor(events: Sequence[Event]) -> int | None:
+def listed_in(principal: Principal, scope: str | None) -> str:
+    """The scope a listing is of (the one named, or the connection's default), as the listing names it."""
+    return str(principal.resolve_scope(scope))
+
+
+def cursor(events: Sequence[ListedEvent]) -> int | None:
     return max((e.seq for e in events), default=None)
 
 
@@ -194,12 +199,14 @@ def register_tools(mcp: MCPServer[Any], settings: Settings) -> None:
         ] = None,
     ) -> Annotated[CallToolResult, EventList]:
         state = state_of(ctx)
+        principal = state.principal()
         events = await state.memory.search_shared(
-            state.principal(), query, scope=scope, limit=limit, min_similarity=min_similarity, mode=mode,
+            principal, query, scope=scope, limit=limit, min_similarity=min_similarity, mode=mode,
             filters=filters, recency_half_life=recency_half_life,
         )  # fmt: skip
+        in_scope = listed_in(principal, scope)
         return answer_list(
-            events, lambda kept, cut: EventList(events=kept, truncated=cut, degraded=events.degraded),
+            events, lambda kept, cut: EventList(scope=in_scope, events=kept, truncated=cut, degraded=events.degraded),
             lambda listed, now: render.search_results(listed.events, now=now, degraded=listed.degraded),
             hint="lower limit, or narrow the search with filters",
         )  # fmt: skip
@@ -222,12 +229,15 @@ def register_tools(mcp: MCPServer[Any], settings: Settings) -> None:
         filters: Filters = None,
     ) -> Annotated[CallToolResult, EventList]:
         state = state_of(ctx)
+        principal = state.principal()
         events = await state.memory.get_recent_shared(
-            state.principal(), scope=scope, limit=limit, min_importance=min_importance, since_seq=since_seq,
+            principal, scope=scope, limit=limit, min_importance=min_importance, since_seq=since_seq,
             filters=filters,
         )  # fmt: skip
+        in_scope = listed_in(principal, scope)
         return answer_list(
-            events, lambda kept, cut: EventList(events=kept, next_since_seq=cursor(kept), truncated=cut),
+            events,
+            lambda kept, cut: EventList(scope=in_scope, events=kept, next_since_seq=cursor(kept), truncated=cut),
             lambda listed, now: render.recent_events(
                 listed.events, now=now, since_seq=since_seq, next_since_seq=listed.next_since_seq
             ),
@@ -245,11 +255,11 @@ def register_tools(mcp: MCPServer[Any], settings: Settings) -> None:
     ) -> Annotated[CallToolResult, EventList]:
         """Events one agent wrote in a scope, newest first."""
         state = state_of(ctx)
-        events = await state.memory.get_agent_history(
-            state.principal(), agent_id, scope=scope, limit=limit, filters=filters
-        )
+        principal = state.principal()
+        events = await state.memory.get_agent_history(principal, agent_id, scope=scope, limit=limit, filters=filters)
+        in_scope = listed_in(principal, scope)
         return answer_list(
-            events, lambda kept, cut: EventList(events=kept, next_since_seq=None, truncated=cut),
+            events, lambda kept, cut: EventList(scope=in_scope, events=kept, truncated=cut),
             lambda listed, now: render.agent_history(listed.events, agent_id, now=now),
             hint="lower limit, or narrow with filters",
         )  # fmt: skip

@@ -111,6 +111,7 @@ async def test_structured_content_keeps_the_full_record_and_validates(connect: C
             ),
             "search_facts": await client.call_tool("search_facts", {"query": "ERR_4417", "scope": scope}),
         }  # fmt: skip
+        in_default_scope = await client.call_tool("get_recent_shared", {})
 
     for tool, result in results.items():
         assert not result.is_error, (tool, result.content[0].text)
@@ -119,6 +120,12 @@ async def test_structured_content_keeps_the_full_record_and_validates(connect: C
     assert hit["content"] == "ERR_4417 seen" and hit["metadata"] == {"k": 1}
     assert {"id", "seq", "created_at", "score", "similarity", "lexical"} <= hit.keys()
     assert results["get_recent_shared"].structured_content["next_since_seq"] == hit["seq"]
+    # An event listing names its scope once; its events do not repeat it.
+    for tool in ("search_shared", "get_recent_shared", "get_agent_history"):
+        listing = results[tool].structured_content
+        assert listing["scope"] == scope and listing["events"], tool
+        assert not any({"scope_type", "scope_id"} & event.keys() for event in listing["events"]), tool
+    assert in_default_scope.structured_content["scope"] == str(alice.default_scope)
 
 
 async def test_create_workspace_says_which_scope_to_pass_and_what_to_watch(connect: Connect, alice: Principal) -> None:
