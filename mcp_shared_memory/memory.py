@@ -349,7 +349,8 @@ class SharedMemory(FactRules):
         return await self.write_event(principal, result, event_type="agent_result", importance=importance, scope=scope)
 
     async def retract_event(self, principal: Principal, event_id: str, *, scope: str | Scope | None = None) -> Event:
-        """Delete an event this agent wrote (any, with the admin role on the scope); see ``retraction.py``."""
+        """Delete an event this agent wrote (any, with the admin role on the scope), named by its id or its seq
+        (``#42``, as listings show it); see ``retraction.py``."""
         target = principal.resolve_scope(scope, need="write")
         await self._workspace_access(principal, target, write=False)
         return await retract_event(principal, target, event_id, episodic=self._episodic, announcer=self._announcer)

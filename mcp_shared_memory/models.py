@@ -59,6 +59,22 @@ def as_uuid(value: str) -> uuid.UUID | None:
         return None
 
 
+# An event of a scope, named by its id (what write_event returns) or its seq (what listings show: ``#42``).
+EventRef = uuid.UUID | int
+_SEQ = re.compile(r"^#?([0-9]{1,18})$")
+
+
+def event_ref(value: str) -> EventRef:
+    """The event ``value`` names: a UUID, or a seq written ``42`` or ``#42``."""
+    if (parsed := as_uuid(value)) is not None:
+        return parsed
+    if (seq := _SEQ.match(value.strip())) is not None:
+        return int(seq[1])
+    raise InvalidInput(
+        f"invalid event id {value!r}: pass the event_id write_event returned, or the seq a listing shows (#42)"
+    )
+
+
 def content_hash(content: str) -> str:
     return hashlib.sha256(content.encode()).hexdigest()[:32]
 

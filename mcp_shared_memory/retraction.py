@@ -14,19 +14,17 @@ tool call (``retract_event``, never the content).
 from __future__ import annotations
 
 from .announcer import Announcer
-from .errors import AccessDenied, InvalidInput, NotFound
-from .models import Event, Principal, Scope, as_uuid
+from .errors import AccessDenied, NotFound
+from .models import Event, Principal, Scope, event_ref
 from .stores.episodic import PostgresEpisodicStore
 
 
 async def retract_event(
     principal: Principal, scope: Scope, event_id: str, *, episodic: PostgresEpisodicStore, announcer: Announcer
 ) -> Event:
-    """Delete ``event_id`` from ``scope`` (already checked for the write role and workspace membership);
-    returns the event as it was."""
-    parsed = as_uuid(event_id)
-    if parsed is None:
-        raise InvalidInput(f"invalid event id {event_id!r}: expected a UUID (the event_id write_event returned)")
+    """Delete the event ``event_id`` names (its id, or its seq as listings show it: ``#42``) from ``scope``
+    (already checked for the write role and workspace membership); returns the event as it was."""
+    parsed = event_ref(event_id)
     tenant = principal.tenant
     admin = principal.role_for(scope) == "admin"
     gone = await episodic.retract(tenant, scope, parsed, agent_id=None if admin else principal.agent_id)

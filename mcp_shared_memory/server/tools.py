@@ -379,7 +379,14 @@ def register_tools(mcp: MCPServer[Any], settings: Settings) -> None:
     @mcp.tool(title="Retract an event", annotations=DELETE)
     @domain_errors
     async def retract_event(
-        event_id: Annotated[str, Field(min_length=1, max_length=limits.MAX_FACT_ID_CHARS)],
+        event_id: Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=limits.MAX_FACT_ID_CHARS,
+                description="the event_id write_event returned, or the event's seq as listings show it (#42)",
+            ),
+        ],
         ctx: Context[Any],
         scope: Scope_ = None,
     ) -> Annotated[CallToolResult, Event]:

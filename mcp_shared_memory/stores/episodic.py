@@ -20,7 +20,7 @@ from typing import Any
 import anyio
 
 from ..errors import Conflict, StoreUnavailable
-from ..models import Event, NewEvent, Scope, UnconsolidatedEvent
+from ..models import Event, EventRef, NewEvent, Scope, UnconsolidatedEvent
 from .postgres import PgConnection, PostgresPool, Record
 
 COLUMNS = ("id", "seq", "scope_type", "scope_id", "agent_id", "agent_type", "event_type", "role", "content",
@@ -119,15 +119,22 @@ WHERE id = ANY($1::uuid[]) AND consolidated = false
 TRY_LOCK_CONSOLIDATION = "SELECT pg_try_advisory_lock(hashtextextended($1, 7340003))"
 
 # Retraction (retraction.py) and retention (retention.py): see those modules for the rules.
-RETRACT = f"""
+# An event of a scope is named by its id or its seq (``EventRef``): a statement for each.
+RETRACT = {
+    key: f"""
 DELETE FROM shared_episodic_memories
-WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3 AND id = $4 AND ($5::text IS NULL OR agent_id = $5)
+WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3 AND {key} = $4 AND ($5::text IS NULL OR agent_id = $5)
 RETURNING {EVENT_COLUMNS}
 """
-SELECT_EVENT = f"""
+    for key in ("id", "seq")
+}
+SELECT_EVENT = {
+    key: f"""
 SELECT {EVENT_COLUMNS} FROM shared_episodic_memories
-WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3 AND id = $4
+WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3 AND {key} = $4
 """
+    for key in ("id", "seq")
+}
 EXPIRE_EVENTS = """
 WITH gone AS (
   DELETE FROM shared_episodic_memories WHERE id IN (
@@ -328,15 +335,15 @@ class PostgresEpisodicStore:
 
     # retraction and retention
 
-    async def get(self, tenant: str, scope: Scope, event_id: uuid.UUID) -> Event | None:
+    async def get(self, tenant: str, scope: Scope, event: EventRef) -> Event | None:
         async with self._db.tenant(tenant) as conn:
-            row = await conn.fetchrow(SELECT_EVENT, tenant, scope.type, scope.id, event_id)
+            row = await conn.fetchrow(SELECT_EVENT[_key(event)], tenant, scope.type, scope.id, event)
         return row_to_event(row) if row is not None else None
 
-    async def retract(self, tenant: str, scope: Scope, event_id: uuid.UUID, *, agent_id: str | None) -> Event | None:
+    async def retract(self, tenant: str, scope: Scope, event: EventRef, *, agent_id: str | None) -> Event | None:
         """Delete one event of the scope (only ``agent_id``'s when given); None when there was none."""
         async with self._db.tenant(tenant) as conn:
-            row = await conn.fetchrow(RETRACT, tenant, scope.type, scope.id, event_id, agent_id)
+            row = await conn.fetchrow(RETRACT[_key(event)], tenant, scope.type, scope.id, event, agent_id)
         return row_to_event(row) if row is not None else None
 
     async def expire(
@@ -350,6 +357,10 @@ class PostgresEpisodicStore:
             (r["tenant_id"], Scope(r["scope_type"], r["scope_id"]), list(zip(r["ids"], r["seqs"], strict=True)))
             for r in rows
         ]
+
+
+def _key(event: EventRef) -> str:
+    return "id" if isinstance(event, uuid.UUID) else "seq"
 
 
 def _unconsolidated(row: Record, model_id: str) -> UnconsolidatedEvent:

@@ -8,9 +8,9 @@ import anyio
 import pytest
 from mcp import Client
 
-from mcp_shared_memory.errors import AccessDenied, NotFound
+from mcp_shared_memory.errors import AccessDenied, InvalidInput, NotFound
 from mcp_shared_memory.memory import SharedMemory
-from mcp_shared_memory.models import Principal, Scope
+from mcp_shared_memory.models import Principal, Scope, event_ref
 from mcp_shared_memory.runtime import Connections, Runtime, open_runtime
 from mcp_shared_memory.settings import Settings
 from mcp_shared_memory.stores.messages import BusMessage, EventWritten, Topic
@@ -77,7 +77,7 @@ async def test_the_tool_retracts_and_refuses_with_clear_messages(
         refused = await client.call_tool("retract_event", {"event_id": str(mine.event_id)})
         assert refused.is_error and "only its own events" in refused.content[0].text
         bad = await client.call_tool("retract_event", {"event_id": "not-a-uuid"})
-        assert bad.is_error and "expected a UUID" in bad.content[0].text
+        assert bad.is_error and "the seq a listing shows (#42)" in bad.content[0].text
     assert [e.content for e in await memory.get_recent_shared(alice)] == ["a note by code-1"]
 
 
@@ -118,3 +118,51 @@ async def _all_embedded(backdoor: Backdoor, ids: list[uuid.UUID | None]) -> bool
 
 async def test_no_retention_configured_deletes_nothing(runtime: Runtime) -> None:
     assert await runtime.maintenance.expire_events() == 0
+
+
+async def test_an_event_is_retracted_by_the_seq_its_listing_shows(
+    runtime: Runtime, memory: SharedMemory, backdoor: Backdoor, alice: Principal, alice_coder: Principal
+) -> None:
+    """The compact text names events by seq (``#42``), not id: a model that only reads it can still retract."""
+    theirs = await memory.write_event(alice_coder, "a note by code-1")
+    async with Client(in_process_server(runtime, alice)) as client:
+        await client.call_tool("write_event", {"content": "kept"})
+        await client.call_tool("write_event", {"content": "a mistake"})
+        listing = await client.call_tool("get_recent_shared", {})
+        mistake = next(e for e in listing.structured_content["events"] if e["content"] == "a mistake")
+        assert f"#{mistake['seq']} " in listing.content[0].text
+        done = await client.call_tool("retract_event", {"event_id": f"#{mistake['seq']}"})
+        assert not done.is_error and done.structured_content["id"] == mistake["id"]
+        again = await client.call_tool("retract_event", {"event_id": str(mistake["seq"])})
+        assert again.is_error and "does not exist" in again.content[0].text
+        assert theirs.event is not None
+        refused = await client.call_tool("retract_event", {"event_id": f"#{theirs.event.seq}"})
+        assert refused.is_error and "only its own events" in refused.content[0].text
+    assert sorted(e.content for e in await memory.get_recent_shared(alice)) == ["a note by code-1", "kept"]
+
+
+async def test_a_seq_names_an_event_only_within_the_scope_and_tenant(
+    memory: SharedMemory, backdoor: Backdoor, alice: Principal, other_tenant: Principal
+) -> None:
+    written = (await memory.write_event(alice, "Auth uses OAuth2 PKCE")).event
+    assert written is not None
+    with pytest.raises(NotFound, match="does not exist"):
+        await memory.retract_event(other_tenant, f"#{written.seq}")
+    elsewhere = Principal(tenant=alice.tenant, agent_id=alice.agent_id, allowed_scopes=("user:bob",))
+    with pytest.raises(NotFound, match="does not exist in scope user:bob"):
+        await memory.retract_event(elsewhere, f"#{written.seq}", scope="user:bob")
+    assert await backdoor.episodic.count(alice.tenant, ALICE) == 1
+
+
+EVENT_ID = "0d0c9b9e-3c1e-4f5a-9a59-0b8f3a5e7c11"
+
+
+@pytest.mark.parametrize(("text", "named"), [("#42", 42), ("42", 42), (" #7 ", 7), (EVENT_ID, uuid.UUID(EVENT_ID))])
+def test_an_event_is_named_by_its_id_or_its_seq(text: str, named: object) -> None:
+    assert event_ref(text) == named
+
+
+@pytest.mark.parametrize("text", ["", "#", "#-1", "4.2", "1e3", "##4", "# 4", "9" * 19, "seq 42"])
+def test_anything_else_is_refused_naming_both_forms(text: str) -> None:
+    with pytest.raises(InvalidInput, match=r"the event_id write_event returned, or the seq a listing shows \(#42\)"):
+        event_ref(text)
