@@ -129,6 +129,8 @@ class EmbeddingQueue:
                 metrics.embedding_queue_seconds.observe(event.age + took)
             if progress is not None:
                 progress(len(claimed))
+            if len(claimed) < self._batch:
+                break  # nothing else was there to claim; a write since has woken the queue again
         self._came_back(total)
         return total
 
