@@ -130,7 +130,9 @@ class EmbeddingQueue:
             if progress is not None:
                 progress(len(claimed))
             if len(claimed) < self._batch:
-                break  # nothing else was there to claim; a write since has woken the queue again
+                # Nothing else was claimable: this process's writes since have woken the queue again, and
+                # what others left (or locked a moment) is found by the next poll.
+                break
         self._came_back(total)
         return total
 

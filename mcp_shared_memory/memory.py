@@ -21,6 +21,7 @@ from .fact_rules import FactRules
 from .models import (
     Event,
     EventFilter,
+    EventRef,
     NewEvent,
     Principal,
     Scope,
@@ -348,7 +349,9 @@ class SharedMemory(FactRules):
         """A sub-agent's output, written back to the shared scope."""
         return await self.write_event(principal, result, event_type="agent_result", importance=importance, scope=scope)
 
-    async def retract_event(self, principal: Principal, event_id: str, *, scope: str | Scope | None = None) -> Event:
+    async def retract_event(
+        self, principal: Principal, event_id: str | EventRef, *, scope: str | Scope | None = None
+    ) -> Event:
         """Delete an event this agent wrote (any, with the admin role on the scope), named by its id or its seq
         (``#42``, as listings show it); see ``retraction.py``."""
         target = principal.resolve_scope(scope, need="write")

@@ -64,11 +64,11 @@ EventRef = uuid.UUID | int
 _SEQ = re.compile(r"^#?([0-9]{1,18})$")
 
 
-def event_ref(value: str) -> EventRef:
-    """The event ``value`` names: a UUID, or a seq written ``42`` or ``#42``."""
-    if (parsed := as_uuid(value)) is not None:
+def event_ref(value: str | EventRef) -> EventRef:
+    """The event ``value`` names: a UUID, or a seq (``42``, written ``"42"`` or ``"#42"``)."""
+    if (parsed := as_uuid(str(value))) is not None:
         return parsed
-    if (seq := _SEQ.match(value.strip())) is not None:
+    if (seq := _SEQ.match(str(value).strip())) is not None:
         return int(seq[1])
     raise InvalidInput(
         f"invalid event id {value!r}: pass the event_id write_event returned, or the seq a listing shows (#42)"

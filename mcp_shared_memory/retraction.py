@@ -15,12 +15,17 @@ from __future__ import annotations
 
 from .announcer import Announcer
 from .errors import AccessDenied, NotFound
-from .models import Event, Principal, Scope, event_ref
+from .models import Event, EventRef, Principal, Scope, event_ref
 from .stores.episodic import PostgresEpisodicStore
 
 
 async def retract_event(
-    principal: Principal, scope: Scope, event_id: str, *, episodic: PostgresEpisodicStore, announcer: Announcer
+    principal: Principal,
+    scope: Scope,
+    event_id: str | EventRef,
+    *,
+    episodic: PostgresEpisodicStore,
+    announcer: Announcer,
 ) -> Event:
     """Delete the event ``event_id`` names (its id, or its seq as listings show it: ``#42``) from ``scope``
     (already checked for the write role and workspace membership); returns the event as it was."""

@@ -384,6 +384,7 @@ def register_tools(mcp: MCPServer[Any], settings: Settings) -> None:
             Field(
                 min_length=1,
                 max_length=limits.MAX_FACT_ID_CHARS,
+                coerce_numbers_to_str=True,  # a seq passed as the number the structured listing holds
                 description="the event_id write_event returned, or the event's seq as listings show it (#42)",
             ),
         ],

@@ -10,7 +10,7 @@ from mcp import Client
 
 from mcp_shared_memory.errors import AccessDenied, InvalidInput, NotFound
 from mcp_shared_memory.memory import SharedMemory
-from mcp_shared_memory.models import Principal, Scope, event_ref
+from mcp_shared_memory.models import EventRef, Principal, Scope, event_ref
 from mcp_shared_memory.runtime import Connections, Runtime, open_runtime
 from mcp_shared_memory.settings import Settings
 from mcp_shared_memory.stores.messages import BusMessage, EventWritten, Topic
@@ -131,9 +131,10 @@ async def test_an_event_is_retracted_by_the_seq_its_listing_shows(
         listing = await client.call_tool("get_recent_shared", {})
         mistake = next(e for e in listing.structured_content["events"] if e["content"] == "a mistake")
         assert f"#{mistake['seq']} " in listing.content[0].text
-        done = await client.call_tool("retract_event", {"event_id": f"#{mistake['seq']}"})
+        # As the structured listing holds it (a number), then as the text shows it.
+        done = await client.call_tool("retract_event", {"event_id": mistake["seq"]})
         assert not done.is_error and done.structured_content["id"] == mistake["id"]
-        again = await client.call_tool("retract_event", {"event_id": str(mistake["seq"])})
+        again = await client.call_tool("retract_event", {"event_id": f"#{mistake['seq']}"})
         assert again.is_error and "does not exist" in again.content[0].text
         assert theirs.event is not None
         refused = await client.call_tool("retract_event", {"event_id": f"#{theirs.event.seq}"})
@@ -147,7 +148,7 @@ async def test_a_seq_names_an_event_only_within_the_scope_and_tenant(
     written = (await memory.write_event(alice, "Auth uses OAuth2 PKCE")).event
     assert written is not None
     with pytest.raises(NotFound, match="does not exist"):
-        await memory.retract_event(other_tenant, f"#{written.seq}")
+        await memory.retract_event(other_tenant, written.seq)
     elsewhere = Principal(tenant=alice.tenant, agent_id=alice.agent_id, allowed_scopes=("user:bob",))
     with pytest.raises(NotFound, match="does not exist in scope user:bob"):
         await memory.retract_event(elsewhere, f"#{written.seq}", scope="user:bob")
@@ -157,8 +158,11 @@ async def test_a_seq_names_an_event_only_within_the_scope_and_tenant(
 EVENT_ID = "0d0c9b9e-3c1e-4f5a-9a59-0b8f3a5e7c11"
 
 
-@pytest.mark.parametrize(("text", "named"), [("#42", 42), ("42", 42), (" #7 ", 7), (EVENT_ID, uuid.UUID(EVENT_ID))])
-def test_an_event_is_named_by_its_id_or_its_seq(text: str, named: object) -> None:
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [("#42", 42), ("42", 42), (" #7 ", 7), (42, 42), (EVENT_ID, uuid.UUID(EVENT_ID)), (uuid.UUID(EVENT_ID),) * 2],
+)
+def test_an_event_is_named_by_its_id_or_its_seq(text: str | EventRef, named: EventRef) -> None:
     assert event_ref(text) == named
 
 

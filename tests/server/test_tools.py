@@ -65,10 +65,14 @@ async def test_output_schemas_are_self_contained_and_match_results(connect: Conn
     for tool in tools.values():
         assert tool.output_schema is not None and "$ref" not in json.dumps(tool.output_schema), tool.name
     jsonschema.validate(result.structured_content, tools["get_recent_shared"].output_schema)
+    for field, wrong in (("seq", "x"), ("importance", "high"), ("content", None)):
+        forged = json.loads(json.dumps(result.structured_content))
+        forged["events"][0][field] = wrong
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(forged, tools["get_recent_shared"].output_schema)
+    no_scope = {k: v for k, v in result.structured_content.items() if k != "scope"}
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(
-            {"events": [{"seq": "x"}], "next_since_seq": None}, tools["get_recent_shared"].output_schema
-        )
+        jsonschema.validate(no_scope, tools["get_recent_shared"].output_schema)
 
 
 @pytest.fixture
