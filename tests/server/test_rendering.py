@@ -126,6 +126,8 @@ async def test_structured_content_keeps_the_full_record_and_validates(connect: C
         assert listing["scope"] == scope and listing["events"], tool
         assert not any({"scope_type", "scope_id"} & event.keys() for event in listing["events"]), tool
     assert in_default_scope.structured_content["scope"] == str(alice.default_scope)
+    summary = results["get_workspace_summary"].structured_content  # its scope is the workspace's
+    assert summary["recent_events"] and not any({"scope_type", "scope_id"} & e.keys() for e in summary["recent_events"])
 
 
 async def test_create_workspace_says_which_scope_to_pass_and_what_to_watch(connect: Connect, alice: Principal) -> None:
