@@ -13,12 +13,15 @@ import anyio
 import pytest
 
 from mcp_shared_memory import metrics
+from mcp_shared_memory.embedding_queue import EmbeddingQueue
 from mcp_shared_memory.models import Principal
 from mcp_shared_memory.runtime import Connections, Runtime, open_runtime
 from mcp_shared_memory.settings import Settings
-from mcp_shared_memory.stores.embedding_backlog import PostgresEmbeddingBacklog
+from mcp_shared_memory.stores.bulk import copy_events
+from mcp_shared_memory.stores.embedding_backlog import Claimed, PostgresEmbeddingBacklog
+from mcp_shared_memory.stores.postgres import PostgresPool
 
-from .conftest import Backdoor, isolated
+from .conftest import Backdoor, event_rows, isolated
 from .faults import eventually, faulty_embedder_runtime
 
 pytestmark = pytest.mark.anyio
@@ -200,3 +203,39 @@ async def test_a_hanging_model_degrades_search_within_the_wait(
             hits = await runtime.memory.search_shared(alice, "edge-proxy-7 certificate")
         assert [h.id for h in hits] == [written.event_id]
         assert hits.degraded is not None and "did not answer within 0.5 s" in hits.degraded
+
+
+class CountingBacklog(PostgresEmbeddingBacklog):
+    def __init__(self, db: PostgresPool) -> None:
+        super().__init__(db)
+        self.claimed: list[int] = []
+
+    async def claim(self, *, limit: int, lease_seconds: float) -> list[Claimed]:
+        claimed = await super().claim(limit=limit, lease_seconds=lease_seconds)
+        self.claimed.append(len(claimed))
+        return claimed
+
+
+async def test_a_drain_claims_until_a_claim_comes_back_short(connections: Connections, alice: Principal) -> None:
+    """Six waiting events and batches of four: two claims (4, then 2). The short one says nothing else was
+    claimable, so no third, empty claim follows (one round trip less per wake of a lone writer's queue)."""
+    scope = alice.default_scope
+    assert scope is not None
+    texts = [f"pending note {i} about the payments-api cache" for i in range(6)]
+    rows = event_rows(alice.tenant, scope, texts)
+    await copy_events(connections.db, rows)
+    backlog = CountingBacklog(connections.db)
+    queue = EmbeddingQueue(
+        backlog=backlog, scoped=PostgresEmbeddingBacklog(connections.requests_db), embedder=connections.embedder,
+        catch_up_timeout=1.0, batch=4,
+    )  # fmt: skip
+    with anyio.fail_after(60):
+        assert await queue.drain() >= 6
+    # [4, 2] here; events an earlier test left (a lease running out) can only add full claims before it.
+    *before_last, _ = backlog.claimed
+    assert before_last and all(n == 4 for n in before_last), backlog.claimed
+    count = await connections.db.fetchval(
+        "SELECT count(*) FROM shared_episodic_memories WHERE id = ANY($1::uuid[]) AND embedding IS NOT NULL",
+        [r.id for r in rows],
+    )
+    assert count == 6
