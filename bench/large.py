@@ -24,7 +24,8 @@ import anyio
 import numpy as np
 from pydantic import SecretStr
 
-from mcp_shared_memory.models import Event, EventFilter, Principal, Scope
+from mcp_shared_memory.event_filter import EventFilter
+from mcp_shared_memory.models import Event, Principal, Scope
 from mcp_shared_memory.stores.event_search import PostgresEventSearch
 from mcp_shared_memory.stores.quantized import shortlist_length
 

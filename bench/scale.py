@@ -24,7 +24,7 @@ import anyio
 import asyncpg
 import numpy as np
 
-from mcp_shared_memory.models import EventFilter
+from mcp_shared_memory.event_filter import EventFilter
 from mcp_shared_memory.stores.bulk import EventRow, analyze_events, copy_events
 from mcp_shared_memory.stores.event_search import PostgresEventSearch
 

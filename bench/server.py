@@ -188,7 +188,8 @@ async def tool_latencies(
 
 async def raw_sql_floors(bench: Bench, tenant: str) -> dict[str, Summary]:
     """The package's own SQL on the scope the tools just used, over one raw connection."""
-    from mcp_shared_memory.models import EventFilter, Scope
+    from mcp_shared_memory.event_filter import EventFilter
+    from mcp_shared_memory.models import Scope
     from mcp_shared_memory.stores.event_search import FILTERED_NEWEST, filter_args
     from mcp_shared_memory.stores.facts_pg import NEAREST
 

@@ -17,10 +17,10 @@ from .context import format_shared_context, task_context
 from .embedding_queue import EmbeddingQueue
 from .embeddings import Embedder
 from .errors import EmbeddingUnavailable
+from .event_filter import EventFilter
 from .fact_rules import FactRules
 from .models import (
     Event,
-    EventFilter,
     EventRef,
     NewEvent,
     Principal,

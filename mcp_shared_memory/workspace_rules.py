@@ -12,7 +12,8 @@ import anyio
 
 from . import validation as check
 from .errors import AccessDenied, InvalidInput, NotFound, StoreUnavailable
-from .models import EventFilter, Principal, Scope, Workspace, WorkspaceSummary, role_at_least, validate_identifier
+from .event_filter import EventFilter
+from .models import Principal, Scope, Workspace, WorkspaceSummary, role_at_least, validate_identifier
 
 if TYPE_CHECKING:
     from .announcer import Announcer

@@ -12,8 +12,9 @@ from contextlib import AsyncExitStack
 
 import pytest
 
+from mcp_shared_memory.event_filter import EventFilter
 from mcp_shared_memory.memory import SharedMemory
-from mcp_shared_memory.models import Event, EventFilter, Principal, Scope
+from mcp_shared_memory.models import Event, Principal, Scope
 from mcp_shared_memory.runtime import Connections, open_runtime
 from mcp_shared_memory.settings import Settings
 from mcp_shared_memory.stores.event_search import PostgresEventSearch

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from mcp_shared_memory.embeddings import Embedder
-from mcp_shared_memory.models import EventFilter, Scope
+from mcp_shared_memory.event_filter import EventFilter
+from mcp_shared_memory.models import Scope
 from mcp_shared_memory.runtime import Connections
 from mcp_shared_memory.stores.bulk import EventRow, analyze_events, copy_events
 from mcp_shared_memory.stores.episodic import SELECT_RECENT, SELECT_SINCE

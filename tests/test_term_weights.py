@@ -8,8 +8,9 @@ import uuid
 
 import pytest
 
+from mcp_shared_memory.event_filter import EventFilter
 from mcp_shared_memory.memory import SharedMemory
-from mcp_shared_memory.models import Event, EventFilter, Principal, Scope
+from mcp_shared_memory.models import Event, Principal, Scope
 from mcp_shared_memory.runtime import Connections
 from mcp_shared_memory.stores.event_search import LexicalRank, PostgresEventSearch
 

@@ -17,7 +17,8 @@ import typer
 from pydantic import ValidationError
 
 from ..errors import SharedMemoryError
-from ..models import EventFilter, Scope, validate_identifier
+from ..event_filter import EventFilter
+from ..models import Scope, validate_identifier
 from ..settings import Settings
 
 DataDir = Annotated[Path | None, typer.Option(help="embedded backends' data dir [env: MSM_DATA_DIR]")]

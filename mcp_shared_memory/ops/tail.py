@@ -16,7 +16,8 @@ import anyio
 from rich.console import Console
 from rich.markup import escape
 
-from ..models import Event, EventFilter, Scope
+from ..event_filter import EventFilter
+from ..models import Event, Scope
 from ..stores.bus import RedisBus
 from ..stores.event_search import PostgresEventSearch
 from ..stores.messages import BusMessage, EventWritten, Topic

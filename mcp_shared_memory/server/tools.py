@@ -14,7 +14,8 @@ from pydantic import Field, WithJsonSchema
 from .. import render
 from .. import validation as limits
 from ..errors import RateLimited, SharedMemoryError
-from ..models import Event, EventFilter, ListedEvent, Principal, Scope, SearchMode, Workspace
+from ..event_filter import EventFilter
+from ..models import Event, ListedEvent, Principal, Scope, SearchMode, Workspace
 from ..settings import Settings
 from . import client_logging
 from .results import (

@@ -34,7 +34,8 @@ from ..errors import (
     SharedMemoryError,
     StoreUnavailable,
 )
-from ..models import Event, EventFilter, Principal, Scope, Workspace
+from ..event_filter import EventFilter
+from ..models import Event, Principal, Scope, Workspace
 from ..stores.audit import AuditEntry
 from ..stores.messages import BusMessage, EventWritten, Topic, WorkspaceChanged
 from .state import CLAIM_PRINCIPAL, AppState, ServerLifespan

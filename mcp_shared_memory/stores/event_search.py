@@ -14,7 +14,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import Any, Literal
 
-from ..models import Event, EventFilter, Scope
+from ..event_filter import EventFilter
+from ..models import Event, Scope
 from ..vectors import Vector, cosine
 from .episodic import EVENT_COLUMNS, M_COLUMNS, row_to_event
 from .lexical import (

@@ -13,7 +13,8 @@ from mcp import Client
 from redis.asyncio.cluster import RedisCluster
 
 from mcp_shared_memory.errors import RateLimited, SharedMemoryError
-from mcp_shared_memory.models import Event, EventFilter, Principal, Scope
+from mcp_shared_memory.event_filter import EventFilter
+from mcp_shared_memory.models import Event, Principal, Scope
 from mcp_shared_memory.recent import MemberRange
 from mcp_shared_memory.runtime import Connections
 from mcp_shared_memory.settings import Settings
