@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -301,7 +302,7 @@ class Workspace(BaseModel):
 
 class WorkspaceSummary(BaseModel):
     workspace: Workspace
-    recent_events: list[Event]
+    recent_events: Sequence[ListedEvent]  # all in the workspace's scope
     event_count: int
 
 

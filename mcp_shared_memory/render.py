@@ -9,9 +9,9 @@ import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from json.encoder import encode_basestring  # what json.dumps(str, ensure_ascii=False) calls, without its overhead
-from typing import Any, Protocol
+from typing import Any
 
-from .models import Fact, ListedEvent, Workspace
+from .models import Fact, ListedEvent, Workspace, WorkspaceSummary
 
 # json.dumps escapes the C0 controls; these also end or reorder a line for some readers (str.splitlines,
 # terminals, renderers): DEL and the C1 controls (NEL), the Unicode line/paragraph separators, bidi controls.
@@ -133,18 +133,7 @@ def _workspace_line(workspace: Workspace, *, now: datetime) -> str:
     )
 
 
-class Summary(Protocol):
-    """A workspace summary as the library returns it (``WorkspaceSummary``) or a tool lists it."""
-
-    @property
-    def workspace(self) -> Workspace: ...
-    @property
-    def recent_events(self) -> Sequence[ListedEvent]: ...
-    @property
-    def event_count(self) -> int: ...
-
-
-def workspace_summary(summary: Summary, *, now: datetime) -> str:
+def workspace_summary(summary: WorkspaceSummary, *, now: datetime) -> str:
     workspace = summary.workspace
     lines = [_workspace_line(workspace, now=now), f"Scope: workspace:{workspace.id}"]
     if workspace.context:

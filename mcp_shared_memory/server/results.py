@@ -10,7 +10,7 @@ from typing import Literal, TypeVar
 from mcp.types import CallToolResult, TextContent
 from pydantic import BaseModel, Field
 
-from ..models import Fact, ListedEvent, Workspace
+from ..models import Fact, ListedEvent, Workspace, WorkspaceSummary
 from ..settings import Settings
 from .limits import ResponseBudget, json_size
 
@@ -53,12 +53,7 @@ class FactList(BaseModel):
     truncated: bool = Field(default=False, description=TRUNCATED)
 
 
-class SummaryResult(BaseModel):
-    """``WorkspaceSummary`` with its events listed as in the other event lists (in the workspace's scope)."""
-
-    workspace: Workspace
-    recent_events: Sequence[ListedEvent]
-    event_count: int
+class SummaryResult(WorkspaceSummary):
     truncated: bool = Field(default=False, description=TRUNCATED)
 
 
