@@ -56,16 +56,16 @@ WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3
 ORDER BY embedding <=> $4 LIMIT $5
 """
 RAW_LEXICAL = """
-SELECT id FROM shared_episodic_memories, msm_query($4) q
-WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3 AND lexemes @@ q
+SELECT id FROM shared_episodic_memories, msm_query($4) q, msm_scoped_query($1, $2, $3, $4) sq
+WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3 AND scoped_lexemes @@ sq
 ORDER BY ts_rank(lexemes, q, 1) DESC LIMIT $5
 """
 RAW_HYBRID = """
 WITH v AS (SELECT id FROM shared_episodic_memories
            WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3
            ORDER BY embedding <=> $4 LIMIT $6),
-l AS (SELECT id FROM shared_episodic_memories, msm_query($5) q
-      WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3 AND lexemes @@ q
+l AS (SELECT id FROM shared_episodic_memories, msm_query($5) q, msm_scoped_query($1, $2, $3, $5) sq
+      WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3 AND scoped_lexemes @@ sq
       ORDER BY ts_rank(lexemes, q, 1) DESC LIMIT $6)
 SELECT id FROM v UNION SELECT id FROM l
 """
@@ -74,10 +74,10 @@ SELECT count(*) AS events, count(*) FILTER (WHERE embedding IS NULL) AS unembedd
 FROM shared_episodic_memories WHERE tenant_id = $1
 """
 # Loaded events whose tsvector the trigger did not fill (the column is the lexical search's index).
-NO_LEXEMES = "SELECT count(*) FROM shared_episodic_memories WHERE tenant_id = $1 AND lexemes IS NULL"
+NO_LEXEMES = "SELECT count(*) FROM shared_episodic_memories WHERE tenant_id = $1 AND scoped_lexemes IS NULL"
 HAS_LEXEMES = """
 SELECT EXISTS (SELECT 1 FROM information_schema.columns
-               WHERE table_name = 'shared_episodic_memories' AND column_name = 'lexemes')
+               WHERE table_name = 'shared_episodic_memories' AND column_name = 'scoped_lexemes')
 """
 
 

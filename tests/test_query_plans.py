@@ -19,7 +19,7 @@ from mcp_shared_memory.models import Scope
 from mcp_shared_memory.runtime import Connections
 from mcp_shared_memory.stores.bulk import EventRow, analyze_events, copy_events
 from mcp_shared_memory.stores.episodic import SELECT_RECENT, SELECT_SINCE
-from mcp_shared_memory.stores.event_search import FILTERED_NEWEST, FILTERED_SINCE, filter_args
+from mcp_shared_memory.stores.event_search import FILTERED_NEWEST, FILTERED_SINCE, SEARCH_LEXICAL, filter_args
 
 from .conftest import event_rows, fresh_id
 
@@ -62,3 +62,26 @@ async def test_reading_a_quiet_scope_does_not_walk_the_newer_events_of_others(co
     }
     read = {name: await pages_read(connections, sql, *args) for name, (sql, *args) in reads.items()}
     assert all(pages <= MOST_PAGES for pages in read.values()), read
+
+
+def index_rows(plan: dict[str, Any], index_part: str) -> int:
+    """Row pointers that the plan's scans of indexes named with ``index_part`` returned."""
+    own = int(plan["Actual Rows"]) if index_part in plan.get("Index Name", "") else 0
+    return own + sum(index_rows(child, index_part) for child in plan.get("Plans", []))
+
+
+@pytest.mark.parametrize("rank", ["idf", "ts_rank"])
+async def test_the_full_text_half_reads_only_the_scopes_postings(connections: Connections, rank: str) -> None:
+    """A word every scope holds costs a search the postings of its own scope, under row-level security."""
+    tenant = fresh_id("postings")
+    await copy_events(connections.db, rows(tenant, "alice", OLD_EVENTS, connections.embedder))
+    await copy_events(connections.db, rows(f"{tenant}-neighbour", "alice", OLD_EVENTS, connections.embedder))
+    await copy_events(connections.db, rows(tenant, "busy", NEWER_EVENTS, connections.embedder))
+    await analyze_events(connections.db)
+
+    args = (*filter_args(tenant, Scope("user", "alice"), EventFilter()), "note of alice", 30)
+    async with connections.db.tenant(tenant, reads_only=True) as conn:
+        explained = await conn.fetchval(f"EXPLAIN (ANALYZE, FORMAT JSON) {SEARCH_LEXICAL[rank]}", *args)
+        found = await conn.fetch(SEARCH_LEXICAL[rank], *args)
+    assert len(found) == 30
+    assert 0 < index_rows(json.loads(explained)[0]["Plan"], "lexemes") <= OLD_EVENTS

@@ -152,10 +152,37 @@ async def test_older_events_are_indexed_for_lexical_search_in_batches(
     written = await memory.write_event(alice, "The blue-green switch for checkout-svc is at 14:00 UTC")
     # The runtime's maintenance also fills once when it starts, and may take the event first: clear again.
     for _ in range(3):
-        await backdoor.db.execute("UPDATE shared_episodic_memories SET lexemes = NULL WHERE id = $1", written.event_id)
+        await backdoor.db.execute(
+            "UPDATE shared_episodic_memories SET lexemes = NULL, scoped_lexemes = NULL WHERE id = $1", written.event_id
+        )
         assert await memory.search_shared(alice, "checkout-svc", mode="lexical") == []
         if await fill_lexemes(backdoor.episodic, batch=1) >= 1:
             break
     else:
         raise AssertionError("fill_lexemes never indexed the event")
     assert [h.id for h in await memory.search_shared(alice, "checkout-svc", mode="lexical")] == [written.event_id]
+
+
+async def test_events_written_before_the_scoped_index_are_found_before_and_after_it_is_filled(
+    memory: SharedMemory, alice: Principal, backdoor: Backdoor
+) -> None:
+    """Migration 020 keys the full-text index by scope; until an older event is filled, its lexemes find it."""
+    from mcp_shared_memory.maintenance import fill_lexemes
+
+    written = await memory.write_event(alice, "Rollback of ledger-svc v4.2.0 finished at 09:10")
+    unscoped = "UPDATE shared_episodic_memories SET scoped_lexemes = NULL WHERE id = $1"
+    for mode in ("lexical", "hybrid"):
+        await backdoor.db.execute(unscoped, written.event_id)
+        hits = await memory.search_shared(alice, "ledger-svc v4.2.0", mode=mode)
+        assert [h.id for h in hits][:1] == [written.event_id]
+    for _ in range(3):  # the runtime's maintenance may fill it first: clear again
+        await backdoor.db.execute(unscoped, written.event_id)
+        if await fill_lexemes(backdoor.episodic, batch=1) >= 1:
+            break
+    else:
+        raise AssertionError("fill_lexemes never filled the event")
+    filled = await backdoor.db.fetchval(
+        "SELECT scoped_lexemes IS NOT NULL FROM shared_episodic_memories WHERE id = $1", written.event_id
+    )
+    assert filled
+    assert [h.id for h in await memory.search_shared(alice, "ledger-svc v4.2.0", mode="lexical")] == [written.event_id]

@@ -92,14 +92,16 @@ COUNT_EVENTS = """
 SELECT count(*) FROM shared_episodic_memories WHERE tenant_id = $1 AND scope_type = $2 AND scope_id = $3
 """
 
-# Rows written before the lexical index existed (migration 008): filled in batches, oldest first.
+# Rows written before the lexical index existed (migration 008) or before it was keyed by scope (020): filled
+# in batches, oldest first.
 FILL_LEXEMES = """
-UPDATE shared_episodic_memories SET lexemes = msm_lexemes(content)
+UPDATE shared_episodic_memories SET lexemes = msm_lexemes(content),
+  scoped_lexemes = msm_scoped_lexemes(msm_scope_key(tenant_id, scope_type, scope_id), msm_lexemes(content))
 WHERE id IN (
-  SELECT id FROM shared_episodic_memories WHERE lexemes IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
+  SELECT id FROM shared_episodic_memories WHERE scoped_lexemes IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
 )
 """
-COUNT_WITHOUT_LEXEMES = "SELECT count(*) FROM shared_episodic_memories WHERE lexemes IS NULL"
+COUNT_WITHOUT_LEXEMES = "SELECT count(*) FROM shared_episodic_memories WHERE scoped_lexemes IS NULL"
 
 UNCONSOLIDATED_SCOPES = """
 SELECT DISTINCT tenant_id, scope_type, scope_id FROM shared_episodic_memories

@@ -19,11 +19,13 @@ from ..models import Event, Scope
 from ..vectors import Vector, cosine
 from .episodic import EVENT_COLUMNS, M_COLUMNS, row_to_event
 from .lexical import (
+    MATCHING,
     SCOPE_SIZE_CAP,
     WEIGHTS,
     idf_hits,
     idf_score_of_hits,
     idf_statements,
+    question_queries,
     question_terms,
     score_of_hits,
 )
@@ -70,9 +72,9 @@ ORDER BY distance LIMIT $13
 # divide by 1 + log(length)), so a long event does not win by mentioning every word once. Not
 # ts_rank_cd: cover density ignores lexemes without positions, which is how whole identifiers are kept.
 LEXICAL_CANDIDATES = f"""
-SELECT id, ts_rank(lexemes, q.tsq, 1) AS rank
-FROM shared_episodic_memories, msm_query($14) AS q(tsq)
-WHERE {SCOPE_AND_FILTER} AND q.tsq IS NOT NULL AND lexemes @@ q.tsq
+SELECT id, ts_rank(lexemes, question.tsq, 1) AS rank
+FROM shared_episodic_memories, {question_queries("$14")}
+WHERE {SCOPE_AND_FILTER} AND question.tsq IS NOT NULL AND {MATCHING}
 ORDER BY rank DESC, seq DESC LIMIT $13
 """
 

@@ -53,6 +53,19 @@ def score_of_hits(hits: int, weights: list[float]) -> float:
     return score
 
 
+def question_queries(question: str) -> str:
+    """The FROM items ``question`` (the parameter holding the question's text; $1-$3 the tenant and scope)
+    and ``scoped_question``: its terms OR-ed, plain and prefixed with the scope's key. Functions in FROM are
+    evaluated once, where a scalar subquery was re-evaluated for every row under a generic plan."""
+    return f"msm_query({question}) AS question(tsq), msm_scoped_query($1, $2, $3, {question}) AS scoped_question(tsq)"
+
+
+# The events holding any of the question's terms (over ``question_queries``): found in the index of the
+# scope's own terms (scoped_lexemes, sql/020), or, for an event written before it and not filled yet, in the
+# index of those events' lexemes alone.
+MATCHING = "(scoped_lexemes @@ scoped_question.tsq OR (scoped_lexemes IS NULL AND lexemes @@ question.tsq))"
+
+
 def question_terms(question: str) -> str:
     """The common table expression ``q``: the question's first terms, each (``t1``...) and OR-ed."""
     return f"""
@@ -73,8 +86,8 @@ def idf_statements(scope_and_filter: str, question: str) -> str:
     return f"""{question_terms(question)},
 matched AS MATERIALIZED (
   SELECT id, seq, {_HITS} AS hits
-  FROM shared_episodic_memories, msm_query({question}) AS question(tsq), q
-  WHERE {scope_and_filter} AND question.tsq IS NOT NULL AND lexemes @@ question.tsq
+  FROM shared_episodic_memories, {question_queries(question)}, q
+  WHERE {scope_and_filter} AND question.tsq IS NOT NULL AND {MATCHING}
 ),
 counts AS MATERIALIZED (
   SELECT greatest(count(*), (SELECT count(*) FROM (

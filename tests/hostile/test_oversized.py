@@ -187,6 +187,8 @@ async def test_hostile_raw_json_over_stdio_never_stops_the_server(
 
 
 LONG_WORD = "x1" * 1_100  # one 2,200-character "identifier" (letters and digits): over tsvector's 2,047 bytes
+# Short enough to be a lexeme, too long to be one with its scope's prefix (sql/020).
+BORDER_WORD = "y2" * 1_020
 
 
 @pytest.mark.parametrize(
@@ -197,6 +199,8 @@ LONG_WORD = "x1" * 1_100  # one 2,200-character "identifier" (letters and digits
         ("create_workspace", {"task": f"a task {LONG_WORD}"}),
         ("search_shared", {"query": LONG_WORD, "mode": "lexical"}),
         ("search_facts", {"query": LONG_WORD, "mode": "lexical"}),
+        ("write_event", {"content": f"a log line {BORDER_WORD}"}),
+        ("search_shared", {"query": f"log line {BORDER_WORD}", "mode": "lexical"}),
     ],
 )
 async def test_a_very_long_word_is_stored_or_refused_clearly_never_half_written(
