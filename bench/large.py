@@ -73,8 +73,8 @@ RAW_HYBRID_TWO_PASS = f"""
 WITH v AS (
   SELECT id FROM shared_episodic_memories WHERE id = ANY(ARRAY({RAW_SHORTLIST})) ORDER BY embedding <=> $3 LIMIT 30
 ),
-l AS (SELECT id FROM shared_episodic_memories, msm_query($5) AS q(q), msm_scoped_query($1, 'user', $2, $5) AS sq(q)
-      WHERE tenant_id = $1 AND scope_type = 'user' AND scope_id = $2 AND scoped_lexemes @@ sq.q
+l AS (SELECT id FROM shared_episodic_memories, msm_query($5) AS q(q), msm_scoped_query($1, 'user', $2, $5) AS sq(sq)
+      WHERE tenant_id = $1 AND scope_type = 'user' AND scope_id = $2 AND scoped_lexemes @@ sq.sq
       ORDER BY ts_rank(lexemes, q, 1) DESC LIMIT 30)
 SELECT id FROM v UNION SELECT id FROM l
 """

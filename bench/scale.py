@@ -60,8 +60,8 @@ RAW_HYBRID = """
 WITH v AS (SELECT id FROM shared_episodic_memories
            WHERE tenant_id = $1 AND scope_type = 'user' AND scope_id = $2
            ORDER BY embedding <=> $3 LIMIT 30),
-l AS (SELECT id FROM shared_episodic_memories, msm_query($4) AS q(q), msm_scoped_query($1, 'user', $2, $4) AS sq(q)
-      WHERE tenant_id = $1 AND scope_type = 'user' AND scope_id = $2 AND scoped_lexemes @@ sq.q
+l AS (SELECT id FROM shared_episodic_memories, msm_query($4) AS q(q), msm_scoped_query($1, 'user', $2, $4) AS sq(sq)
+      WHERE tenant_id = $1 AND scope_type = 'user' AND scope_id = $2 AND scoped_lexemes @@ sq.sq
       ORDER BY ts_rank(lexemes, q, 1) DESC LIMIT 30)
 SELECT id FROM v UNION SELECT id FROM l
 """
