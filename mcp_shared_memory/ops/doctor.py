@@ -200,15 +200,20 @@ async def check_backlogs(probe: Probe) -> CheckResult:
         "failed_embeddings": facts.failed_embeddings,
         "outbox_queued": facts.outbox_queued,
         "outbox_oldest_seconds": round(facts.outbox_oldest_seconds, 1),
+        "unindexed_events": facts.unindexed_events,
     }
     summary = (
         f"{facts.pending_embeddings} events without a vector ({facts.failed_embeddings} deferred as failed), "
         f"{facts.outbox_queued} events queued for Redis"
     )
-    stale = facts.outbox_queued and facts.outbox_oldest_seconds > OUTBOX_STALE_SECONDS
-    if facts.failed_embeddings or stale:
-        hint = " (a running server announces the outbox; the model is retried hourly)"
-        return CheckResult("backlogs", "warning", summary + hint, details)
+    hints = []
+    if facts.unindexed_events:
+        summary += f", {facts.unindexed_events} older events not yet in the full-text index"
+        hints.append("`mcp-shared-memory migrate` indexes them now, a starting server in batches")
+    if facts.failed_embeddings or (facts.outbox_queued and facts.outbox_oldest_seconds > OUTBOX_STALE_SECONDS):
+        hints.append("a running server announces the outbox; the model is retried hourly")
+    if hints:
+        return CheckResult("backlogs", "warning", f"{summary} ({'; '.join(hints)})", details)
     return CheckResult("backlogs", "ok", summary, details)
 
 

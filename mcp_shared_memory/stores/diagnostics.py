@@ -44,6 +44,10 @@ OUTBOX = """
 SELECT count(*) AS queued, COALESCE(EXTRACT(EPOCH FROM now() - min(queued_at)), 0)::float8 AS oldest_seconds
 FROM msm_cache_outbox
 """
+# Events written before the full-text index was keyed by scope (sql/020), not filled yet by the back-fill:
+# search still finds them, through a slower fallback.
+UNINDEXED = "SELECT count(*) FROM shared_episodic_memories WHERE scoped_lexemes IS NULL"
+SCOPED_LEXEMES = "020_scoped_lexemes"
 APPLIED = "SELECT version, name FROM msm_schema_migrations ORDER BY version"
 LEDGER_EXISTS = "SELECT to_regclass('msm_schema_migrations') IS NOT NULL"
 
@@ -58,6 +62,7 @@ class PostgresFacts:
     failed_embeddings: int
     outbox_queued: int
     outbox_oldest_seconds: float
+    unindexed_events: int
     applied_migrations: list[str]
 
 
@@ -85,18 +90,20 @@ async def _read(conn: asyncpg.Connection) -> PostgresFacts:
         applied = [f"{r['version']:03d}_{r['name']}" for r in await conn.fetch(APPLIED)]
     if "001_episodic" not in applied:  # an empty database: nothing else to read yet
         version = str(await conn.fetchval("SELECT current_setting('server_version')"))
-        return PostgresFacts(version, None, None, None, 0, 0, 0, 0.0, applied)
+        return PostgresFacts(version, None, None, None, 0, 0, 0, 0.0, 0, applied)
     row = await conn.fetchrow(POSTGRES)
     with_error = bool(await conn.fetchval(HAS_EMBEDDING_ERROR))
     pending = await conn.fetchrow(PENDING_WITH_ERROR if with_error else PENDING)
     outbox = await conn.fetchrow(OUTBOX)
+    unindexed = int(await conn.fetchval(UNINDEXED)) if SCOPED_LEXEMES in applied else 0
     assert row is not None and pending is not None and outbox is not None
     dimension = row["dimension"]
     return PostgresFacts(
         server_version=str(row["server"]), pgvector_version=row["pgvector"], recorded_model=row["model"],
         recorded_dimension=int(dimension) if dimension else None, pending_embeddings=int(pending["pending"]),
         failed_embeddings=int(pending["failed"]), outbox_queued=int(outbox["queued"]),
-        outbox_oldest_seconds=float(outbox["oldest_seconds"]), applied_migrations=applied,
+        outbox_oldest_seconds=float(outbox["oldest_seconds"]), unindexed_events=unindexed,
+        applied_migrations=applied,
     )  # fmt: skip
 
 

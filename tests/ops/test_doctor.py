@@ -12,16 +12,15 @@ import anyio
 import anyio.to_thread
 import pytest
 
+from mcp_shared_memory.models import Scope
 from mcp_shared_memory.runtime import Connections
 
+from ..conftest import Backdoor, fresh_id
 from ..server.mcp_clients import server_env
 
 
 def doctor(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "mcp_shared_memory", "doctor", *args],
-        env=env, capture_output=True, text=True, timeout=150,
-    )  # fmt: skip
+    return cli(env, "doctor", *args)
 
 
 @pytest.mark.anyio
@@ -86,3 +85,39 @@ def test_zero_config_checks_the_embedded_backends(backend_env: dict[str, str], d
     assert done.returncode == 0, done.stdout + done.stderr
     report = json.loads(done.stdout)
     assert report["configuration"]["database_url"].startswith("embedded")
+
+
+@pytest.mark.anyio
+async def test_events_missing_from_the_full_text_index_are_reported_until_migrate_fills_them(
+    backend_env: dict[str, str], backdoor: Backdoor
+) -> None:
+    """Events older than the index keyed by scope (sql/020) are a warning saying what fills them."""
+    tenant = fresh_id("unindexed")
+    await backdoor.bulk_append(tenant, Scope("user", "alice"), ["The deploy of ledger-svc v4.2 finished", "TTL"])
+    await backdoor.db.execute("UPDATE shared_episodic_memories SET scoped_lexemes = NULL WHERE tenant_id = $1", tenant)
+    env = server_env(backend_env)
+
+    backlogs = await anyio.to_thread.run_sync(lambda: backlogs_check(env))
+    assert backlogs["status"] == "warning"
+    assert backlogs["details"]["unindexed_events"] >= 2
+    assert "mcp-shared-memory migrate" in backlogs["summary"]
+
+    migrated = await anyio.to_thread.run_sync(lambda: cli(env, "migrate"))
+    assert migrated.returncode == 0, migrated.stdout + migrated.stderr
+    assert "indexed" in migrated.stdout
+    backlogs = await anyio.to_thread.run_sync(lambda: backlogs_check(env))
+    assert backlogs["details"]["unindexed_events"] == 0
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mcp_shared_memory", *args], env=env, capture_output=True, text=True, timeout=150
+    )
+
+
+def backlogs_check(env: dict[str, str]) -> dict[str, object]:
+    done = doctor(env, "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+    backlogs: dict[str, object] = checks["backlogs"]
+    return backlogs
