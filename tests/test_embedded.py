@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,7 @@ import psutil
 import pytest
 import redis
 
-from mcp_shared_memory.embedded import EmbeddedPostgres, EmbeddedValkey, _root, remove_data_dir, start_embedded
+from mcp_shared_memory.embedded import EmbeddedPostgres, EmbeddedValkey, _root, _server, remove_data_dir, start_embedded
 from mcp_shared_memory.errors import ConfigError, StoreUnavailable
 
 CHILD = Path(__file__).with_name("embedded_child.py")
@@ -499,3 +500,59 @@ def test_ordinary_user_runs_postgres_as_itself(data_dir: Path, children: list[Ch
     assert child.ask("write n") == "ok"
     assert child.ask("release") == "released"
     assert_stopped(data_dir)
+
+
+class ObservedLock:
+    """A lock that says when a thread had to wait for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.contended = threading.Event()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        if self._lock.acquire(blocking=False):
+            return True
+        if not blocking:
+            return False
+        self.contended.set()
+        return self._lock.acquire(timeout=timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def test_a_release_during_a_start_waits_for_it_and_stops_what_it_started(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An embedder closed while its service was still starting releases it from another thread (CI: "cannot
+    join thread before it is started", which crashed the server's background start)."""
+    valkey = EmbeddedValkey(data_dir)
+    valkey._mutex = ObservedLock()  # type: ignore[assignment]
+    supervisor_starting, go_on = threading.Event(), threading.Event()
+    supervisors: list[threading.Thread] = []
+
+    class HeldSupervisor(threading.Thread):
+        def start(self) -> None:
+            if self.name.startswith("msm-supervise"):
+                supervisors.append(self)
+                supervisor_starting.set()
+                go_on.wait(60)
+            super().start()
+
+    monkeypatch.setattr(_server.threading, "Thread", HeldSupervisor)
+    with ThreadPoolExecutor(2) as pool:
+        started = pool.submit(valkey.start)
+        assert supervisor_starting.wait(60)
+        released = pool.submit(valkey.release)
+        assert wait_until(lambda: valkey._mutex.contended.is_set() or released.done())  # type: ignore[attr-defined]
+        go_on.set()
+        started.result(timeout=60)
+        released.result(timeout=60)
+    assert supervisors and not any(t.is_alive() for t in supervisors)
+    assert wait_until(lambda: not valkey_running(valkey))

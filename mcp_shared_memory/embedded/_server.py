@@ -79,9 +79,14 @@ class EmbeddedServer(abc.ABC):
             return url
 
     def release(self) -> None:
-        """Drop this holder; the last holder to leave stops the server. Idempotent; runs at exit."""
-        self._stop_supervising.set()
-        supervisor, self._supervisor = self._supervisor, None
+        """Drop this holder; the last holder to leave stops the server. Idempotent; runs at exit.
+
+        Safe while a ``start()`` of this holder runs in another thread (an embedder closed while its
+        service was still starting): it waits for that start, then stops the supervisor it began."""
+        with self._mutex:
+            self._stop_supervising.set()
+            supervisor, self._supervisor = self._supervisor, None
+        # Joined outside the mutex, which the supervisor takes for each check.
         if supervisor is not None and supervisor is not threading.current_thread():
             supervisor.join(timeout=RELEASE_LOCK_TIMEOUT)
         with self._mutex:
