@@ -52,6 +52,7 @@ def stdio_principal(settings: Settings) -> Principal:
 READY_WAIT_SECONDS = 60.0
 RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 1.0, 30.0
 STARTING = "the server is still opening its database and Redis; retry in a moment"
+UNEXPECTED = "the server could not open its database and Redis (an internal error, in its log); retry later"
 
 
 class AppState:
@@ -249,6 +250,11 @@ class ServerLifespan:
                 state.fail(exc)
                 log.error("%s", exc.message)
                 return
+            except Exception as exc:  # a fault of ours, not an outage: said, retried, never fatal to the server
+                state.fail(StoreUnavailable(UNEXPECTED))
+                log.error("opening the backends failed (%s); trying again in %.0f s", type(exc).__name__, delay)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
 
     @asynccontextmanager
     async def _runtime(self) -> AsyncIterator[Runtime]:

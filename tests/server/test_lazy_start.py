@@ -4,12 +4,19 @@ while they cannot be opened, and serves once they can (without a restart)."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import pytest
 from mcp import Client
 from mcp.types import CallToolResult, TextContent
+
+from mcp_shared_memory.models import Principal
+from mcp_shared_memory.runtime import Runtime
+from mcp_shared_memory.server.app import build_server
+from mcp_shared_memory.server.state import ServerLifespan
 
 from ..tcp_proxy import faulty_proxy
 from .mcp_clients import stdio_server, until
@@ -79,3 +86,33 @@ async def test_a_configuration_the_backends_refuse_is_said_on_every_call(backend
                 with anyio.fail_after(30):
                     refused = await client.call_tool("get_recent_shared", {})
                 assert refused.is_error and "OPENAI_API_KEY" in text_of(refused)
+
+
+async def test_an_unexpected_fault_while_opening_the_backends_is_said_and_retried_never_fatal(
+    runtime: Runtime, alice: Principal
+) -> None:
+    """An error that is no outage (a bug: CI once had a thread-join RuntimeError there) used to end the
+    background start, and with it the server; it is reported to agents like an outage and retried."""
+    attempts = 0
+
+    class FaultyOnce(ServerLifespan):
+        @asynccontextmanager
+        async def _runtime(self) -> AsyncIterator[Runtime]:
+            nonlocal attempts
+            attempts += 1
+            if attempts == 1:
+                raise RuntimeError("a fault of ours, naming 10.0.0.7:5432")
+            yield runtime
+
+    server = build_server(FaultyOnce(runtime.settings, local_principal=alice, background=True))
+    with anyio.fail_after(60):
+        async with Client(server) as client:
+            refused = await client.call_tool("write_event", {"content": "written while the start failed"})
+            assert refused.is_error
+            assert "internal error" in text_of(refused) and "10.0.0.7" not in text_of(refused)
+
+            async def write_succeeds() -> bool:
+                return not (await client.call_tool("write_event", {"content": "written after the retry"})).is_error
+
+            await until(write_succeeds, seconds=30)  # retried after 1 s
+    assert attempts == 2
