@@ -90,6 +90,9 @@ class EmbeddedServer(abc.ABC):
         if supervisor is not None and supervisor is not threading.current_thread():
             supervisor.join(timeout=RELEASE_LOCK_TIMEOUT)
         with self._mutex:
+            # A start() in between began another supervisor: stopped too (it checks under the mutex).
+            self._stop_supervising.set()
+            self._supervisor = None
             if not self._holds():
                 return
             atexit.unregister(self.release)
@@ -144,11 +147,12 @@ class EmbeddedServer(abc.ABC):
     def _supervise(self) -> None:
         if self._supervisor is not None and self._supervisor.is_alive():
             return
-        self._stop_supervising = stop = threading.Event()
-        self._supervisor = threading.Thread(
+        stop = threading.Event()
+        supervisor = threading.Thread(
             target=self._supervision, args=(stop,), name=f"msm-supervise-{self.name}", daemon=True
         )
-        self._supervisor.start()
+        supervisor.start()  # kept only once started: a release() joins what it finds
+        self._stop_supervising, self._supervisor = stop, supervisor
 
     def _supervision(self, stop: threading.Event) -> None:
         """Restart the server whenever it died, until this holder releases it; back off while that fails."""
