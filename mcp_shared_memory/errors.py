@@ -21,6 +21,8 @@ generic but says what to do: retry later, or which setting the operator fixes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 
 class SharedMemoryError(Exception):
     """The shared memory failed."""
@@ -79,3 +81,21 @@ class QuotaExceeded(LimitExceeded):
 
 class ResultTooLarge(LimitExceeded):
     """The result is larger than the response size limit; ask for less."""
+
+
+def sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to raise for what a task group raised (anyio wraps even a single error): its first
+    ``SharedMemoryError``, else its first error, so callers catch and report it as if raised alone; the
+    group itself when it holds a cancellation or another ``BaseException``."""
+    leaves = list(_leaves(group))
+    if not all(isinstance(leaf, Exception) for leaf in leaves):
+        return group
+    return next((leaf for leaf in leaves if isinstance(leaf, SharedMemoryError)), leaves[0])
+
+
+def _leaves(error: BaseException) -> Iterator[BaseException]:
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield error

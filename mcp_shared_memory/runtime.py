@@ -25,7 +25,7 @@ from .announcer import Announcer
 from .consolidation import Consolidator
 from .embedding_queue import EmbeddingQueue
 from .embeddings import Embedder, create_embedder
-from .errors import ConfigError
+from .errors import ConfigError, sole_error
 from .maintenance import Maintenance
 from .memory import SharedMemory
 from .settings import Settings
@@ -128,9 +128,12 @@ async def open_connections(
 
         # A model whose dimension is known loads in the background (the first embeds wait for it), so the
         # server answers sooner; others load while the databases start.
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(functools.partial(embedder.open, wait=not embedder.dimension_is_static))
-            tg.start_soon(open_backends)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(functools.partial(embedder.open, wait=not embedder.dimension_is_static))
+                tg.start_soon(open_backends)
+        except BaseExceptionGroup as group:
+            raise sole_error(group) from None
         stack.push_async_callback(embedder.close)
         assert urls is not None
 

@@ -15,9 +15,10 @@ import pytest
 from mcp import Client
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from mcp_shared_memory.errors import ConfigError
 from mcp_shared_memory.memory import SharedMemory
 from mcp_shared_memory.models import Principal, Scope
-from mcp_shared_memory.runtime import Connections, Runtime, open_runtime
+from mcp_shared_memory.runtime import Connections, Runtime, open_connections, open_runtime
 from mcp_shared_memory.server.app import build_server
 from mcp_shared_memory.server.state import ServerLifespan
 from mcp_shared_memory.settings import Settings
@@ -275,3 +276,13 @@ async def test_evicted_recent_set_is_rebuilt_not_reported_empty(
     recent = await memory.get_recent_shared(alice, limit=10)
 
     assert [e.content for e in recent] == ["fact 2", "fact 1", "fact 0"]
+
+
+async def test_a_backend_that_cannot_open_raises_its_own_error_not_a_task_group(settings: Settings) -> None:
+    """The embedder and the backends open side by side in a task group, which wraps even one error: the
+    CLI's handler and the stdio server's background start, which sort errors by type, got an ExceptionGroup
+    (a traceback, or "an internal error") instead of the message that names the setting to fix."""
+    owner_only = settings.model_copy(update={"database_url": None, "database_owner_url": settings.database_url})
+    with anyio.fail_after(60), pytest.raises(ConfigError, match="MSM_DATABASE_OWNER_URL is set but MSM_DATABASE_URL"):
+        async with open_connections(owner_only):
+            pass

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib
 import logging
+import traceback
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -15,7 +17,7 @@ from mcp.server.subscriptions import ResourcesListChanged, ServerEvent
 from prometheus_client import Counter
 
 from .. import metrics
-from ..errors import AccessDenied, ConfigError, InvalidInput, SharedMemoryError, StoreUnavailable
+from ..errors import AccessDenied, ConfigError, InvalidInput, SharedMemoryError, StoreUnavailable, sole_error
 from ..models import Principal, Scope
 from ..settings import Settings
 from .http_guard import TokenWatch
@@ -53,6 +55,15 @@ READY_WAIT_SECONDS = 60.0
 RETRY_FIRST_SECONDS, RETRY_MAX_SECONDS = 1.0, 30.0
 STARTING = "the server is still opening its database and Redis; retry in a moment"
 UNEXPECTED = "the server could not open its database and Redis (an internal error, in its log); retry later"
+
+
+def origin(error: BaseException) -> str:
+    """Where ``error`` was raised (file, line, function): for the log, which gets no stack trace."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not frames:
+        return "an unknown place"
+    frame = frames[-1]
+    return f"{Path(frame.filename).name}:{frame.lineno} in {frame.name}"
 
 
 class AppState:
@@ -241,18 +252,21 @@ class ServerLifespan:
             try:
                 async with self._backends(state):
                     await anyio.sleep_forever()
-            except StoreUnavailable as exc:
-                state.fail(exc)
-                log.warning("%s; trying again in %.0f s", exc.message, delay)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_SECONDS)
-            except SharedMemoryError as exc:
-                state.fail(exc)
-                log.error("%s", exc.message)
-                return
-            except Exception as exc:  # a fault of ours, not an outage: said, retried, never fatal to the server
-                state.fail(StoreUnavailable(UNEXPECTED))
-                log.error("opening the backends failed (%s); trying again in %.0f s", type(exc).__name__, delay)
+            except Exception as raised:
+                exc = sole_error(raised) if isinstance(raised, ExceptionGroup) else raised
+                if isinstance(exc, SharedMemoryError) and not isinstance(exc, StoreUnavailable):
+                    state.fail(exc)
+                    log.error("%s", exc.message)
+                    return
+                if isinstance(exc, StoreUnavailable):
+                    state.fail(exc)
+                    log.warning("%s; trying again in %.0f s", exc.message, delay)
+                else:  # a fault of ours, not an outage: said, retried, never fatal to the server
+                    state.fail(StoreUnavailable(UNEXPECTED))
+                    log.error(
+                        "opening the backends failed (%s at %s); trying again in %.0f s",
+                        type(exc).__name__, origin(exc), delay,
+                    )  # fmt: skip
                 await anyio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
 

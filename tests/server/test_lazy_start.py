@@ -94,6 +94,7 @@ async def test_an_unexpected_fault_while_opening_the_backends_is_said_and_retrie
     """An error that is no outage (a bug: CI once had a thread-join RuntimeError there) used to end the
     background start, and with it the server; it is reported to agents like an outage and retried."""
     attempts = 0
+    refused_seen = anyio.Event()
 
     class FaultyOnce(ServerLifespan):
         @asynccontextmanager
@@ -102,6 +103,7 @@ async def test_an_unexpected_fault_while_opening_the_backends_is_said_and_retrie
             attempts += 1
             if attempts == 1:
                 raise RuntimeError("a fault of ours, naming 10.0.0.7:5432")
+            await refused_seen.wait()  # the retry opens only once the agent was told
             yield runtime
 
     server = build_server(FaultyOnce(runtime.settings, local_principal=alice, background=True))
@@ -110,6 +112,7 @@ async def test_an_unexpected_fault_while_opening_the_backends_is_said_and_retrie
             refused = await client.call_tool("write_event", {"content": "written while the start failed"})
             assert refused.is_error
             assert "internal error" in text_of(refused) and "10.0.0.7" not in text_of(refused)
+            refused_seen.set()
 
             async def write_succeeds() -> bool:
                 return not (await client.call_tool("write_event", {"content": "written after the retry"})).is_error
