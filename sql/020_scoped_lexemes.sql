@@ -24,14 +24,15 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT AS $$
   WHERE octet_length(scope_key || lexeme) <= 2046
 $$;
 
--- A question's terms in a scope, OR-ed: what scoped_lexemes is searched with (msm_query's terms, prefixed).
+-- A question's terms in a scope, OR-ed: what scoped_lexemes is searched with. The question's lexemes go
+-- through msm_scoped_lexemes (the same prefix and length rule as an event's) and msm_term (014: each as a
+-- tsquery matching exactly it).
 CREATE OR REPLACE FUNCTION msm_scoped_query(tenant text, scope_type text, scope_id text, question text)
 RETURNS tsquery LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT AS $$
-  SELECT NULLIF(string_agg(DISTINCT '''' || replace(replace(key.prefix || lexeme, '\', '\\'), '''', '''''') || '''',
-                           ' | '), '')::tsquery
-  FROM (SELECT msm_scope_key(tenant, scope_type, scope_id) AS prefix) AS key,
-       unnest(tsvector_to_array(msm_lexemes(question))) AS lexeme
-  WHERE octet_length(key.prefix || lexeme) <= 2046
+  SELECT NULLIF(string_agg(msm_term(term)::text, ' | '), '')::tsquery
+  FROM unnest(tsvector_to_array(
+    msm_scoped_lexemes(msm_scope_key(tenant, scope_type, scope_id), msm_lexemes(question))
+  )) AS term
 $$;
 
 ALTER TABLE shared_episodic_memories ADD COLUMN IF NOT EXISTS scoped_lexemes tsvector;

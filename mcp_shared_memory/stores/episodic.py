@@ -93,10 +93,10 @@ SELECT count(*) FROM shared_episodic_memories WHERE tenant_id = $1 AND scope_typ
 """
 
 # Rows written before the lexical index existed (migration 008) or before it was keyed by scope (020): filled
-# in batches, oldest first.
+# in batches, oldest first, by the lexemes trigger (which an update of content fires), where both columns'
+# rule lives.
 FILL_LEXEMES = """
-UPDATE shared_episodic_memories SET lexemes = msm_lexemes(content),
-  scoped_lexemes = msm_scoped_lexemes(msm_scope_key(tenant_id, scope_type, scope_id), msm_lexemes(content))
+UPDATE shared_episodic_memories SET content = content
 WHERE id IN (
   SELECT id FROM shared_episodic_memories WHERE scoped_lexemes IS NULL ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED
 )
